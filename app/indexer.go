@@ -1,0 +1,150 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/health"
+	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/indexer"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/readapi"
+	"github.com/threadline/threadline/sampling"
+)
+
+// IndexerConfig configures the indexer role.
+type IndexerConfig struct {
+	// DataDir holds the span store (DataDir/spans). Default "./data".
+	DataDir string
+	// GRPCAddr serves the read API to the query service. Default "127.0.0.1:9095".
+	GRPCAddr string
+	// SamplingBaseline is the fraction of traces kept by trace-ID hash. Default 1.
+	SamplingBaseline float64
+	Kafka            bus.Config
+	Consumer         bus.ConsumerConfig
+	Indexer          indexer.Config
+	Store            index.Options
+}
+
+// DefaultIndexerConfig returns the packages' defaults.
+func DefaultIndexerConfig() IndexerConfig {
+	return IndexerConfig{
+		DataDir:          "./data",
+		GRPCAddr:         "127.0.0.1:9095",
+		SamplingBaseline: 1,
+		Kafka:            bus.DefaultConfig(),
+		Consumer:         bus.DefaultConsumerConfig(),
+		Indexer:          indexer.DefaultConfig(),
+		Store:            index.DefaultOptions(),
+	}
+}
+
+// RegisterFlags registers the indexer's flags; withKafka is false in the
+// all-in-one, where the collector already registered the Kafka flags.
+func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the span store (and the embedded broker's log in the all-in-one)")
+	fs.StringVar(&c.GRPCAddr, "indexer-grpc-addr", c.GRPCAddr, "address of the indexer's gRPC read API, used by the query service")
+	fs.Float64Var(&c.SamplingBaseline, "sampling-baseline", c.SamplingBaseline, "fraction of traces kept by a deterministic hash of the trace ID, in [0,1]")
+	fs.StringVar(&c.Consumer.Group, "kafka-consumer-group", c.Consumer.Group, "Kafka consumer group of the indexers")
+	if withKafka {
+		c.Kafka.RegisterFlags(fs)
+	}
+	c.Indexer.RegisterFlags(fs)
+	c.Store.RegisterFlags(fs)
+}
+
+// Indexer consumes spans, decides and stores traces, and serves reads.
+type Indexer struct {
+	cfg      IndexerConfig
+	store    *index.Store
+	ix       *indexer.Indexer
+	consumer *bus.Consumer
+	grpc     *grpc.Server
+	lis      net.Listener
+	log      *slog.Logger
+}
+
+// NewIndexer opens the store, joins the consumer group and binds the read API.
+func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *Indexer, err error) {
+	sampler, err := sampling.NewBaseline(cfg.SamplingBaseline)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(cfg.DataDir, "spans")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	store, err := index.Open(dir, logger.With("component", "store"), h.Registry(), cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, store.Close())
+		}
+	}()
+	ix, err := indexer.New(cfg.Indexer, store, nil, sampler, logger.With("component", "indexer"), h.Registry())
+	if err != nil {
+		return nil, err
+	}
+	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic}, ix, logger.With("component", "consumer"), h.Registry())
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		consumer.Close()
+		return nil, fmt.Errorf("listen indexer read API on %s: %w", cfg.GRPCAddr, err)
+	}
+	srv := grpc.NewServer(grpc.MaxSendMsgSize(256 << 20))
+	readerpb.RegisterReaderServer(srv, readapi.New(store, logger.With("component", "readapi")))
+	h.AddLocal("store", store.Writable)
+	h.AddLocal("kafka_partitions", func(context.Context) error {
+		if consumer.Assigned() == 0 {
+			return errors.New("no partitions assigned yet")
+		}
+		return nil
+	})
+	h.AddDependency("kafka", consumer.Ping)
+	return &Indexer{cfg: cfg, store: store, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
+}
+
+// ReadAddr is the bound address of the read API.
+func (i *Indexer) ReadAddr() string { return i.lis.Addr().String() }
+
+// Run consumes and serves until ctx ends. Shutdown order matters: stop
+// consuming, decide and write every buffered trace, commit the offsets that
+// are now complete, leave the group, stop serving reads, close the store.
+func (i *Indexer) Run(ctx context.Context) error {
+	ixCtx, stopIx := context.WithCancel(context.Background())
+	defer stopIx()
+	ixDone := make(chan error, 1)
+	go func() { ixDone <- i.ix.Run(ixCtx) }()
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- i.grpc.Serve(i.lis) }()
+	i.log.Info("indexer read API listening", "addr", i.ReadAddr())
+
+	consErr := i.consumer.Run(ctx)
+	stopIx()
+	ixErr := <-ixDone // returns once every buffered trace is decided and written
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	i.consumer.CommitNow(cctx)
+	i.consumer.Close()
+	i.grpc.GracefulStop()
+	grpcErr := <-grpcDone
+	if errors.Is(grpcErr, grpc.ErrServerStopped) {
+		grpcErr = nil
+	}
+	return errors.Join(consErr, ixErr, grpcErr, i.store.Close())
+}

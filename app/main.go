@@ -1,0 +1,51 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/threadline/threadline/health"
+)
+
+// Main is the body of every cmd: it parses flags (and their environment
+// variables), builds the logger and the health/metrics registry, and runs
+// run until SIGINT or SIGTERM, which start a graceful shutdown. It returns
+// the process exit code.
+func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx context.Context, logger *slog.Logger, h *health.Health) error) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s — %s\n\nEvery flag can also be set by the environment variable shown after it.\n\nFlags:\n", name, about)
+		fs.PrintDefaults()
+	}
+	var logCfg LoggingConfig
+	logCfg.RegisterFlags(fs)
+	register(fs)
+	if err := ParseFlags(fs, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	logger, err := logCfg.Logger(os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	logger = logger.With("app", name)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	version := health.Version()
+	logger.Info("starting", "version", version)
+	if err := run(ctx, logger, health.New(version)); err != nil {
+		logger.Error("exiting", "err", err)
+		return 1
+	}
+	return 0
+}

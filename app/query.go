@@ -1,0 +1,114 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/threadline/threadline/health"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/query"
+)
+
+// QueryConfig configures the query role.
+type QueryConfig struct {
+	// HTTPAddr serves the APIs and the UI. Default "127.0.0.1:16686".
+	HTTPAddr string
+	// Indexers are the indexers' read API addresses. Default "127.0.0.1:9095".
+	Indexers []string
+	Query    query.Config
+}
+
+// DefaultQueryConfig returns the packages' defaults.
+func DefaultQueryConfig() QueryConfig {
+	return QueryConfig{HTTPAddr: "127.0.0.1:16686", Indexers: []string{"127.0.0.1:9095"}, Query: query.DefaultConfig()}
+}
+
+// RegisterFlags registers the query flags; withIndexers is false in the
+// all-in-one, which reads its own indexer.
+func (c *QueryConfig) RegisterFlags(fs *flag.FlagSet, withIndexers bool) {
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "address of the query service: UI, Tempo/Jaeger-compatible APIs, /healthz, /readyz, /metrics")
+	if withIndexers {
+		fs.Func("indexers", "comma-separated indexer read API addresses (host:port) to fan out to; default "+strings.Join(c.Indexers, ","), func(s string) error {
+			c.Indexers = nil
+			for _, a := range strings.Split(s, ",") {
+				if a = strings.TrimSpace(a); a != "" {
+					c.Indexers = append(c.Indexers, a)
+				}
+			}
+			return nil
+		})
+	}
+	c.Query.RegisterFlags(fs)
+}
+
+// Query serves the HTTP APIs over the indexers' read APIs.
+type Query struct {
+	cfg     QueryConfig
+	conns   []*grpc.ClientConn
+	handler http.Handler
+	log     *slog.Logger
+	bound   chan net.Addr
+}
+
+// NewQuery dials the indexers (lazily: an indexer that is down is an error
+// for the calls that need it, not for start-up) and builds the handler; the
+// health endpoints h serves are mounted beside the APIs.
+func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, error) {
+	if len(cfg.Indexers) == 0 {
+		return nil, errors.New("query: at least one indexer address is required (--indexers)")
+	}
+	if err := cfg.Query.Validate(); err != nil {
+		return nil, err
+	}
+	q := &Query{cfg: cfg, log: logger, bound: make(chan net.Addr, 1)}
+	var readers []readerpb.ReaderClient
+	for _, addr := range cfg.Indexers {
+		conn, err := grpc.NewClient(addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+		if err != nil {
+			q.close()
+			return nil, fmt.Errorf("dial indexer %s: %w", addr, err)
+		}
+		q.conns = append(q.conns, conn)
+		readers = append(readers, readerpb.NewReaderClient(conn))
+	}
+	api := query.New(cfg.Query, readers, logger.With("component", "query"), h.Registry())
+	mux := http.NewServeMux()
+	h.Register(mux)
+	api.Register(mux)
+	q.handler = mux
+	return q, nil
+}
+
+// Addr waits for and returns the bound HTTP address.
+func (q *Query) Addr(ctx context.Context) (net.Addr, error) {
+	select {
+	case a := <-q.bound:
+		q.bound <- a
+		return a, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Run serves until ctx ends.
+func (q *Query) Run(ctx context.Context) error {
+	defer q.close()
+	return serveHTTP(ctx, q.cfg.HTTPAddr, q.handler, q.log, "query HTTP", func(a net.Addr) { q.bound <- a })
+}
+
+func (q *Query) close() {
+	for _, c := range q.conns {
+		_ = c.Close()
+	}
+}

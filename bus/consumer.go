@@ -1,0 +1,253 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// RecordHandler is what a Consumer feeds. Calls never overlap: HandleRecords runs
+// on the poll loop and rebalances are held back while it runs.
+type RecordHandler interface {
+	// HandleRecords takes a polled batch. Each record's ticket must be released
+	// once the record is fully processed (see Ledger).
+	HandleRecords(ctx context.Context, recs []*kgo.Record, tickets []*Ticket)
+	// PartitionsGone is called after partitions were revoked or lost; state
+	// held for them must be dropped (their next owner replays it).
+	PartitionsGone(parts map[string][]int32)
+}
+
+// ConsumerConfig tunes the group consumer.
+type ConsumerConfig struct {
+	// Group is the consumer group ID. Default "threadline-indexer".
+	Group string
+	// CommitInterval is how often completed offsets are committed. Default 1s.
+	CommitInterval time.Duration
+	// MaxPendingRecords pauses fetching while this many consumed records are
+	// still in progress, so memory stays bounded when writes fall behind.
+	// Default 200000.
+	MaxPendingRecords int
+}
+
+// DefaultConsumerConfig returns the defaults documented on ConsumerConfig.
+func DefaultConsumerConfig() ConsumerConfig {
+	return ConsumerConfig{Group: "threadline-indexer", CommitInterval: time.Second, MaxPendingRecords: 200000}
+}
+
+// Consumer reads topics in a consumer group and commits only offsets whose
+// records the handler has completed.
+type Consumer struct {
+	cl      *kgo.Client
+	cfg     ConsumerConfig
+	handler RecordHandler
+	ledger  *Ledger
+	log     *slog.Logger
+
+	assignedMu sync.Mutex
+	assigned   int
+
+	records *prometheus.CounterVec
+	lag     *prometheus.GaugeVec
+	commits *prometheus.CounterVec
+}
+
+// NewConsumer joins group cfg.Group over topics.
+func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandler, logger *slog.Logger, reg prometheus.Registerer) (*Consumer, error) {
+	if err := kcfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Group == "" {
+		return nil, errors.New("kafka consumer: group must not be empty")
+	}
+	opts, err := kcfg.clientOpts()
+	if err != nil {
+		return nil, err
+	}
+	c := &Consumer{
+		cfg: cfg, handler: h, ledger: NewLedger(), log: logger,
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_kafka_consumed_records_total",
+			Help: "Records consumed from Kafka, by topic.",
+		}, []string{"topic"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "threadline_kafka_consumer_lag_records",
+			Help: "Records between the last consumed offset and the partition's high watermark.",
+		}, []string{"topic", "partition"}),
+		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_kafka_commits_total",
+			Help: "Offset commits, by result.",
+		}, []string{"result"}),
+	}
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "threadline_kafka_pending_records",
+		Help: "Consumed records whose traces are not yet decided and written (offsets held back).",
+	}, func() float64 { return float64(c.ledger.Pending()) })
+	for _, col := range []prometheus.Collector{c.records, c.lag, c.commits, pending} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("register consumer metrics: %w", err)
+		}
+	}
+	opts = append(opts,
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(topics...),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxBytes(64<<20),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			c.addAssigned(m, 1)
+			c.log.Info("partitions assigned", "partitions", m)
+		}),
+		kgo.OnPartitionsRevoked(c.onGone("revoked")),
+		kgo.OnPartitionsLost(c.onGone("lost")),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("create kafka consumer: %w", err)
+	}
+	c.cl = cl
+	return c, nil
+}
+
+func (c *Consumer) addAssigned(m map[string][]int32, sign int) {
+	n := 0
+	for _, ps := range m {
+		n += len(ps)
+	}
+	c.assignedMu.Lock()
+	c.assigned += sign * n
+	c.assignedMu.Unlock()
+}
+
+// onGone commits what is complete for the partitions, then lets the handler
+// drop their state. Pending records are replayed by the next owner.
+func (c *Consumer) onGone(why string) func(context.Context, *kgo.Client, map[string][]int32) {
+	return func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+		c.addAssigned(m, -1)
+		if why == "revoked" {
+			c.commit(ctx, m)
+		}
+		c.handler.PartitionsGone(m)
+		c.ledger.Forget(m)
+		c.log.Info("partitions "+why, "partitions", m)
+	}
+}
+
+// Assigned reports how many partitions this member owns (readiness).
+func (c *Consumer) Assigned() int {
+	c.assignedMu.Lock()
+	defer c.assignedMu.Unlock()
+	return c.assigned
+}
+
+// Run polls until ctx is done, then commits what is complete and leaves the
+// group. The handler must have released its tickets (flushed) before Close
+// for the final commit to include them; see CommitNow.
+func (c *Consumer) Run(ctx context.Context) error {
+	commitTick := time.NewTicker(c.cfg.CommitInterval)
+	defer commitTick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-commitTick.C:
+			c.commit(ctx, nil)
+		default:
+		}
+		if c.ledger.Pending() >= c.cfg.MaxPendingRecords {
+			// Backpressure: let writes catch up instead of buffering more.
+			c.cl.AllowRebalance()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		pollCtx, cancel := context.WithTimeout(ctx, c.cfg.CommitInterval)
+		fetches := c.cl.PollFetches(pollCtx)
+		cancel()
+		if fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				c.log.Warn("kafka fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		var recs []*kgo.Record
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if len(p.Records) == 0 {
+				return
+			}
+			last := p.Records[len(p.Records)-1]
+			c.lag.WithLabelValues(p.Topic, fmt.Sprint(p.Partition)).Set(float64(p.HighWatermark - last.Offset - 1))
+			c.records.WithLabelValues(p.Topic).Add(float64(len(p.Records)))
+			recs = append(recs, p.Records...)
+		})
+		if len(recs) > 0 {
+			tickets := make([]*Ticket, len(recs))
+			for i, r := range recs {
+				tickets[i] = c.ledger.Begin(r)
+			}
+			c.handler.HandleRecords(ctx, recs, tickets)
+		}
+		c.cl.AllowRebalance()
+	}
+}
+
+// CommitNow commits every completed offset synchronously.
+func (c *Consumer) CommitNow(ctx context.Context) { c.commit(ctx, nil) }
+
+func (c *Consumer) commit(ctx context.Context, only map[string][]int32) {
+	offs := c.ledger.Committable()
+	if only != nil {
+		keep := map[string]map[int32]kgo.EpochOffset{}
+		for t, ps := range only {
+			for _, p := range ps {
+				if eo, ok := offs[t][p]; ok {
+					if keep[t] == nil {
+						keep[t] = map[int32]kgo.EpochOffset{}
+					}
+					keep[t][p] = eo
+				}
+			}
+		}
+		offs = keep
+	}
+	if len(offs) == 0 {
+		return
+	}
+	c.cl.CommitOffsetsSync(ctx, offs, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err == nil {
+			for _, t := range resp.Topics {
+				for _, p := range t.Partitions {
+					if p.ErrorCode != 0 {
+						err = fmt.Errorf("commit %s/%d: error code %d", t.Topic, p.Partition, p.ErrorCode)
+					}
+				}
+			}
+		}
+		if err != nil {
+			c.commits.WithLabelValues("error").Inc()
+			if !errors.Is(err, context.Canceled) {
+				c.log.Warn("kafka offset commit failed", "err", err)
+			}
+			return
+		}
+		c.commits.WithLabelValues("ok").Inc()
+	})
+}
+
+// Ping reports whether a broker answers, for dependency health.
+func (c *Consumer) Ping(ctx context.Context) error { return c.cl.Ping(ctx) }
+
+// Close leaves the group and closes the client.
+func (c *Consumer) Close() { c.cl.Close() }

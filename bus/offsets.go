@@ -1,0 +1,130 @@
+package bus
+
+import (
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Ledger tracks, per partition, which consumed records are still being worked
+// on, so the committed offset never passes a record whose traces are not yet
+// decided and written. A crash then replays from the oldest unfinished record:
+// nothing acknowledged is lost, and idempotent writes make the replay harmless.
+//
+// A record's Ticket starts with one reference held by the consumer; every trace
+// that buffers part of the record takes another (Acquire) and gives it back
+// when the trace is written or dropped (Release). Records complete in any
+// order; the commit point is the first incomplete record of each partition.
+type Ledger struct {
+	mu    sync.Mutex
+	parts map[tp]*partLedger
+}
+
+type tp struct {
+	topic     string
+	partition int32
+}
+
+type partLedger struct {
+	pending []*Ticket // in offset order; completed ones are popped from the front
+	next    kgo.EpochOffset
+	valid   bool
+}
+
+// Ticket is one consumed record's reference count.
+type Ticket struct {
+	l      *Ledger
+	offset int64
+	epoch  int32
+	refs   int
+}
+
+// NewLedger returns an empty ledger.
+func NewLedger() *Ledger { return &Ledger{parts: map[tp]*partLedger{}} }
+
+// Begin registers a consumed record, returning its ticket with one reference.
+func (l *Ledger) Begin(r *kgo.Record) *Ticket {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := tp{r.Topic, r.Partition}
+	p := l.parts[k]
+	if p == nil {
+		p = &partLedger{}
+		l.parts[k] = p
+	}
+	t := &Ticket{l: l, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
+	p.pending = append(p.pending, t)
+	p.next = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
+	p.valid = true
+	return t
+}
+
+// Acquire takes another reference on the record.
+func (t *Ticket) Acquire() {
+	t.l.mu.Lock()
+	t.refs++
+	t.l.mu.Unlock()
+}
+
+// Release gives a reference back; at zero the record is complete.
+func (t *Ticket) Release() {
+	t.l.mu.Lock()
+	t.refs--
+	t.l.mu.Unlock()
+}
+
+// Committable returns, per partition, the offset up to which every record is
+// complete: the oldest incomplete record's offset, or one past the newest
+// consumed record when none is pending.
+func (l *Ledger) Committable() map[string]map[int32]kgo.EpochOffset {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]map[int32]kgo.EpochOffset{}
+	for k, p := range l.parts {
+		i := 0
+		for i < len(p.pending) && p.pending[i].refs <= 0 {
+			i++
+		}
+		// Drop completed tickets; keep the slice's capacity from growing forever.
+		p.pending = append(p.pending[:0], p.pending[i:]...)
+		if !p.valid {
+			continue
+		}
+		at := p.next
+		if len(p.pending) > 0 {
+			at = kgo.EpochOffset{Epoch: p.pending[0].epoch, Offset: p.pending[0].offset}
+		}
+		if out[k.topic] == nil {
+			out[k.topic] = map[int32]kgo.EpochOffset{}
+		}
+		out[k.topic][k.partition] = at
+	}
+	return out
+}
+
+// Pending counts records not yet complete (saturation).
+func (l *Ledger) Pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, p := range l.parts {
+		for _, t := range p.pending {
+			if t.refs > 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Forget drops the partitions' state after they were revoked or lost; the
+// records still pending will be replayed by the partitions' next owner.
+func (l *Ledger) Forget(parts map[string][]int32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for topic, ps := range parts {
+		for _, p := range ps {
+			delete(l.parts, tp{topic, p})
+		}
+	}
+}

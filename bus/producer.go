@@ -1,0 +1,169 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/threadline/threadline/span"
+)
+
+// ErrBufferFull is returned when the producer's buffer is at its cap: the
+// caller should tell its client to retry later rather than wait.
+var ErrBufferFull = errors.New("kafka producer buffer full")
+
+// Producer writes records keyed by trace ID with the idempotent producer and
+// acks=all, and reports success only once Kafka acknowledged every record.
+type Producer struct {
+	cl      *kgo.Client
+	cfg     Config
+	log     *slog.Logger
+	records *prometheus.CounterVec
+	latency prometheus.Histogram
+}
+
+// NewProducer connects a producer. It does not wait for the brokers: Kafka
+// being down is a per-request retryable error, not a start-up failure.
+func NewProducer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Producer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts, err := cfg.clientOpts()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
+		kgo.RecordPartitioner(Partitioner()),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
+		kgo.MaxBufferedBytes(cfg.MaxBufferedBytes),
+		// OTLP batches are already large; a short linger lets concurrent
+		// requests share produce requests without adding visible latency.
+		kgo.ProducerLinger(2*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(16<<20),
+		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("create kafka producer: %w", err)
+	}
+	p := &Producer{
+		cl:  cl,
+		cfg: cfg,
+		log: logger,
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_kafka_produced_records_total",
+			Help: "Records produced to Kafka, by topic and result (ok, buffer_full, error).",
+		}, []string{"topic", "result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "threadline_kafka_produce_duration_seconds",
+			Help:    "Time from handing a request's records to the producer until Kafka acknowledged all of them.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+	}
+	buffered := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "threadline_kafka_producer_buffered_bytes",
+		Help: "Bytes buffered in the producer awaiting acknowledgement (saturation).",
+	}, func() float64 { return float64(cl.BufferedProduceBytes()) })
+	for _, c := range []prometheus.Collector{p.records, p.latency, buffered} {
+		if err := reg.Register(c); err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("register producer metrics: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// PublishTraces produces one record per trace batch to the traces topic, key
+// the hex trace ID, value the batch's OTLP TracesData encoding.
+func (p *Producer) PublishTraces(ctx context.Context, batches []span.TraceBatch) error {
+	recs := make([]kgo.Record, len(batches))
+	for i := range batches {
+		recs[i] = kgo.Record{
+			Topic: p.cfg.TracesTopic,
+			Key:   batches[i].ID.AppendHex(make([]byte, 0, 32)),
+			Value: batches[i].Data,
+		}
+	}
+	return p.produce(ctx, p.cfg.TracesTopic, recs)
+}
+
+// Publish produces records with the given keys and values to topic. A nil key
+// lets the partitioner spread the record (used for logs without a trace).
+func (p *Producer) Publish(ctx context.Context, topic string, keys, values [][]byte) error {
+	recs := make([]kgo.Record, len(values))
+	for i := range values {
+		recs[i] = kgo.Record{Topic: topic, Key: keys[i], Value: values[i]}
+	}
+	return p.produce(ctx, topic, recs)
+}
+
+// produce hands every record to the client without blocking (TryProduce) and
+// waits for all acknowledgements. The first failure decides the error kind.
+func (p *Producer) produce(ctx context.Context, topic string, recs []kgo.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	wg.Add(len(recs))
+	done := func(_ *kgo.Record, err error) {
+		if err != nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}
+		wg.Done()
+	}
+	for i := range recs {
+		p.cl.TryProduce(ctx, &recs[i], done)
+	}
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		// Records already buffered are still delivered (or time out); the
+		// caller's client is gone, so it cannot be told either way.
+		return fmt.Errorf("produce to %s: %w", topic, ctx.Err())
+	}
+	err := firstErr
+	switch {
+	case err == nil:
+		p.records.WithLabelValues(topic, "ok").Add(float64(len(recs)))
+		p.latency.Observe(time.Since(start).Seconds())
+		return nil
+	case errors.Is(err, kgo.ErrMaxBuffered):
+		p.records.WithLabelValues(topic, "buffer_full").Add(float64(len(recs)))
+		return fmt.Errorf("produce to %s: %w", topic, ErrBufferFull)
+	default:
+		p.records.WithLabelValues(topic, "error").Add(float64(len(recs)))
+		p.log.Warn("kafka produce failed", "topic", topic, "records", len(recs), "err", err)
+		return fmt.Errorf("produce to %s: %w", topic, err)
+	}
+}
+
+// Ping reports whether a broker answers, for dependency health.
+func (p *Producer) Ping(ctx context.Context) error { return p.cl.Ping(ctx) }
+
+// Close flushes buffered records (bounded by ctx) and closes the client.
+func (p *Producer) Close(ctx context.Context) error {
+	err := p.cl.Flush(ctx)
+	p.cl.Close()
+	if err != nil {
+		return fmt.Errorf("flush kafka producer: %w", err)
+	}
+	return nil
+}

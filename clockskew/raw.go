@@ -1,0 +1,74 @@
+package clockskew
+
+import (
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/threadline/threadline/span"
+)
+
+// Raw undoes Adjust in place: every span carrying AttrClockSkew is shifted
+// back by that offset, and AttrClockSkew and AttrLogicalTime are removed, so
+// the trace reads as it was received. Adjust records only the offset because
+// the original start is start − offset; nothing else needs storing.
+func Raw(t *span.Trace) {
+	for i := range t.Spans {
+		unadjust(t.Spans[i].Span)
+	}
+}
+
+// unadjust restores one span and strips the attributes Adjust wrote.
+func unadjust(s *tracepb.Span) {
+	if s == nil {
+		return
+	}
+	attrs := s.GetAttributes()
+	kept := attrs[:0]
+	var o int64
+	for _, kv := range attrs {
+		switch kv.GetKey() {
+		case AttrClockSkew:
+			o = kv.GetValue().GetIntValue()
+		case AttrLogicalTime:
+		default:
+			kept = append(kept, kv)
+		}
+	}
+	if len(kept) == len(attrs) {
+		return
+	}
+	clear(attrs[len(kept):]) // drop references for the GC
+	s.Attributes = kept
+	if len(kept) == 0 {
+		s.Attributes = nil // as received: OTLP decodes an empty list as nil
+	}
+	if o != 0 {
+		shift(s, -o)
+	}
+}
+
+// shift moves the span's start, end and event timestamps by o nanoseconds.
+// Unset (zero) event timestamps stay unset.
+func shift(s *tracepb.Span, o int64) {
+	s.StartTimeUnixNano = uint64(int64(s.StartTimeUnixNano) + o)
+	s.EndTimeUnixNano = uint64(int64(s.EndTimeUnixNano) + o)
+	for _, e := range s.GetEvents() {
+		if e.GetTimeUnixNano() != 0 {
+			e.TimeUnixNano = uint64(int64(e.TimeUnixNano) + o)
+		}
+	}
+}
+
+// setIntAttr sets key to v, replacing an existing value.
+func setIntAttr(s *tracepb.Span, key string, v int64) {
+	for _, kv := range s.GetAttributes() {
+		if kv.GetKey() == key {
+			kv.Value = &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: v}}
+			return
+		}
+	}
+	s.Attributes = append(s.Attributes, &commonpb.KeyValue{
+		Key:   key,
+		Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: v}},
+	})
+}

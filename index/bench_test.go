@@ -1,0 +1,106 @@
+package index
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+)
+
+// measureBytesPerSpan writes nSpans of the workload shape in batches of 100
+// traces, closes the store (flushing memtables) and returns the on-disk
+// bytes (SSTables plus value log) per span.
+func measureBytesPerSpan(tb testing.TB, nSpans int) float64 {
+	tb.Helper()
+	dir := tb.TempDir()
+	st, err := Open(dir, slog.New(slog.DiscardHandler), nil, DefaultOptions())
+	require.NoError(tb, err)
+	w := newWorkload(42)
+	written := 0
+	for written < nSpans {
+		batch := w.kept(100)
+		require.NoError(tb, st.WriteTraces(context.Background(), batch))
+		written += 5 * len(batch)
+	}
+	require.NoError(tb, st.Close())
+	return float64(dirSize(dir, ".sst")+dirSize(dir, ".vlog")) / float64(written)
+}
+
+func TestDiskBytesPerSpan(t *testing.T) {
+	n := 50_000
+	if testing.Short() {
+		n = 10_000
+	}
+	perSpan := measureBytesPerSpan(t, n)
+	t.Logf("%.1f bytes per span on disk (%d spans)", perSpan, n)
+	require.Less(t, perSpan, 150.0, "storage budget is 150 bytes per span")
+}
+
+// BenchmarkDiskBytesPerSpan reports the on-disk footprint of 200k spans.
+func BenchmarkDiskBytesPerSpan(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		b.ReportMetric(measureBytesPerSpan(b, 200_000), "bytes/span")
+	}
+}
+
+func BenchmarkWriteTraces(b *testing.B) {
+	b.ReportAllocs()
+	st, err := Open(b.TempDir(), slog.New(slog.DiscardHandler), nil, DefaultOptions())
+	require.NoError(b, err)
+	defer func() { require.NoError(b, st.Close()) }()
+	w := newWorkload(7)
+	batches := make([][]KeptTrace, 64)
+	for i := range batches {
+		batches[i] = w.kept(100)
+	}
+	spans := 0
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		batch := batches[i%len(batches)]
+		if i >= len(batches) {
+			// Fresh trace IDs so the benchmark measures new traces, not rewrites.
+			b.StopTimer()
+			batch = w.kept(100)
+			b.StartTimer()
+		}
+		if err := st.WriteTraces(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+		spans += 500
+	}
+	b.ReportMetric(float64(spans)/b.Elapsed().Seconds(), "spans/s")
+}
+
+func BenchmarkSearch(b *testing.B) {
+	st, err := Open(b.TempDir(), slog.New(slog.DiscardHandler), nil, DefaultOptions())
+	require.NoError(b, err)
+	defer func() { require.NoError(b, st.Close()) }()
+	w := newWorkload(9)
+	for range 200 {
+		require.NoError(b, st.WriteTraces(context.Background(), w.kept(100)))
+	}
+	for _, tc := range []struct {
+		name string
+		q    *readerpb.SearchRequest
+	}{
+		{"recent", &readerpb.SearchRequest{}},
+		{"service", &readerpb.SearchRequest{Tags: map[string]string{"service.name": "payment"}}},
+		{"attr+status", &readerpb.SearchRequest{Tags: map[string]string{"http.route": "/api/cart", "status": "error"}}},
+		{"same_span", &readerpb.SearchRequest{Tags: map[string]string{"service.name": "checkout", "name": "SELECT orders"}, SameSpan: true, SpanMinDurationNanos: 1_000_000}},
+		{"duration", &readerpb.SearchRequest{MinDurationNanos: 200_000_000}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := st.Search(context.Background(), tc.q)
+				if err != nil || len(res) == 0 {
+					b.Fatal(fmt.Sprint(err, len(res)))
+				}
+			}
+		})
+	}
+}

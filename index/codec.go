@@ -1,0 +1,401 @@
+package index
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/threadline/threadline/span"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// ErrCorrupt reports a stored value that does not decode. It is returned
+// wrapped with the key that held it; a corrupt value never panics.
+var ErrCorrupt = errors.New("corrupt stored value")
+
+// valueVersion is the first byte of every span and summary value, so a
+// format change (or garbage) is detected instead of misparsed.
+const valueVersion byte = 1
+
+// appendLV appends a uvarint length and the bytes of s. Length-prefixing
+// (rather than separators) keeps prefixes exact: the posting prefix for
+// key "a" can never match entries of key "ab", whatever bytes they hold.
+func appendLV(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// readLV reads what appendLV wrote and returns the rest.
+func readLV(b []byte) (string, []byte, bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return "", nil, false
+	}
+	return string(b[w : w+int(n)]), b[w+int(n):], true
+}
+
+func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+
+func appendU64(dst []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(dst, v) }
+
+// clampU64 maps a Unix-nano timestamp or duration to an unsigned key part,
+// clamping negatives (bad clocks) to 0 so byte order stays numeric order.
+func clampU64(v int64) uint64 {
+	if v < 0 {
+		return 0
+	}
+	return uint64(v)
+}
+
+// blobHash names a resource or scope within a trace. 64 bits of FNV-1a make
+// a collision between the handful of resources of one trace negligible.
+func blobHash(b []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(b)
+	return h.Sum64()
+}
+
+var deterministic = proto.MarshalOptions{Deterministic: true}
+
+// encodeResource marshals a resource with its schema URL as an OTLP
+// ResourceSpans without scope spans.
+func encodeResource(r *span.Resource) ([]byte, error) {
+	rs := &tracepb.ResourceSpans{}
+	if r != nil {
+		rs.Resource, rs.SchemaUrl = r.Resource, r.SchemaURL
+	}
+	b, err := deterministic.Marshal(rs)
+	if err != nil {
+		return nil, fmt.Errorf("marshal resource: %w", err)
+	}
+	return b, nil
+}
+
+func decodeResource(b []byte) (*span.Resource, error) {
+	var rs tracepb.ResourceSpans
+	if err := proto.Unmarshal(b, &rs); err != nil {
+		return nil, fmt.Errorf("resource: %w: %w", ErrCorrupt, err)
+	}
+	return &span.Resource{Resource: rs.Resource, SchemaURL: rs.SchemaUrl}, nil
+}
+
+// encodeScope marshals a scope with its schema URL as an OTLP ScopeSpans
+// without spans.
+func encodeScope(s *span.Scope) ([]byte, error) {
+	ss := &tracepb.ScopeSpans{}
+	if s != nil {
+		ss.Scope, ss.SchemaUrl = s.Scope, s.SchemaURL
+	}
+	b, err := deterministic.Marshal(ss)
+	if err != nil {
+		return nil, fmt.Errorf("marshal scope: %w", err)
+	}
+	return b, nil
+}
+
+func decodeScope(b []byte) (*span.Scope, error) {
+	var ss tracepb.ScopeSpans
+	if err := proto.Unmarshal(b, &ss); err != nil {
+		return nil, fmt.Errorf("scope: %w: %w", ErrCorrupt, err)
+	}
+	return &span.Scope{Scope: ss.Scope, SchemaURL: ss.SchemaUrl}, nil
+}
+
+// appendSpanValue encodes a span value: version, resource hash, scope hash,
+// then the OTLP span without trace_id and span_id, which are in the key.
+func appendSpanValue(dst []byte, sp *tracepb.Span, resHash, scopeHash uint64) ([]byte, error) {
+	// A shallow copy is enough to drop the ID fields without touching the
+	// caller's message.
+	stripped := &tracepb.Span{
+		TraceState:             sp.TraceState,
+		ParentSpanId:           sp.ParentSpanId,
+		Flags:                  sp.Flags,
+		Name:                   sp.Name,
+		Kind:                   sp.Kind,
+		StartTimeUnixNano:      sp.StartTimeUnixNano,
+		EndTimeUnixNano:        sp.EndTimeUnixNano,
+		Attributes:             sp.Attributes,
+		DroppedAttributesCount: sp.DroppedAttributesCount,
+		Events:                 sp.Events,
+		DroppedEventsCount:     sp.DroppedEventsCount,
+		Links:                  sp.Links,
+		DroppedLinksCount:      sp.DroppedLinksCount,
+		Status:                 sp.Status,
+	}
+	dst = append(dst, valueVersion)
+	dst = appendU64(dst, resHash)
+	dst = appendU64(dst, scopeHash)
+	dst, err := deterministic.MarshalAppend(dst, stripped)
+	if err != nil {
+		return nil, fmt.Errorf("marshal span: %w", err)
+	}
+	return dst, nil
+}
+
+// decodeSpanValue reverses appendSpanValue, restoring the IDs from the key.
+func decodeSpanValue(b []byte, tid span.TraceID, sid span.SpanID) (*tracepb.Span, uint64, uint64, error) {
+	if len(b) < 17 || b[0] != valueVersion {
+		return nil, 0, 0, fmt.Errorf("span %s: %w: bad header", sid, ErrCorrupt)
+	}
+	resHash := binary.BigEndian.Uint64(b[1:9])
+	scopeHash := binary.BigEndian.Uint64(b[9:17])
+	sp := &tracepb.Span{}
+	if err := proto.Unmarshal(b[17:], sp); err != nil {
+		return nil, 0, 0, fmt.Errorf("span %s: %w: %w", sid, ErrCorrupt, err)
+	}
+	sp.TraceId = slices.Clone(tid[:])
+	sp.SpanId = slices.Clone(sid[:])
+	return sp, resHash, scopeHash, nil
+}
+
+// summary is the per-trace record merged on every write of the trace.
+type summary struct {
+	Seq         uint64
+	MinStart    uint64
+	MaxEnd      uint64
+	HasRoot     bool
+	RootStart   uint64
+	RootEnd     uint64
+	RootService string
+	RootName    string
+	SpanCount   uint64
+	ErrorCount  uint64
+	Reasons     []string
+	Services    []string
+	Warnings    []string
+}
+
+// Start is the trace start the API reports: the root's, else the earliest span's.
+func (s *summary) Start() uint64 {
+	if s.HasRoot {
+		return s.RootStart
+	}
+	return s.MinStart
+}
+
+// Duration follows reader.proto: the root span's, else first start to last end.
+func (s *summary) Duration() uint64 {
+	if s.HasRoot {
+		return subFloor(s.RootEnd, s.RootStart)
+	}
+	return subFloor(s.MaxEnd, s.MinStart)
+}
+
+func subFloor(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}
+
+// addSpan folds one span's times and root fields into s. It is idempotent:
+// adding the same span twice changes nothing (counts are kept by the caller,
+// which knows whether the span is new).
+func (s *summary) addSpan(sp span.Span) {
+	start, end := sp.GetStartTimeUnixNano(), sp.GetEndTimeUnixNano()
+	if s.MinStart == 0 || start < s.MinStart {
+		s.MinStart = start
+	}
+	if end > s.MaxEnd {
+		s.MaxEnd = end
+	}
+	if len(sp.GetParentSpanId()) == 0 && (!s.HasRoot || start < s.RootStart) {
+		s.HasRoot = true
+		s.RootStart, s.RootEnd = start, end
+		s.RootService, s.RootName = sp.ServiceName(), sp.GetName()
+	}
+	if svc := sp.ServiceName(); svc != "" {
+		s.Services = unionStrings(s.Services, svc)
+	}
+}
+
+// merge folds o (the spans of a later write) into s, keeping s.Seq.
+func (s *summary) merge(o *summary) {
+	if o.MinStart != 0 && (s.MinStart == 0 || o.MinStart < s.MinStart) {
+		s.MinStart = o.MinStart
+	}
+	s.MaxEnd = max(s.MaxEnd, o.MaxEnd)
+	if o.HasRoot && (!s.HasRoot || o.RootStart < s.RootStart) {
+		s.HasRoot = true
+		s.RootStart, s.RootEnd = o.RootStart, o.RootEnd
+		s.RootService, s.RootName = o.RootService, o.RootName
+	}
+	s.Reasons = unionStrings(s.Reasons, o.Reasons...)
+	s.Services = unionStrings(s.Services, o.Services...)
+	s.Warnings = unionStrings(s.Warnings, o.Warnings...)
+}
+
+// unionStrings appends the values of add not yet in dst, keeping first-seen order.
+func unionStrings(dst []string, add ...string) []string {
+	for _, a := range add {
+		if !slices.Contains(dst, a) {
+			dst = append(dst, a)
+		}
+	}
+	return dst
+}
+
+// Summary field numbers (protobuf wire format, hand-encoded to avoid a
+// second .proto for an internal record).
+const (
+	sumSeq protowire.Number = iota + 1
+	sumMinStart
+	sumMaxEnd
+	sumHasRoot
+	sumRootStart
+	sumRootEnd
+	sumRootService
+	sumRootName
+	sumSpanCount
+	sumErrorCount
+	sumReason
+	sumService
+	sumWarning
+)
+
+func (s *summary) appendTo(dst []byte) []byte {
+	dst = append(dst, valueVersion)
+	varint := func(n protowire.Number, v uint64) {
+		if v != 0 {
+			dst = protowire.AppendTag(dst, n, protowire.VarintType)
+			dst = protowire.AppendVarint(dst, v)
+		}
+	}
+	str := func(n protowire.Number, v string) {
+		dst = protowire.AppendTag(dst, n, protowire.BytesType)
+		dst = protowire.AppendString(dst, v)
+	}
+	varint(sumSeq, s.Seq)
+	varint(sumMinStart, s.MinStart)
+	varint(sumMaxEnd, s.MaxEnd)
+	varint(sumHasRoot, protowire.EncodeBool(s.HasRoot))
+	varint(sumRootStart, s.RootStart)
+	varint(sumRootEnd, s.RootEnd)
+	if s.RootService != "" {
+		str(sumRootService, s.RootService)
+	}
+	if s.RootName != "" {
+		str(sumRootName, s.RootName)
+	}
+	varint(sumSpanCount, s.SpanCount)
+	varint(sumErrorCount, s.ErrorCount)
+	for _, v := range s.Reasons {
+		str(sumReason, v)
+	}
+	for _, v := range s.Services {
+		str(sumService, v)
+	}
+	for _, v := range s.Warnings {
+		str(sumWarning, v)
+	}
+	return dst
+}
+
+func decodeSummary(b []byte) (summary, error) {
+	var s summary
+	if len(b) == 0 || b[0] != valueVersion {
+		return s, fmt.Errorf("trace summary: %w: bad header", ErrCorrupt)
+	}
+	b = b[1:]
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return s, fmt.Errorf("trace summary: %w: %w", ErrCorrupt, protowire.ParseError(n))
+		}
+		b = b[n:]
+		switch typ {
+		case protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return s, fmt.Errorf("trace summary: %w: %w", ErrCorrupt, protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case sumSeq:
+				s.Seq = v
+			case sumMinStart:
+				s.MinStart = v
+			case sumMaxEnd:
+				s.MaxEnd = v
+			case sumHasRoot:
+				s.HasRoot = protowire.DecodeBool(v)
+			case sumRootStart:
+				s.RootStart = v
+			case sumRootEnd:
+				s.RootEnd = v
+			case sumSpanCount:
+				s.SpanCount = v
+			case sumErrorCount:
+				s.ErrorCount = v
+			}
+		case protowire.BytesType:
+			v, n := protowire.ConsumeString(b)
+			if n < 0 {
+				return s, fmt.Errorf("trace summary: %w: %w", ErrCorrupt, protowire.ParseError(n))
+			}
+			b = b[n:]
+			switch num {
+			case sumRootService:
+				s.RootService = v
+			case sumRootName:
+				s.RootName = v
+			case sumReason:
+				s.Reasons = append(s.Reasons, v)
+			case sumService:
+				s.Services = append(s.Services, v)
+			case sumWarning:
+				s.Warnings = append(s.Warnings, v)
+			}
+		default:
+			// Unknown wire types come only from corruption: this record is
+			// ours and never uses them.
+			return s, fmt.Errorf("trace summary: %w: wire type %d", ErrCorrupt, typ)
+		}
+	}
+	return s, nil
+}
+
+// attrString renders a scalar attribute value the way tag search compares
+// it. Arrays, maps and bytes are not indexed.
+func attrString(v *commonpb.AnyValue) (string, bool) {
+	switch x := v.GetValue().(type) {
+	case *commonpb.AnyValue_StringValue:
+		return x.StringValue, true
+	case *commonpb.AnyValue_IntValue:
+		return strconv.FormatInt(x.IntValue, 10), true
+	case *commonpb.AnyValue_BoolValue:
+		return strconv.FormatBool(x.BoolValue), true
+	case *commonpb.AnyValue_DoubleValue:
+		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64), true
+	}
+	return "", false
+}
+
+// Status values of the "status" intrinsic.
+const (
+	statusUnset = "unset"
+	statusOK    = "ok"
+	statusError = "error"
+)
+
+func statusString(sp *tracepb.Span) string {
+	switch sp.GetStatus().GetCode() {
+	case tracepb.Status_STATUS_CODE_ERROR:
+		return statusError
+	case tracepb.Status_STATUS_CODE_OK:
+		return statusOK
+	}
+	return statusUnset
+}
+
+// kindString is the lowercase kind without prefix, as reader.proto wants.
+func kindString(k tracepb.Span_SpanKind) string {
+	return strings.ToLower(strings.TrimPrefix(k.String(), "SPAN_KIND_"))
+}

@@ -1,0 +1,154 @@
+package index
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Options configures the span store. The zero value is not useful; start from
+// DefaultOptions. The memory knobs are sized so that the all-in-one binary
+// (collector, broker, indexer and query in one process) stays under 500 MiB
+// RSS: Badger's defaults (64 MiB memtables × 5, 256 MiB block cache) alone
+// would take more than that.
+type Options struct {
+	// Retention is how long every key lives (Badger TTL, whole seconds).
+	// 0 keeps data forever. Default 7 days.
+	Retention time.Duration
+	// SyncWrites fsyncs every commit. Default false: Kafka offsets are
+	// committed only after a write returns, so a crash replays the batch and
+	// idempotent writes make the replay harmless.
+	SyncWrites bool
+	// MemTableSize is the size of one Badger memtable. Default 16 MiB.
+	MemTableSize int64
+	// NumMemtables is how many memtables may be held before writes stall.
+	// Default 2.
+	NumMemtables int
+	// BlockCacheSize caches decompressed blocks. Default 32 MiB.
+	BlockCacheSize int64
+	// IndexCacheSize caches table indexes and bloom filters. Default 16 MiB.
+	IndexCacheSize int64
+	// BlockSize is the uncompressed size of one SSTable block. Default
+	// 32 KiB: larger blocks give ZSTD more context, which is most of how the
+	// store stays under its bytes-per-span budget.
+	BlockSize int
+	// NumCompactors is the number of concurrent compaction goroutines.
+	// Default 2 (Badger's minimum).
+	NumCompactors int
+	// ValueLogFileSize caps one value-log file. Default 64 MiB.
+	ValueLogFileSize int64
+	// GCInterval is how often value-log GC runs. Default 5 minutes.
+	GCInterval time.Duration
+	// MaxTagKeys caps the distinct attribute keys remembered for the tag
+	// APIs. Default 500.
+	MaxTagKeys int
+	// MaxTagValuesPerKey caps the distinct values remembered per attribute
+	// key, and the operations remembered per service. Default 1000.
+	MaxTagValuesPerKey int
+	// MaxServices caps the distinct services remembered. Default 1000.
+	MaxServices int
+}
+
+// DefaultOptions returns the defaults documented on each field.
+func DefaultOptions() Options {
+	return Options{
+		Retention:          7 * 24 * time.Hour,
+		MemTableSize:       16 << 20,
+		NumMemtables:       2,
+		BlockCacheSize:     32 << 20,
+		IndexCacheSize:     16 << 20,
+		BlockSize:          32 << 10,
+		NumCompactors:      2,
+		ValueLogFileSize:   64 << 20,
+		GCInterval:         5 * time.Minute,
+		MaxTagKeys:         500,
+		MaxTagValuesPerKey: 1000,
+		MaxServices:        1000,
+	}
+}
+
+// RegisterFlags registers the options as --store.* flags with the current
+// values as defaults.
+func (o *Options) RegisterFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&o.Retention, "store.retention", o.Retention, "How long kept traces are stored (Badger TTL, whole seconds); 0 keeps them forever.")
+	fs.BoolVar(&o.SyncWrites, "store.sync-writes", o.SyncWrites, "Fsync every span-store commit. Off by default: Kafka replays anything not yet written.")
+	fs.Int64Var(&o.MemTableSize, "store.memtable-size", o.MemTableSize, "Bytes per Badger memtable.")
+	fs.IntVar(&o.NumMemtables, "store.num-memtables", o.NumMemtables, "Badger memtables held before writes stall.")
+	fs.Int64Var(&o.BlockCacheSize, "store.block-cache-size", o.BlockCacheSize, "Bytes of decompressed blocks Badger caches.")
+	fs.Int64Var(&o.IndexCacheSize, "store.index-cache-size", o.IndexCacheSize, "Bytes of table indexes and bloom filters Badger caches.")
+	fs.IntVar(&o.BlockSize, "store.block-size", o.BlockSize, "Uncompressed bytes per SSTable block; larger compresses better.")
+	fs.IntVar(&o.NumCompactors, "store.num-compactors", o.NumCompactors, "Concurrent Badger compactions (at least 2).")
+	fs.Int64Var(&o.ValueLogFileSize, "store.value-log-file-size", o.ValueLogFileSize, "Bytes per Badger value-log file.")
+	fs.DurationVar(&o.GCInterval, "store.gc-interval", o.GCInterval, "How often value-log garbage collection runs.")
+	fs.IntVar(&o.MaxTagKeys, "store.max-tag-keys", o.MaxTagKeys, "Distinct attribute keys remembered for the tag-name API.")
+	fs.IntVar(&o.MaxTagValuesPerKey, "store.max-tag-values", o.MaxTagValuesPerKey, "Distinct values remembered per attribute key (and operations per service).")
+	fs.IntVar(&o.MaxServices, "store.max-services", o.MaxServices, "Distinct services remembered for the services API.")
+}
+
+// Validate rejects settings Badger would refuse or that defeat the store.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Retention < 0 {
+		errs = append(errs, errors.New("store retention must not be negative; use 0 to keep data forever"))
+	}
+	if o.Retention > 0 && o.Retention < time.Second {
+		errs = append(errs, fmt.Errorf("store retention %s is below one second, the resolution of Badger's TTL", o.Retention))
+	}
+	if o.MemTableSize < 1<<20 {
+		errs = append(errs, fmt.Errorf("store memtable size %d is below 1 MiB", o.MemTableSize))
+	}
+	if o.NumMemtables < 1 {
+		errs = append(errs, errors.New("store needs at least one memtable"))
+	}
+	if o.BlockCacheSize <= 0 {
+		errs = append(errs, errors.New("store block cache size must be positive: compressed blocks are decompressed on every read without it"))
+	}
+	if o.IndexCacheSize < 0 {
+		errs = append(errs, errors.New("store index cache size must not be negative"))
+	}
+	if o.BlockSize < 1<<10 {
+		errs = append(errs, fmt.Errorf("store block size %d is below 1 KiB", o.BlockSize))
+	}
+	if o.NumCompactors < 2 {
+		errs = append(errs, errors.New("store needs at least 2 compactors (Badger's minimum)"))
+	}
+	if o.ValueLogFileSize < 1<<20 || o.ValueLogFileSize >= 2<<30 {
+		errs = append(errs, fmt.Errorf("store value-log file size %d must be between 1 MiB and 2 GiB", o.ValueLogFileSize))
+	}
+	if o.GCInterval <= 0 {
+		errs = append(errs, errors.New("store value-log GC interval must be positive"))
+	}
+	if o.MaxTagKeys < 1 || o.MaxTagValuesPerKey < 1 || o.MaxServices < 1 {
+		errs = append(errs, errors.New("store tag-key, tag-value and service caps must each be at least 1"))
+	}
+	return errors.Join(errs...)
+}
+
+// badgerOptions maps Options onto Badger's, keeping small values in the LSM
+// (where ZSTD compresses them) rather than the value log.
+func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options {
+	return badger.DefaultOptions(dir).
+		WithLogger(logger).
+		WithSyncWrites(o.SyncWrites).
+		WithMemTableSize(o.MemTableSize).
+		WithNumMemtables(o.NumMemtables).
+		WithNumLevelZeroTables(max(2, o.NumMemtables)).
+		WithNumLevelZeroTablesStall(max(8, 2*o.NumMemtables)).
+		WithBlockCacheSize(o.BlockCacheSize).
+		WithIndexCacheSize(o.IndexCacheSize).
+		WithBlockSize(o.BlockSize).
+		WithNumCompactors(o.NumCompactors).
+		WithValueLogFileSize(o.ValueLogFileSize).
+		WithCompression(options.ZSTD).
+		WithZSTDCompressionLevel(3).
+		// Spans are a few hundred bytes; only pathological ones (huge
+		// attribute blobs) go to the value log.
+		WithValueThreshold(64 << 10).
+		// Badger's expvar metrics are process-global; ours are per store.
+		WithMetricsEnabled(false).
+		WithNumGoroutines(2)
+}

@@ -1,0 +1,234 @@
+package index
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/span"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+)
+
+// Trace returns every stored span of one trace, or found=false.
+func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, error) {
+	var (
+		st    StoredTrace
+		found bool
+	)
+	err := s.db.View(func(txn *badger.Txn) error {
+		var sum *summary
+		var err error
+		st.Spans, sum, err = readTrace(ctx, txn, id)
+		if err != nil {
+			return err
+		}
+		if sum != nil {
+			st.Reasons, st.Warnings = sum.Reasons, sum.Warnings
+		}
+		found = sum != nil || len(st.Spans) > 0
+		return nil
+	})
+	if err != nil {
+		return StoredTrace{}, false, fmt.Errorf("read trace %s: %w", id, err)
+	}
+	return st, found, nil
+}
+
+// readTrace reads the summary and spans of one trace in a single prefix
+// scan. Resources and scopes sort before spans, so by the time a span is
+// decoded the blobs it names are known.
+func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Span, *summary, error) {
+	prefix := traceKey(id, 0)[:17]
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+	defer it.Close()
+	var (
+		sum       *summary
+		spans     []span.Span
+		resources = map[uint64]*span.Resource{}
+		scopes    = map[uint64]*span.Scope{}
+	)
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		item := it.Item()
+		k := item.Key()
+		if len(k) < 18 {
+			continue
+		}
+		err := item.Value(func(v []byte) error {
+			switch sub, rest := k[17], k[18:]; {
+			case sub == subSummary && len(rest) == 0:
+				d, err := decodeSummary(v)
+				if err != nil {
+					return err
+				}
+				sum = &d
+			case sub == subResource && len(rest) == 8:
+				r, err := decodeResource(v)
+				if err != nil {
+					return err
+				}
+				resources[beUint64(rest)] = r
+			case sub == subScope && len(rest) == 8:
+				sc, err := decodeScope(v)
+				if err != nil {
+					return err
+				}
+				scopes[beUint64(rest)] = sc
+			case sub == subSpan && len(rest) == 8:
+				sp, rh, sh, err := decodeSpanValue(v, id, span.SpanID(rest))
+				if err != nil {
+					return err
+				}
+				res, ok := resources[rh]
+				if !ok {
+					return fmt.Errorf("span %x: %w: missing resource %016x", rest, ErrCorrupt, rh)
+				}
+				sc, ok := scopes[sh]
+				if !ok {
+					return fmt.Errorf("span %x: %w: missing scope %016x", rest, ErrCorrupt, sh)
+				}
+				spans = append(spans, span.Span{Span: sp, Resource: res, Scope: sc})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	slices.SortStableFunc(spans, func(a, b span.Span) int {
+		return cmp.Compare(a.GetStartTimeUnixNano(), b.GetStartTimeUnixNano())
+	})
+	return spans, sum, nil
+}
+
+// Services lists stored service names, sorted.
+func (s *Store) Services(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.scanKeys(ctx, []byte{prefixSvcList}, func(rest []byte) bool {
+		out = append(out, string(rest))
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	return out, nil
+}
+
+// Operations lists the operations (span name and kind) of one service, or
+// of every service when service is "", sorted by service, name and kind.
+func (s *Store) Operations(ctx context.Context, service string) ([]*readerpb.Operation, error) {
+	prefix := []byte{prefixOpList}
+	if service != "" {
+		prefix = appendLV(prefix, service)
+	}
+	var out []*readerpb.Operation
+	err := s.scanKeys(ctx, prefix, func(rest []byte) bool {
+		svc := service
+		if service == "" {
+			var ok bool
+			if svc, rest, ok = readLV(rest); !ok {
+				return true
+			}
+		}
+		if len(rest) == 0 {
+			return true
+		}
+		out = append(out, &readerpb.Operation{
+			Service:  svc,
+			SpanKind: kindString(tracepb.Span_SpanKind(rest[0])),
+			Name:     string(rest[1:]),
+		})
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list operations: %w", err)
+	}
+	slices.SortFunc(out, func(a, b *readerpb.Operation) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Name, b.Name), strings.Compare(a.SpanKind, b.SpanKind))
+	})
+	return out, nil
+}
+
+// TagNames lists the attribute keys seen on resources and on spans.
+func (s *Store) TagNames(ctx context.Context) (resource, spanKeys []string, err error) {
+	err = s.scanKeys(ctx, []byte{prefixTagName}, func(rest []byte) bool {
+		if len(rest) < 1 {
+			return true
+		}
+		switch rest[0] {
+		case scopeResource:
+			resource = append(resource, string(rest[1:]))
+		case scopeSpan:
+			spanKeys = append(spanKeys, string(rest[1:]))
+		}
+		return true
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list tag names: %w", err)
+	}
+	return resource, spanKeys, nil
+}
+
+// DefaultTagValuesLimit is the TagValues limit when the caller passes 0.
+const DefaultTagValuesLimit = 1000
+
+// TagValues lists up to limit stored values of one attribute key, sorted.
+// "service.name", "name" and "status" are the intrinsics of SearchRequest.
+func (s *Store) TagValues(ctx context.Context, tag string, limit int) ([]string, error) {
+	if limit <= 0 {
+		limit = DefaultTagValuesLimit
+	}
+	var out []string
+	var err error
+	switch tag {
+	case "service.name":
+		out, err = s.Services(ctx)
+	case "name":
+		var ops []*readerpb.Operation
+		ops, err = s.Operations(ctx, "")
+		for _, op := range ops {
+			out = append(out, op.Name)
+		}
+		slices.Sort(out)
+		out = slices.Compact(out)
+	case "status":
+		out = []string{statusError, statusOK, statusUnset}
+	default:
+		prefix := appendLV([]byte{prefixTagValue}, tag)
+		err = s.scanKeys(ctx, prefix, func(rest []byte) bool {
+			out = append(out, string(rest))
+			return len(out) < limit
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list values of tag %q: %w", tag, err)
+	}
+	return out[:min(len(out), limit)], nil
+}
+
+// scanKeys calls fn with the remainder of every key under prefix, in key order, until fn returns false. Values are never
+// read.
+func (s *Store) scanKeys(ctx context.Context, prefix []byte, fn func(rest []byte) bool) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		n := 0
+		for it.Rewind(); it.Valid(); it.Next() {
+			if n++; n%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			if !fn(it.Item().Key()[len(prefix):]) {
+				return nil
+			}
+		}
+		return ctx.Err()
+	})
+}

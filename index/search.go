@@ -1,0 +1,451 @@
+package index
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/span"
+)
+
+// ErrBadQuery reports a SearchRequest that contradicts itself; the read API
+// maps it to InvalidArgument.
+var ErrBadQuery = errors.New("invalid search request")
+
+const (
+	// DefaultSearchLimit is the limit when the request leaves it 0.
+	DefaultSearchLimit = 20
+	// searchMaxCandidates bounds the traces one search examines, so a
+	// query that matches almost nothing cannot walk the whole store.
+	searchMaxCandidates = 20000
+	// durationScanCap is how many duration-index entries a duration-only
+	// search collects before it falls back to scanning by start time.
+	durationScanCap = 2000
+	// searchSlack widens time-bounded index scans. Postings are ordered by
+	// first-write time, which trails a trace's end by the sampler's decision
+	// wait (and any Kafka lag); the start index cannot see that a trace that
+	// started before the range still overlaps it. Traces written more than
+	// this long after they ended, or lasting longer than this, can be missed
+	// by time-bounded searches.
+	searchSlack = uint64(time.Hour)
+)
+
+type tagFilter struct {
+	key, value string
+}
+
+type compiledQuery struct {
+	req      *readerpb.SearchRequest
+	tags     []tagFilter
+	postings [][]byte // necessary conditions, driver first
+	reasons  map[string]bool
+	limit    int
+	needSpan bool // some condition can only be checked on stored spans
+}
+
+func compileQuery(q *readerpb.SearchRequest) (*compiledQuery, error) {
+	if q == nil {
+		q = &readerpb.SearchRequest{}
+	}
+	var errs []error
+	for _, d := range []struct {
+		name     string
+		min, max int64
+	}{
+		{"duration", q.MinDurationNanos, q.MaxDurationNanos},
+		{"span duration", q.SpanMinDurationNanos, q.SpanMaxDurationNanos},
+		{"time range", q.StartUnixNano, q.EndUnixNano},
+	} {
+		if d.min < 0 || d.max < 0 {
+			errs = append(errs, fmt.Errorf("%s bounds must not be negative", d.name))
+		} else if d.max > 0 && d.min > d.max {
+			errs = append(errs, fmt.Errorf("%s lower bound %d is above its upper bound %d", d.name, d.min, d.max))
+		}
+	}
+	cq := &compiledQuery{req: q, limit: int(q.Limit)}
+	if cq.limit == 0 {
+		cq.limit = DefaultSearchLimit
+	}
+	if len(q.KeptReasons) > 0 {
+		cq.reasons = map[string]bool{}
+		for _, r := range q.KeptReasons {
+			cq.reasons[r] = true
+		}
+	}
+	// Candidates come from the first posting, so order them from the most
+	// to the least selective kind: one operation, an attribute value, a
+	// span name, a service, a status.
+	type ranked struct {
+		rank int
+		key  []byte
+	}
+	var ps []ranked
+	for _, k := range slices.Sorted(maps.Keys(q.Tags)) {
+		v := q.Tags[k]
+		switch k {
+		case "service.name":
+			ps = append(ps, ranked{3, svcPosting(v)})
+		case "name":
+			ps = append(ps, ranked{2, namePosting(v)})
+		case "status":
+			v = strings.ToLower(v)
+			if v != statusError && v != statusOK && v != statusUnset {
+				errs = append(errs, fmt.Errorf("status %q is not one of error, ok, unset", q.Tags[k]))
+			}
+			ps = append(ps, ranked{4, statusPosting(v)})
+		default:
+			if len(v) <= maxIndexedValue {
+				ps = append(ps, ranked{1, attrPosting(k, v)})
+			} else {
+				cq.needSpan = true
+			}
+		}
+		cq.tags = append(cq.tags, tagFilter{key: k, value: v})
+	}
+	if q.SameSpan {
+		svc, okSvc := q.Tags["service.name"]
+		name, okName := q.Tags["name"]
+		if okSvc && okName {
+			ps = append(ps, ranked{0, opPosting(svc, name)})
+		}
+		// One span must satisfy everything together; postings only say
+		// that each condition holds on some span.
+		cq.needSpan = cq.needSpan || len(cq.tags) > 1 || q.SpanMinDurationNanos > 0 || q.SpanMaxDurationNanos > 0
+	}
+	if q.SpanMinDurationNanos > 0 || q.SpanMaxDurationNanos > 0 {
+		cq.needSpan = true
+	}
+	slices.SortStableFunc(ps, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
+	for _, p := range ps {
+		cq.postings = append(cq.postings, p.key)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadQuery, err)
+	}
+	return cq, nil
+}
+
+// Search returns summaries of matching traces, newest first. Candidates come
+// from the most selective posting list (newest first-write first), else the
+// duration index, else the start-time index; each is checked against the
+// other postings with point lookups, then against its summary, and — only
+// when a condition needs it (same_span, span duration bounds, unindexed long
+// values) — against its stored spans. It stops after limit matches or
+// searchMaxCandidates candidates.
+func (s *Store) Search(ctx context.Context, q *readerpb.SearchRequest) ([]*readerpb.TraceSummary, error) {
+	cq, err := compileQuery(q)
+	if err != nil {
+		return nil, err
+	}
+	var out []*readerpb.TraceSummary
+	err = s.db.View(func(txn *badger.Txn) error {
+		srch := &searcher{ctx: ctx, txn: txn, q: cq, seen: map[uint64]bool{}}
+		err := srch.run()
+		out = srch.out
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("search traces: %w", err)
+	}
+	slices.SortFunc(out, func(a, b *readerpb.TraceSummary) int {
+		return cmp.Or(cmp.Compare(b.StartUnixNano, a.StartUnixNano), bytes.Compare(a.TraceId, b.TraceId))
+	})
+	return out[:min(len(out), cq.limit)], nil
+}
+
+type searcher struct {
+	ctx      context.Context
+	txn      *badger.Txn
+	q        *compiledQuery
+	seen     map[uint64]bool
+	examined int
+	out      []*readerpb.TraceSummary
+	collect  bool // keep going past limit (the caller sorts and trims)
+}
+
+var errSearchDone = errors.New("search done")
+
+func (s *searcher) run() error {
+	var err error
+	switch {
+	case len(s.q.postings) > 0:
+		err = s.scanPosting(s.q.postings[0])
+	case s.q.req.MinDurationNanos > 0:
+		var seqs []uint64
+		if seqs, err = s.durationCandidates(); err == nil && seqs != nil {
+			s.collect = true
+			for _, seq := range seqs {
+				if err = s.visit(seq); err != nil {
+					break
+				}
+			}
+		} else if err == nil {
+			err = s.scanStart()
+		}
+	default:
+		err = s.scanStart()
+	}
+	if errors.Is(err, errSearchDone) {
+		return nil
+	}
+	return err
+}
+
+// timeBounds widens the request's time range by searchSlack for index scans.
+func (s *searcher) timeBounds() (lo, hi uint64) {
+	lo, hi = 0, math.MaxUint64
+	if st := clampU64(s.q.req.StartUnixNano); st > searchSlack {
+		lo = st - searchSlack
+	}
+	if end := clampU64(s.q.req.EndUnixNano); end > 0 && end < math.MaxUint64-searchSlack {
+		hi = end
+	}
+	return lo, hi
+}
+
+// scanPosting walks one posting list newest first.
+func (s *searcher) scanPosting(prefix []byte) error {
+	lo, hi := s.timeBounds()
+	if hi != math.MaxUint64 {
+		hi += searchSlack
+	}
+	return s.reverseScan(prefix, hi, func(seq uint64, _ uint64) (bool, error) {
+		if seq < lo {
+			return false, nil
+		}
+		return true, s.visit(seq)
+	})
+}
+
+// scanStart walks the start-time index newest first.
+func (s *searcher) scanStart() error {
+	lo, hi := s.timeBounds()
+	return s.reverseScan([]byte{prefixStart}, hi, func(seq, start uint64) (bool, error) {
+		if start < lo {
+			return false, nil
+		}
+		return true, s.visit(seq)
+	})
+}
+
+// reverseScan iterates keys prefix|[u64]|seq or prefix|seq backwards from
+// the key bound hi, calling fn with the seq and (for two-number keys) the
+// number before it.
+func (s *searcher) reverseScan(prefix []byte, hi uint64, fn func(seq, num uint64) (bool, error)) error {
+	it := s.txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: prefix})
+	defer it.Close()
+	seek := appendU64(slices.Clip(prefix), hi)
+	seek = append(seek, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	for it.Seek(seek); it.Valid(); it.Next() {
+		rest := it.Item().Key()[len(prefix):]
+		var seq, num uint64
+		switch len(rest) {
+		case 8:
+			seq = beUint64(rest)
+		case 16:
+			num, seq = beUint64(rest), beUint64(rest[8:])
+		default:
+			continue
+		}
+		more, err := fn(seq, num)
+		if err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
+// durationCandidates collects the traces whose indexed duration is within
+// the bounds, or returns nil when there are more than durationScanCap.
+func (s *searcher) durationCandidates() ([]uint64, error) {
+	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDuration}})
+	defer it.Close()
+	maxDur := uint64(math.MaxUint64)
+	if s.q.req.MaxDurationNanos > 0 {
+		maxDur = uint64(s.q.req.MaxDurationNanos)
+	}
+	seqs := []uint64{}
+	for it.Seek(appendU64([]byte{prefixDuration}, uint64(s.q.req.MinDurationNanos))); it.Valid(); it.Next() {
+		rest := it.Item().Key()[1:]
+		if len(rest) != 16 {
+			continue
+		}
+		if beUint64(rest) > maxDur {
+			break
+		}
+		if len(seqs) == durationScanCap {
+			return nil, s.ctx.Err()
+		}
+		seqs = append(seqs, beUint64(rest[8:]))
+	}
+	// Newest first, so the candidate cap (if it bites) keeps the newest.
+	slices.SortFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) })
+	return seqs, s.ctx.Err()
+}
+
+// visit checks one candidate trace and records it if it matches. It returns
+// errSearchDone when the search has enough.
+func (s *searcher) visit(seq uint64) error {
+	if s.seen[seq] {
+		return nil
+	}
+	s.seen[seq] = true
+	if s.examined++; s.examined > searchMaxCandidates {
+		return errSearchDone
+	}
+	if s.examined%256 == 0 {
+		if err := s.ctx.Err(); err != nil {
+			return err
+		}
+	}
+	for _, p := range s.q.postings[min(1, len(s.q.postings)):] {
+		ok, err := s.exists(appendU64(slices.Clip(p), seq))
+		if err != nil || !ok {
+			return err
+		}
+	}
+	item, err := s.txn.Get(seqKey(seq))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("resolve trace reference: %w", err)
+	}
+	var tid span.TraceID
+	if err := item.Value(func(v []byte) error {
+		if len(v) != len(tid) {
+			return fmt.Errorf("trace reference %d: %w", seq, ErrCorrupt)
+		}
+		copy(tid[:], v)
+		return nil
+	}); err != nil {
+		return err
+	}
+	sum, found, err := getSummary(s.txn, traceKey(tid, subSummary))
+	if err != nil {
+		return fmt.Errorf("trace %s: %w", tid, err)
+	}
+	if !found || sum.Seq != seq || !s.summaryMatches(&sum) {
+		return nil
+	}
+	if s.q.needSpan {
+		spans, _, err := readTrace(s.ctx, s.txn, tid)
+		if err != nil {
+			return fmt.Errorf("trace %s: %w", tid, err)
+		}
+		if !s.spansMatch(spans) {
+			return nil
+		}
+	}
+	s.out = append(s.out, &readerpb.TraceSummary{
+		TraceId:         tid[:],
+		RootServiceName: sum.RootService,
+		RootSpanName:    sum.RootName,
+		StartUnixNano:   int64(sum.Start()),
+		DurationNanos:   int64(sum.Duration()),
+		SpanCount:       uint32(min(sum.SpanCount, math.MaxUint32)),
+		ErrorCount:      uint32(min(sum.ErrorCount, math.MaxUint32)),
+		KeptReasons:     sum.Reasons,
+		Services:        sum.Services,
+	})
+	if !s.collect && len(s.out) >= s.q.limit {
+		return errSearchDone
+	}
+	return nil
+}
+
+func (s *searcher) exists(key []byte) (bool, error) {
+	_, err := s.txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("check posting: %w", err)
+	}
+	return true, nil
+}
+
+func (s *searcher) summaryMatches(sum *summary) bool {
+	q := s.q.req
+	d := sum.Duration()
+	switch {
+	case q.MinDurationNanos > 0 && d < uint64(q.MinDurationNanos):
+		return false
+	case q.MaxDurationNanos > 0 && d > uint64(q.MaxDurationNanos):
+		return false
+	case q.EndUnixNano > 0 && sum.MinStart > uint64(q.EndUnixNano):
+		return false
+	case q.StartUnixNano > 0 && max(sum.MaxEnd, sum.MinStart) < uint64(q.StartUnixNano):
+		return false
+	}
+	if s.q.reasons != nil && !slices.ContainsFunc(sum.Reasons, func(r string) bool { return s.q.reasons[r] }) {
+		return false
+	}
+	return true
+}
+
+func (s *searcher) spansMatch(spans []span.Span) bool {
+	q := s.q.req
+	durOK := func(sp span.Span) bool {
+		d := subFloor(sp.GetEndTimeUnixNano(), sp.GetStartTimeUnixNano())
+		return (q.SpanMinDurationNanos == 0 || d >= uint64(q.SpanMinDurationNanos)) &&
+			(q.SpanMaxDurationNanos == 0 || d <= uint64(q.SpanMaxDurationNanos))
+	}
+	if q.SameSpan {
+		return slices.ContainsFunc(spans, func(sp span.Span) bool {
+			if !durOK(sp) {
+				return false
+			}
+			for _, t := range s.q.tags {
+				if !spanHasTag(sp, t) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for _, t := range s.q.tags {
+		if !slices.ContainsFunc(spans, func(sp span.Span) bool { return spanHasTag(sp, t) }) {
+			return false
+		}
+	}
+	return slices.ContainsFunc(spans, durOK)
+}
+
+// spanHasTag applies one tag filter to one span as reader.proto defines it.
+func spanHasTag(sp span.Span, t tagFilter) bool {
+	switch t.key {
+	case "service.name":
+		return sp.ServiceName() == t.value
+	case "name":
+		return sp.GetName() == t.value
+	case "status":
+		return statusString(sp.Span) == t.value
+	}
+	for _, a := range sp.GetAttributes() {
+		if a.GetKey() == t.key {
+			if v, ok := attrString(a.GetValue()); ok && v == t.value {
+				return true
+			}
+		}
+	}
+	if sp.Resource != nil {
+		for _, a := range sp.Resource.Resource.GetAttributes() {
+			if a.GetKey() == t.key {
+				if v, ok := attrString(a.GetValue()); ok && v == t.value {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,71 @@
+// Package indexer turns the Kafka stream of spans into stored traces: it
+// assembles each trace's spans until the trace is quiet, runs the trace through
+// the pipeline stages (clock-skew repair, sampling), writes what is kept, and
+// releases each Kafka record only once every trace it carried is written or
+// dropped — so offsets are committed only below work that is finished.
+package indexer
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+)
+
+// Config bounds the assembly buffer and paces decisions.
+type Config struct {
+	// DecisionWait: a trace is decided once no span arrived for this long. Default 5s.
+	DecisionWait time.Duration
+	// DecisionMaxWait: a trace is decided at this age even if spans keep coming. Default 60s.
+	DecisionMaxWait time.Duration
+	// MaxTraces bounds traces buffered awaiting a decision; past it the oldest
+	// are decided early. Default 200000.
+	MaxTraces int
+	// MaxSpansPerTrace: a trace reaching this many buffered spans is decided at
+	// once; its later spans follow the decision. Default 10000.
+	MaxSpansPerTrace int
+	// MaxBufferedSpans bounds spans buffered across all traces. Default 1000000.
+	MaxBufferedSpans int
+	// DecisionCacheSize is how many decisions are remembered so late spans
+	// follow their trace's decision instead of starting a new trace. Default 500000.
+	DecisionCacheSize int
+	// WriteBatchSpans is how many spans are written in one store batch. Default 4096.
+	WriteBatchSpans int
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		DecisionWait:      5 * time.Second,
+		DecisionMaxWait:   60 * time.Second,
+		MaxTraces:         200000,
+		MaxSpansPerTrace:  10000,
+		MaxBufferedSpans:  1000000,
+		DecisionCacheSize: 500000,
+		WriteBatchSpans:   4096,
+	}
+}
+
+// RegisterFlags registers the indexer's assembly flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.DecisionWait, "decision-wait", c.DecisionWait, "decide a trace once no span arrived for this long")
+	fs.DurationVar(&c.DecisionMaxWait, "decision-max-wait", c.DecisionMaxWait, "decide a trace at this age even if spans keep arriving")
+	fs.IntVar(&c.MaxTraces, "max-buffered-traces", c.MaxTraces, "traces buffered awaiting a decision; past it the oldest are decided early")
+	fs.IntVar(&c.MaxSpansPerTrace, "max-spans-per-trace", c.MaxSpansPerTrace, "a trace with this many buffered spans is decided at once")
+	fs.IntVar(&c.MaxBufferedSpans, "max-buffered-spans", c.MaxBufferedSpans, "spans buffered across all traces; past it the oldest traces are decided early")
+	fs.IntVar(&c.DecisionCacheSize, "decision-cache-size", c.DecisionCacheSize, "decisions remembered for late spans")
+}
+
+// Validate rejects settings that cannot work together.
+func (c *Config) Validate() error {
+	if c.DecisionWait <= 0 {
+		return fmt.Errorf("decision wait must be positive, got %s", c.DecisionWait)
+	}
+	if c.DecisionMaxWait < c.DecisionWait {
+		return fmt.Errorf("decision max wait (%s) must not be shorter than decision wait (%s)", c.DecisionMaxWait, c.DecisionWait)
+	}
+	if c.MaxTraces < 1 || c.MaxSpansPerTrace < 1 || c.MaxBufferedSpans < 1 || c.DecisionCacheSize < 1 || c.WriteBatchSpans < 1 {
+		return errors.New("buffer bounds (traces, spans per trace, buffered spans, decision cache, write batch) must be positive")
+	}
+	return nil
+}

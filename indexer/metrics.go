@@ -1,0 +1,75 @@
+package indexer
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	decided      *prometheus.CounterVec
+	traces       *prometheus.CounterVec
+	lateSpans    *prometheus.CounterVec
+	badRecords   prometheus.Counter
+	badSpans     prometheus.Counter
+	spansWritten prometheus.Counter
+	writeErrors  prometheus.Counter
+	writeLatency prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
+	m := &metrics{
+		decided: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_indexer_traces_decided_total",
+			Help: "Traces decided, by trigger: quiet (decision-wait), max_wait, max_spans, buffer_full (shed early), shutdown.",
+		}, []string{"trigger"}),
+		traces: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_indexer_traces_total",
+			Help: "Traces by decision: kept or dropped.",
+		}, []string{"decision"}),
+		lateSpans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_indexer_late_spans_total",
+			Help: "Spans that arrived after their trace was decided: written (trace kept) or dropped.",
+		}, []string{"outcome"}),
+		badRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_undecodable_records_total",
+			Help: "Kafka records skipped because they are not OTLP TracesData.",
+		}),
+		badSpans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_invalid_spans_total",
+			Help: "Spans skipped because their trace ID is invalid.",
+		}),
+		spansWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_spans_written_total",
+			Help: "Spans written to the store.",
+		}),
+		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_write_errors_total",
+			Help: "Failed store writes (retried).",
+		}),
+		writeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "threadline_indexer_write_duration_seconds",
+			Help:    "Store write latency per batch, including retries.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}),
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.spansWritten, m.writeErrors, m.writeLatency,
+		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
+		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
+		gauge("threadline_indexer_write_queue", "Kept traces queued for the store.", func() float64 { return float64(len(ix.writes)) }),
+		gauge("threadline_indexer_decision_cache_entries", "Decisions remembered for late spans.", func() float64 {
+			ix.mu.Lock()
+			defer ix.mu.Unlock()
+			return float64(ix.decisions.len())
+		}),
+	}
+	for _, c := range cols {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register indexer metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,32 @@
+package span
+
+import (
+	"fmt"
+
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// DecodeTraces decodes an encoded TracesData (a Kafka record value) into spans.
+// Records written by other producers, an OpenTelemetry Collector among them,
+// may carry invalid UTF-8 in string fields, which proto.Unmarshal rejects
+// outright; rather than lose the whole record, DecodeTraces replaces the bad
+// strings with U+FFFD (RepairUTF8TracesData) and decodes again.
+func DecodeTraces(data []byte) ([]Span, error) {
+	var td tracepb.TracesData
+	err := proto.Unmarshal(data, &td)
+	if err != nil {
+		// The protobuf module exposes no sentinel for its UTF-8 error, so try
+		// the repair whatever the error was: it reports whether it replaced
+		// anything, and only then is a retry worth it.
+		fixed, n, rerr := RepairUTF8TracesData(data)
+		if rerr != nil || n == 0 {
+			return nil, fmt.Errorf("decode traces: %w", err)
+		}
+		td.Reset()
+		if err := proto.Unmarshal(fixed, &td); err != nil {
+			return nil, fmt.Errorf("decode traces after UTF-8 repair: %w", err)
+		}
+	}
+	return FromTracesData(&td), nil
+}

@@ -1,0 +1,398 @@
+package span
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// TraceBatch is every accepted span of one trace from one export request,
+// encoded as an OTLP TracesData (the Kafka record value; ID is the key).
+type TraceBatch struct {
+	ID    TraceID
+	Spans int
+	Data  []byte
+}
+
+// SplitResult is the outcome of splitting one export request by trace ID.
+type SplitResult struct {
+	// Batches holds one TracesData per trace ID, in order of the trace ID's
+	// first appearance in the request.
+	Batches []TraceBatch
+	// Spans is the number of spans accepted (the sum of Batches[i].Spans).
+	Spans int
+	// Rejected is the number of spans dropped for an invalid trace or span ID.
+	Rejected int
+	// RejectReason describes the first few rejected spans, for the
+	// partial-success message returned to the client; "" when none.
+	RejectReason string
+	// Repaired is the number of accepted spans whose own strings, or whose
+	// resource's or scope's strings, had invalid UTF-8 replaced by U+FFFD.
+	Repaired int
+}
+
+// maxReasons bounds how many rejections RejectReason spells out, so one bad
+// client cannot make the collector format thousands of messages per request.
+const maxReasons = 3
+
+// header is the part of a ResourceSpans or ScopeSpans that is copied into every
+// batch: all its fields except the repeated children, as raw byte segments.
+type header struct {
+	segStart, segEnd int32 // range in Splitter.resSegs or scopeSegs
+	size             int
+	repaired         bool
+	res              int32 // for scopes: the owning resource
+}
+
+type spanRec struct {
+	data     []byte
+	scope    int32
+	next     int32 // next span of the same batch, -1 at the end
+	repaired bool
+}
+
+type batchRec struct {
+	id         TraceID
+	head, tail int32
+	spans      int
+	size       int
+	groupStart int32 // range in Splitter.groups
+	groupEnd   int32
+}
+
+// group is a run of a batch's spans under one scope; resLen is set (>0) only on
+// the first group of each resource run and holds that ResourceSpans' length.
+type group struct {
+	scope    int32
+	first    int32 // first span of the run
+	n        int32
+	scopeLen int
+	resLen   int // >0 only on the first group of a resource
+}
+
+// Splitter splits OTLP trace export requests by trace ID without decoding
+// spans into Go structs: it walks the protobuf wire format, validates each
+// span's IDs and strings, and copies spans, resources and scopes as raw bytes.
+// Its scratch space is reused between calls; a Splitter is not safe for
+// concurrent use (pool them, one per goroutine).
+type Splitter struct {
+	byID      map[TraceID]int32
+	batches   []batchRec
+	spans     []spanRec
+	resSegs   [][]byte // resource header segments
+	scopeSegs [][]byte // scope header segments (a separate pool because scope
+	// headers are built while their resource's header is still open)
+	resources []header
+	scopes    []header
+	groups    []group
+	reasons   []string
+}
+
+// NewSplitter returns an empty Splitter. The zero Splitter is also ready to use.
+func NewSplitter() *Splitter { return &Splitter{} }
+
+// SplitTraces is Splitter.Split with a fresh Splitter.
+func SplitTraces(req []byte) (SplitResult, error) {
+	var s Splitter
+	return s.Split(req)
+}
+
+// Reset drops references to the previous request while keeping capacity.
+func (s *Splitter) Reset() {
+	if s.byID == nil {
+		s.byID = make(map[TraceID]int32)
+	}
+	clear(s.byID)
+	s.batches = s.batches[:0]
+	clear(s.spans) // release the previous request's bytes
+	s.spans = s.spans[:0]
+	clear(s.resSegs)
+	s.resSegs = s.resSegs[:0]
+	clear(s.scopeSegs)
+	s.scopeSegs = s.scopeSegs[:0]
+	s.resources = s.resources[:0]
+	s.scopes = s.scopes[:0]
+	s.groups = s.groups[:0]
+	s.reasons = s.reasons[:0]
+}
+
+// Split splits req, an encoded ExportTraceServiceRequest (or TracesData), into
+// one TracesData per trace ID. Spans with an invalid trace or span ID are
+// counted in Rejected and left out; invalid UTF-8 strings are repaired.
+// Structurally malformed input returns an error wrapping ErrMalformed and no
+// result. The returned Data slices share one allocation and do not alias req.
+func (s *Splitter) Split(req []byte) (SplitResult, error) {
+	s.Reset()
+	var res SplitResult
+	ri := 0
+	for b := req; len(b) > 0; {
+		_, _, f, val, n, err := nextField(b, mTracesData)
+		if err != nil {
+			return SplitResult{}, err
+		}
+		b = b[n:]
+		if f.kind != kMessage { // unknown top-level field: nothing to route it by
+			continue
+		}
+		if err := s.resourceSpans(val, ri, &res); err != nil {
+			return SplitResult{}, fmt.Errorf("resource %d: %w", ri, err)
+		}
+		ri++
+	}
+	s.build(&res)
+	if res.Rejected > len(s.reasons) {
+		s.reasons = append(s.reasons, fmt.Sprintf("and %d more", res.Rejected-len(s.reasons)))
+	}
+	res.RejectReason = strings.Join(s.reasons, "; ")
+	s.Reset()
+	return res, nil
+}
+
+// addSeg records raw as the next segment of the header being built, merging it
+// into the previous segment when the two are adjacent in memory.
+func addSeg(pool *[][]byte, h *header, raw []byte, adjacent bool) {
+	h.size += len(raw)
+	if adjacent && h.segEnd > h.segStart {
+		last := &(*pool)[h.segEnd-1]
+		*last = (*last)[:len(*last)+len(raw)]
+		return
+	}
+	*pool = append(*pool, raw)
+	h.segEnd = int32(len(*pool))
+}
+
+// headerField adds one non-child field of a ResourceSpans or ScopeSpans to h,
+// repairing it first if it carries invalid UTF-8. rawEnd tracks where the last
+// raw segment ended in b so adjacent fields share one segment.
+func headerField(pool *[][]byte, h *header, b []byte, off, n int, num protowire.Number, f fieldSpec, val []byte, depth int, rawEnd *int) error {
+	bad := false
+	switch f.kind {
+	case kString:
+		bad = !utf8.Valid(val)
+	case kMessage:
+		var err error
+		if bad, err = scan(val, f.msg, depth); err != nil {
+			return err
+		}
+	}
+	if !bad {
+		addSeg(pool, h, b[off:off+n], *rawEnd == off)
+		*rawEnd = off + n
+		return nil
+	}
+	var fixed []byte
+	if f.kind == kString {
+		fixed = bytes.ToValidUTF8(val, []byte("\uFFFD"))
+	} else {
+		var err error
+		if fixed, _, err = repair(make([]byte, 0, len(val)+8), val, f.msg, depth); err != nil {
+			return err
+		}
+	}
+	seg := protowire.AppendTag(make([]byte, 0, len(fixed)+12), num, protowire.BytesType)
+	seg = protowire.AppendBytes(seg, fixed)
+	addSeg(pool, h, seg, false)
+	h.repaired = true
+	*rawEnd = -1
+	return nil
+}
+
+func (s *Splitter) resourceSpans(b []byte, ri int, res *SplitResult) error {
+	h := header{segStart: int32(len(s.resSegs)), segEnd: int32(len(s.resSegs))}
+	rIdx := int32(len(s.resources))
+	s.resources = append(s.resources, h) // placeholder; scopes refer to its index
+	spanIdx := 0
+	rawEnd := -1
+	for off := 0; off < len(b); {
+		num, _, f, val, n, err := nextField(b[off:], mResourceSpans)
+		if err != nil {
+			return err
+		}
+		if num == 2 && f.kind == kMessage {
+			if err := s.scopeSpans(val, rIdx, ri, &spanIdx, res); err != nil {
+				return fmt.Errorf("scope_spans: %w", err)
+			}
+		} else if err := headerField(&s.resSegs, &h, b, off, n, num, f, val, 2, &rawEnd); err != nil {
+			return err
+		}
+		off += n
+	}
+	s.resources[rIdx] = h
+	return nil
+}
+
+func (s *Splitter) scopeSpans(b []byte, rIdx int32, ri int, spanIdx *int, res *SplitResult) error {
+	h := header{segStart: int32(len(s.scopeSegs)), segEnd: int32(len(s.scopeSegs)), res: rIdx}
+	sIdx := int32(len(s.scopes))
+	s.scopes = append(s.scopes, h)
+	rawEnd := -1
+	for off := 0; off < len(b); {
+		num, _, f, val, n, err := nextField(b[off:], mScopeSpans)
+		if err != nil {
+			return err
+		}
+		if num == 2 && f.kind == kMessage {
+			if err := s.span(val, sIdx, ri, *spanIdx, res); err != nil {
+				return fmt.Errorf("span %d: %w", *spanIdx, err)
+			}
+			*spanIdx++
+		} else if err := headerField(&s.scopeSegs, &h, b, off, n, num, f, val, 3, &rawEnd); err != nil {
+			return err
+		}
+		off += n
+	}
+	s.scopes[sIdx] = h
+	return nil
+}
+
+// span validates one encoded Span and files it under its trace's batch.
+func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult) error {
+	var traceID, spanID []byte
+	badUTF8 := false
+	for p := b; len(p) > 0; {
+		num, _, f, val, n, err := nextField(p, mSpan)
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+		switch f.kind {
+		case kBytes:
+			// A repeated singular field keeps its last value, as in proto.Unmarshal.
+			switch num {
+			case 1:
+				traceID = val
+			case 2:
+				spanID = val
+			}
+		case kString:
+			if !utf8.Valid(val) {
+				badUTF8 = true
+			}
+		case kMessage:
+			bad, err := scan(val, f.msg, 4)
+			if err != nil {
+				return fmt.Errorf("Span.%s: %w", f.name, err)
+			}
+			badUTF8 = badUTF8 || bad
+		}
+	}
+	tid, err := TraceIDFromBytes(traceID)
+	if err == nil {
+		_, err = SpanIDFromBytes(spanID)
+	}
+	if err != nil {
+		res.Rejected++
+		if len(s.reasons) < maxReasons {
+			s.reasons = append(s.reasons, fmt.Sprintf("span %d of resource %d: %v", spanIdx, ri, err))
+		}
+		return nil
+	}
+	if badUTF8 {
+		fixed, _, err := repair(make([]byte, 0, len(b)+8), b, mSpan, 3)
+		if err != nil {
+			return err
+		}
+		b = fixed
+	}
+	bi, ok := s.byID[tid]
+	if !ok {
+		bi = int32(len(s.batches))
+		s.byID[tid] = bi
+		s.batches = append(s.batches, batchRec{id: tid, head: -1, tail: -1})
+	}
+	si := int32(len(s.spans))
+	s.spans = append(s.spans, spanRec{data: b, scope: sIdx, next: -1, repaired: badUTF8})
+	bt := &s.batches[bi]
+	if bt.tail >= 0 {
+		s.spans[bt.tail].next = si
+	} else {
+		bt.head = si
+	}
+	bt.tail = si
+	bt.spans++
+	return nil
+}
+
+// fieldLen is the encoded size of a length-delimited field with a one-byte tag
+// (every field the splitter writes has a number below 16).
+func fieldLen(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
+
+// build sizes every batch, allocates one buffer for all of them and writes
+// each TracesData: per resource run one ResourceSpans, per scope run one
+// ScopeSpans, headers first and then the children.
+func (s *Splitter) build(res *SplitResult) {
+	total := 0
+	for bi := range s.batches {
+		bt := &s.batches[bi]
+		bt.groupStart = int32(len(s.groups))
+		// Spans are linked in request order and scope indexes grow with it, so
+		// a change of scope index starts a new ScopeSpans run.
+		curScope := int32(-1)
+		for si := bt.head; si >= 0; si = s.spans[si].next {
+			sp := &s.spans[si]
+			if sp.scope != curScope {
+				curScope = sp.scope
+				s.groups = append(s.groups, group{scope: sp.scope, first: si, scopeLen: s.scopes[sp.scope].size})
+			}
+			g := &s.groups[len(s.groups)-1]
+			g.n++
+			g.scopeLen += fieldLen(len(sp.data))
+		}
+		bt.groupEnd = int32(len(s.groups))
+		// A run of groups under one resource becomes one ResourceSpans; its
+		// length is stored on the run's first group.
+		for gi := bt.groupStart; gi < bt.groupEnd; {
+			r := s.scopes[s.groups[gi].scope].res
+			first := gi
+			resLen := s.resources[r].size
+			for ; gi < bt.groupEnd && s.scopes[s.groups[gi].scope].res == r; gi++ {
+				resLen += fieldLen(s.groups[gi].scopeLen)
+			}
+			s.groups[first].resLen = resLen
+			bt.size += fieldLen(resLen)
+		}
+		total += bt.size
+	}
+
+	arena := make([]byte, 0, total)
+	res.Batches = make([]TraceBatch, len(s.batches))
+	for bi := range s.batches {
+		bt := &s.batches[bi]
+		start := len(arena)
+		for gi := bt.groupStart; gi < bt.groupEnd; gi++ {
+			g := &s.groups[gi]
+			sc := &s.scopes[g.scope]
+			if g.resLen > 0 {
+				arena = protowire.AppendTag(arena, 1, protowire.BytesType)
+				arena = protowire.AppendVarint(arena, uint64(g.resLen))
+				arena = appendSegs(arena, s.resSegs, &s.resources[sc.res])
+			}
+			arena = protowire.AppendTag(arena, 2, protowire.BytesType)
+			arena = protowire.AppendVarint(arena, uint64(g.scopeLen))
+			arena = appendSegs(arena, s.scopeSegs, sc)
+			for si, k := g.first, int32(0); k < g.n; si, k = s.spans[si].next, k+1 {
+				arena = protowire.AppendTag(arena, 2, protowire.BytesType)
+				arena = protowire.AppendBytes(arena, s.spans[si].data)
+			}
+		}
+		res.Batches[bi] = TraceBatch{ID: bt.id, Spans: bt.spans, Data: arena[start:len(arena):len(arena)]}
+		res.Spans += bt.spans
+	}
+	for i := range s.spans {
+		sp := &s.spans[i]
+		sc := &s.scopes[sp.scope]
+		if sp.repaired || sc.repaired || s.resources[sc.res].repaired {
+			res.Repaired++
+		}
+	}
+}
+
+func appendSegs(dst []byte, pool [][]byte, h *header) []byte {
+	for _, seg := range pool[h.segStart:h.segEnd] {
+		dst = append(dst, seg...)
+	}
+	return dst
+}
