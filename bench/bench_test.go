@@ -1,0 +1,239 @@
+// Package bench measures Threadline as a user runs it: real binaries in their
+// own processes, fed by the pre-encoding load generator from another process
+// so the client is never the bottleneck. CPU and memory are read from /proc
+// for the measured process only.
+//
+//	go test -run '^$' -bench . -benchtime 1x ./bench/   (or: make bench)
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/threadline/threadline/bus"
+)
+
+// The span shape of every run: 512 spans per request, 5 spans per trace,
+// 10 attributes per span, 3 resources per request.
+var loadShape = []string{"--spans-per-request", "512", "--spans-per-trace", "5", "--attrs", "10", "--resources", "3", "--concurrency", "8"}
+
+var buildBinaries = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "threadline-bench-bin")
+	if err != nil {
+		return "", err
+	}
+	_, file, _, _ := runtime.Caller(0)
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/collector", "./cmd/threadline", "./cmd/loadgen")
+	cmd.Dir = filepath.Dir(filepath.Dir(file))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return dir, nil
+})
+
+func freePort(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// procCPU is the process's user+system CPU time so far.
+func procCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
+// peakRSS is the process's high-water resident set (VmHWM).
+func peakRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+func startProc(b *testing.B, bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(b, cmd.Start())
+	b.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
+func waitHTTP(b *testing.B, url string) {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatalf("%s never answered 200", url)
+}
+
+type loadReport struct {
+	SpansAcked     int64   `json:"spans_acked"`
+	RequestsFailed int64   `json:"requests_failed"`
+	Duration       float64 `json:"duration_seconds"`
+	RequestBytes   int     `json:"request_bytes"`
+}
+
+func runLoad(b *testing.B, dir, endpoint string, totalSpans int) loadReport {
+	args := append([]string{"--endpoint", endpoint, "--total-spans", strconv.Itoa(totalSpans)}, loadShape...)
+	out, err := exec.Command(filepath.Join(dir, "loadgen"), args...).Output()
+	require.NoError(b, err, string(out))
+	var r loadReport
+	require.NoError(b, json.Unmarshal(out, &r), string(out))
+	require.Greater(b, r.SpansAcked, int64(0))
+	return r
+}
+
+// BenchmarkCollectorIngest: OTLP gRPC → collector → Kafka (acks=all), the
+// collector's own CPU per span. The broker runs in this test process so its
+// CPU is not counted, as an external Kafka's would not be.
+func BenchmarkCollectorIngest(b *testing.B) {
+	dir, err := buildBinaries()
+	require.NoError(b, err)
+	emb := bus.DefaultEmbeddedConfig()
+	emb.Addr, emb.DataDir, emb.SyncWrites = "127.0.0.1:0", b.TempDir(), false
+	broker, err := bus.StartEmbedded(context.Background(), emb, []string{"otlp_spans", "otlp_logs", "otlp_metrics"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.NoError(b, err)
+	defer broker.Close()
+	grpcAddr, admin := freePort(b), freePort(b)
+	cmd := startProc(b, filepath.Join(dir, "collector"), "--kafka-brokers", broker.Addr(), "--otlp-grpc-addr", grpcAddr,
+		"--otlp-http-addr", freePort(b), "--admin-addr", admin, "--log-level", "warn")
+	waitHTTP(b, "http://"+admin+"/healthz")
+	runLoad(b, dir, grpcAddr, 200_000) // warm up
+	for b.Loop() {
+		cpu0, err := procCPU(cmd.Process.Pid)
+		require.NoError(b, err)
+		r := runLoad(b, dir, grpcAddr, 2_000_000)
+		cpu1, err := procCPU(cmd.Process.Pid)
+		require.NoError(b, err)
+		rss, err := peakRSS(cmd.Process.Pid)
+		require.NoError(b, err)
+		cpu := (cpu1 - cpu0).Seconds()
+		b.ReportMetric(cpu/float64(r.SpansAcked)*1e5, "cpu-s/100k-spans")
+		b.ReportMetric(float64(r.SpansAcked)/cpu, "spans/s/core")
+		b.ReportMetric(float64(r.SpansAcked)/r.Duration, "spans/s")
+		b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+		b.Logf("collector: %d spans acked in %.1fs (%d failed requests, %d B/request), %.2f CPU-s", r.SpansAcked, r.Duration, r.RequestsFailed, r.RequestBytes, cpu)
+	}
+	require.NoError(b, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(b, cmd.Wait())
+}
+
+// BenchmarkEndToEnd: the all-in-one keeping every trace, from OTLP ingest to
+// queryable in Badger: throughput, CPU per span (collector + broker + indexer +
+// query in one process), peak RSS and bytes per stored span.
+func BenchmarkEndToEnd(b *testing.B) {
+	dir, err := buildBinaries()
+	require.NoError(b, err)
+	for b.Loop() {
+		data := b.TempDir()
+		grpcAddr, query := freePort(b), freePort(b)
+		cmd := startProc(b, filepath.Join(dir, "threadline"), "--data-dir", data, "--otlp-grpc-addr", grpcAddr,
+			"--otlp-http-addr", freePort(b), "--kafka-addr", freePort(b), "--indexer-grpc-addr", freePort(b),
+			"--http-addr", query, "--decision-wait", "1s", "--sampling-baseline", "1", "--log-level", "warn")
+		waitHTTP(b, "http://"+query+"/readyz")
+		const total = 1_500_000
+		cpu0, err := procCPU(cmd.Process.Pid)
+		require.NoError(b, err)
+		start := time.Now()
+		r := runLoad(b, dir, grpcAddr, total)
+		written := waitWritten(b, "http://"+query+"/metrics", r.SpansAcked)
+		elapsed := time.Since(start)
+		cpu1, err := procCPU(cmd.Process.Pid)
+		require.NoError(b, err)
+		rss, err := peakRSS(cmd.Process.Pid)
+		require.NoError(b, err)
+		require.NoError(b, cmd.Process.Signal(syscall.SIGTERM))
+		require.NoError(b, cmd.Wait())
+		disk := dirSize(b, filepath.Join(data, "spans"))
+		cpu := (cpu1 - cpu0).Seconds()
+		b.ReportMetric(float64(written)/elapsed.Seconds(), "spans/s")
+		b.ReportMetric(cpu/float64(written)*1e5, "cpu-s/100k-spans")
+		b.ReportMetric(float64(written)/cpu, "spans/s/core")
+		b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+		b.ReportMetric(float64(disk)/float64(written), "disk-B/span")
+		b.Logf("end to end: %d spans acked, %d written in %.1fs (ingest %.1fs, decision wait 1s), %.2f CPU-s, store %d B",
+			r.SpansAcked, written, elapsed.Seconds(), r.Duration, cpu, disk)
+	}
+}
+
+// waitWritten polls the indexer's spans-written counter until it reaches want.
+func waitWritten(b *testing.B, metricsURL string, want int64) int64 {
+	deadline := time.Now().Add(5 * time.Minute)
+	var got int64
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(metricsURL)
+		require.NoError(b, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if rest, ok := strings.CutPrefix(line, "threadline_indexer_spans_written_total "); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+				got = int64(f)
+			}
+		}
+		if got >= want {
+			return got
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.Fatalf("only %d of %d spans written after 5 minutes", got, want)
+	return got
+}
+
+func dirSize(b *testing.B, dir string) int64 {
+	var n int64
+	require.NoError(b, filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			n += fi.Size()
+		}
+		return err
+	}))
+	return n
+}
