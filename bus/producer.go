@@ -18,6 +18,10 @@ import (
 // caller should tell its client to retry later rather than wait.
 var ErrBufferFull = errors.New("kafka producer buffer full")
 
+// ErrNotAcknowledged is returned when Kafka did not acknowledge a request's
+// records within the produce timeout (broker down or partitioned away).
+var ErrNotAcknowledged = errors.New("kafka did not acknowledge the records")
+
 // Producer writes records keyed by trace ID with the idempotent producer and
 // acks=all, and reports success only once Kafka acknowledged every record.
 type Producer struct {
@@ -59,7 +63,7 @@ func NewProducer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*P
 		log: logger,
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_kafka_produced_records_total",
-			Help: "Records produced to Kafka, by topic and result (ok, buffer_full, error).",
+			Help: "Records produced to Kafka, by topic and result (ok, buffer_full, timeout, error).",
 		}, []string{"topic", "result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "threadline_kafka_produce_duration_seconds",
@@ -132,12 +136,20 @@ func (p *Producer) produce(ctx context.Context, topic string, recs []kgo.Record)
 	}
 	waited := make(chan struct{})
 	go func() { wg.Wait(); close(waited) }()
+	// kgo enforces the delivery timeout only where it is safe for the
+	// idempotent producer's sequence numbers, so a request stuck on an
+	// unreachable broker can outlive it: bound the wait here too. A record
+	// delivered after we gave up is a harmless duplicate — the client retries
+	// and the indexer's writes are idempotent by span key.
+	timer := time.NewTimer(p.cfg.ProduceTimeout + time.Second)
+	defer timer.Stop()
 	select {
 	case <-waited:
 	case <-ctx.Done():
-		// Records already buffered are still delivered (or time out); the
-		// caller's client is gone, so it cannot be told either way.
 		return fmt.Errorf("produce to %s: %w", topic, ctx.Err())
+	case <-timer.C:
+		p.records.WithLabelValues(topic, "timeout").Add(float64(len(recs)))
+		return fmt.Errorf("produce to %s: %w after %s", topic, ErrNotAcknowledged, p.cfg.ProduceTimeout)
 	}
 	err := firstErr
 	switch {

@@ -145,7 +145,8 @@ type tree struct {
 	roots    []int32
 	start    []int64 // start time, ns, as received
 	end      []int64
-	valid    []bool // start and end are usable for skew estimation
+	valid    []bool   // start and end are usable for skew estimation
+	idKeys   []uint64 // span IDs as numbers, for tie-breaks
 	inst     []int32
 	insts    []Instance
 	warnings []string
@@ -165,8 +166,9 @@ func adjust(t *span.Trace, maxDelta int64) Result {
 		res.Offsets, res.Adjusted = tr.correct(maxDelta)
 	}
 	res.LogicalTimes = tr.logicalTimes(t.ID)
+	attrs := newIntAttrs(len(tr.spans))
 	for i, s := range tr.spans {
-		setIntAttr(s.Span, AttrLogicalTime, res.LogicalTimes[i])
+		attrs.set(s.Span, AttrLogicalTime, res.LogicalTimes[i])
 	}
 	res.Warnings = tr.warnings
 	return res
@@ -181,6 +183,7 @@ func buildTree(t *span.Trace) *tree {
 		start:  make([]int64, n),
 		end:    make([]int64, n),
 		valid:  make([]bool, n),
+		idKeys: make([]uint64, n),
 		inst:   make([]int32, n),
 	}
 	dups := 0
@@ -192,6 +195,7 @@ func buildTree(t *span.Trace) *tree {
 				tr.byID[id] = int32(i)
 			}
 		}
+		tr.idKeys[i] = idKey(s.GetSpanId())
 		st, en := s.GetStartTimeUnixNano(), s.GetEndTimeUnixNano()
 		tr.valid[i] = st > 0 && st <= math.MaxInt64/2 && en >= st && en <= math.MaxInt64/2
 		tr.start[i], tr.end[i] = int64(st), int64(en)
@@ -296,7 +300,7 @@ func (tr *tree) cmpStart(a, b int32) int {
 	if c := cmp.Compare(tr.start[a], tr.start[b]); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(idKey(tr.spans[a].GetSpanId()), idKey(tr.spans[b].GetSpanId())); c != 0 {
+	if c := cmp.Compare(tr.idKeys[a], tr.idKeys[b]); c != 0 {
 		return c
 	}
 	return cmp.Compare(a, b)
@@ -458,17 +462,22 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 	// Apply, then report per instance.
 	counts := make([]int, k)
 	adjusted := 0
+	for i := range tr.spans {
+		if tr.shifts(int32(i), off) {
+			adjusted++
+		}
+	}
+	attrs := newIntAttrs(adjusted)
 	for i, s := range tr.spans {
-		o := off[tr.inst[i]]
-		if o == 0 || !tr.valid[i] || tr.start[i]+o <= 0 {
+		if !tr.shifts(int32(i), off) {
 			continue
 		}
+		o := off[tr.inst[i]]
 		shift(s.Span, o)
-		setIntAttr(s.Span, AttrClockSkew, o)
+		attrs.set(s.Span, AttrClockSkew, o)
 		tr.start[i] += o
 		tr.end[i] += o
 		counts[tr.inst[i]]++
-		adjusted++
 	}
 	var offsets map[Instance]time.Duration
 	for c, o := range off {
@@ -483,6 +492,13 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 	}
 	tr.checkResidual(kinds)
 	return offsets, adjusted
+}
+
+// shifts reports whether span i is moved by its instance's offset. Spans
+// without usable timestamps are never moved.
+func (tr *tree) shifts(i int32, off []int64) bool {
+	o := off[tr.inst[i]]
+	return o != 0 && tr.valid[i] && tr.start[i]+o > 0
 }
 
 // estimate returns the offset for instance c from its incoming cross-instance

@@ -95,7 +95,7 @@ func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 		}
 	}
 	if forced > 0 {
-		tr.warnf("logical time: span links form %d causal loops; spans in a loop are ordered by start time", forced)
+		tr.warnf("logical time: span links form a causal loop; %d spans were ordered by start time before all their causes", forced)
 	}
 	return out
 }

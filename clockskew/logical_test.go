@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/proto"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/threadline/threadline/span"
 )
@@ -22,22 +22,24 @@ func requireLogicalOrder(t *testing.T, tr *span.Trace, res Result) {
 	sorted := slices.Clone(res.LogicalTimes)
 	slices.Sort(sorted)
 	for i, v := range sorted {
-		require.Equal(t, int64(i+1), v, "logical times are not a permutation of 1..n")
+		if v != int64(i+1) {
+			require.FailNow(t, "logical times are not a permutation of 1..n", "%d at position %d", v, i)
+		}
 	}
 	byID := map[string]int{}
 	for i, s := range tr.Spans {
 		byID[string(s.GetSpanId())] = i
-		v, ok := intAttr(s.Span, AttrLogicalTime)
-		require.True(t, ok)
-		require.Equal(t, res.LogicalTimes[i], v)
+		if v, ok := intAttr(s.Span, AttrLogicalTime); !ok || v != res.LogicalTimes[i] {
+			require.FailNow(t, "logical time attribute", "span %s: attribute %d (present %v), result %d", s.GetName(), v, ok, res.LogicalTimes[i])
+		}
 	}
 	for i, s := range tr.Spans {
-		if p, ok := byID[string(s.GetParentSpanId())]; ok {
-			require.Greater(t, res.LogicalTimes[i], res.LogicalTimes[p], "span %s not after its parent", s.GetName())
+		if p, ok := byID[string(s.GetParentSpanId())]; ok && res.LogicalTimes[i] <= res.LogicalTimes[p] {
+			require.FailNow(t, "logical time", "span %s not after its parent", s.GetName())
 		}
 		for _, l := range s.GetLinks() {
-			if j, ok := byID[string(l.GetSpanId())]; ok && j != i {
-				require.Greater(t, res.LogicalTimes[i], res.LogicalTimes[j], "span %s not after the span it links", s.GetName())
+			if j, ok := byID[string(l.GetSpanId())]; ok && j != i && res.LogicalTimes[i] <= res.LogicalTimes[j] {
+				require.FailNow(t, "logical time", "span %s not after the span it links", s.GetName())
 			}
 		}
 	}
@@ -49,9 +51,9 @@ func requireLogicalOrder(t *testing.T, tr *span.Trace, res Result) {
 // and Raw gives back exactly what was received.
 func TestRandomTraces(t *testing.T) {
 	adj := CorrectClockSkew(DefaultConfig())
-	for seed := range uint64(200) {
+	for seed := range uint64(100) {
 		rng := rand.New(rand.NewPCG(seed, 42))
-		n := 2 + rng.IntN(300)
+		n := 2 + rng.IntN(200)
 		tr, _, _ := genTrace(rng, n, 5*sec, genOpts{links: true})
 		orig := cloneSpans(tr)
 
@@ -93,7 +95,7 @@ func TestRandomTraces(t *testing.T) {
 // the call chain); with 5 s skews that is a tight bound.
 func TestRandomSkewEstimates(t *testing.T) {
 	const slack = ms
-	for seed := range uint64(20) {
+	for seed := range uint64(10) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		tr, skews, depths := genTrace(rng, 2000, 5*sec, genOpts{noAsync: true, rpcSlack: slack})
 		res := CorrectClockSkew(DefaultConfig()).Adjust(tr)

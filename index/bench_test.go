@@ -30,8 +30,10 @@ func measureBytesPerSpan(tb testing.TB, nSpans int) float64 {
 }
 
 func TestDiskBytesPerSpan(t *testing.T) {
+	// The race detector slows writes tenfold; the smaller run still
+	// exercises flush and compression, and the benchmark covers 200k spans.
 	n := 50_000
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		n = 10_000
 	}
 	perSpan := measureBytesPerSpan(t, n)

@@ -3,6 +3,7 @@ package index
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -39,17 +40,18 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 }
 
 // readTrace reads the summary and spans of one trace in a single prefix
-// scan. Resources and scopes sort before spans, so by the time a span is
-// decoded the blobs it names are known.
+// scan, then the resources and scopes they name. A resource or scope that
+// is missing (it can only have expired early, e.g. after the retention was
+// shortened) leaves its spans with an empty one and adds a warning.
 func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Span, *summary, error) {
 	prefix := traceKey(id, 0)[:17]
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 16})
 	defer it.Close()
+	type ref struct{ res, scope uint64 }
 	var (
-		sum       *summary
-		spans     []span.Span
-		resources = map[uint64]*span.Resource{}
-		scopes    = map[uint64]*span.Scope{}
+		sum   *summary
+		spans []span.Span
+		refs  []ref
 	)
 	for it.Rewind(); it.Valid(); it.Next() {
 		if err := ctx.Err(); err != nil {
@@ -68,32 +70,13 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 					return err
 				}
 				sum = &d
-			case sub == subResource && len(rest) == 8:
-				r, err := decodeResource(v)
-				if err != nil {
-					return err
-				}
-				resources[beUint64(rest)] = r
-			case sub == subScope && len(rest) == 8:
-				sc, err := decodeScope(v)
-				if err != nil {
-					return err
-				}
-				scopes[beUint64(rest)] = sc
 			case sub == subSpan && len(rest) == 8:
 				sp, rh, sh, err := decodeSpanValue(v, id, span.SpanID(rest))
 				if err != nil {
 					return err
 				}
-				res, ok := resources[rh]
-				if !ok {
-					return fmt.Errorf("span %x: %w: missing resource %016x", rest, ErrCorrupt, rh)
-				}
-				sc, ok := scopes[sh]
-				if !ok {
-					return fmt.Errorf("span %x: %w: missing scope %016x", rest, ErrCorrupt, sh)
-				}
-				spans = append(spans, span.Span{Span: sp, Resource: res, Scope: sc})
+				spans = append(spans, span.Span{Span: sp})
+				refs = append(refs, ref{rh, sh})
 			}
 			return nil
 		})
@@ -101,10 +84,67 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 			return nil, nil, err
 		}
 	}
+	resources := map[uint64]*span.Resource{}
+	scopes := map[uint64]*span.Scope{}
+	var missing []string
+	for i, r := range refs {
+		res, ok := resources[r.res]
+		if !ok {
+			b, found, err := getValue(txn, blobKey(blobResource, r.res))
+			if err != nil {
+				return nil, nil, err
+			}
+			res = &span.Resource{}
+			if found {
+				if res, err = decodeResource(b); err != nil {
+					return nil, nil, err
+				}
+			} else {
+				missing = append(missing, fmt.Sprintf("resource %016x of this trace has expired", r.res))
+			}
+			resources[r.res] = res
+		}
+		sc, ok := scopes[r.scope]
+		if !ok {
+			b, found, err := getValue(txn, blobKey(blobScope, r.scope))
+			if err != nil {
+				return nil, nil, err
+			}
+			sc = &span.Scope{}
+			if found {
+				if sc, err = decodeScope(b); err != nil {
+					return nil, nil, err
+				}
+			} else {
+				missing = append(missing, fmt.Sprintf("scope %016x of this trace has expired", r.scope))
+			}
+			scopes[r.scope] = sc
+		}
+		spans[i].Resource, spans[i].Scope = res, sc
+	}
+	if len(missing) > 0 && sum != nil {
+		sum.Warnings = unionStrings(sum.Warnings, missing...)
+	}
 	slices.SortStableFunc(spans, func(a, b span.Span) int {
 		return cmp.Compare(a.GetStartTimeUnixNano(), b.GetStartTimeUnixNano())
 	})
 	return spans, sum, nil
+}
+
+// getValue reads one value, or found=false.
+func getValue(txn *badger.Txn, key []byte) ([]byte, bool, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read key %x: %w", key, err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("read key %x: %w", key, err)
+	}
+	return v, true, nil
 }
 
 // Services lists stored service names, sorted.

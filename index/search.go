@@ -30,13 +30,14 @@ const (
 	// durationScanCap is how many duration-index entries a duration-only
 	// search collects before it falls back to scanning by start time.
 	durationScanCap = 2000
-	// searchSlack widens time-bounded index scans. Postings are ordered by
-	// first-write time, which trails a trace's end by the sampler's decision
-	// wait (and any Kafka lag); the start index cannot see that a trace that
-	// started before the range still overlaps it. Traces written more than
-	// this long after they ended, or lasting longer than this, can be missed
-	// by time-bounded searches.
-	searchSlack = uint64(time.Hour)
+	// maxTraceSpan widens time-bounded scans downwards: index order is
+	// start order, so a trace that started before the range can only be
+	// found if it started at most this long before. Longer traces can be
+	// missed by time-bounded searches.
+	maxTraceSpan = uint64(time.Hour)
+	// lateStartSlack widens time-bounded scans upwards: seq is the start of
+	// a trace's first write, and a root arriving later can start earlier.
+	lateStartSlack = uint64(5 * time.Minute)
 )
 
 type tagFilter struct {
@@ -200,24 +201,21 @@ func (s *searcher) run() error {
 	return err
 }
 
-// timeBounds widens the request's time range by searchSlack for index scans.
-func (s *searcher) timeBounds() (lo, hi uint64) {
+// seqBounds is the seq (start time) range a time-bounded search scans.
+func (s *searcher) seqBounds() (lo, hi uint64) {
 	lo, hi = 0, math.MaxUint64
-	if st := clampU64(s.q.req.StartUnixNano); st > searchSlack {
-		lo = st - searchSlack
+	if st := clampU64(s.q.req.StartUnixNano); st > maxTraceSpan {
+		lo = seqForTime(st - maxTraceSpan)
 	}
-	if end := clampU64(s.q.req.EndUnixNano); end > 0 && end < math.MaxUint64-searchSlack {
-		hi = end
+	if end := clampU64(s.q.req.EndUnixNano); end > 0 && end < math.MaxUint64-lateStartSlack {
+		hi = seqForTime(end+lateStartSlack) | 0xfff
 	}
 	return lo, hi
 }
 
 // scanPosting walks one posting list newest first.
 func (s *searcher) scanPosting(prefix []byte) error {
-	lo, hi := s.timeBounds()
-	if hi != math.MaxUint64 {
-		hi += searchSlack
-	}
+	lo, hi := s.seqBounds()
 	return s.reverseScan(prefix, hi, func(seq uint64, _ uint64) (bool, error) {
 		if seq < lo {
 			return false, nil
@@ -226,15 +224,9 @@ func (s *searcher) scanPosting(prefix []byte) error {
 	})
 }
 
-// scanStart walks the start-time index newest first.
+// scanStart walks every trace by start time (the 0x03 keys), newest first.
 func (s *searcher) scanStart() error {
-	lo, hi := s.timeBounds()
-	return s.reverseScan([]byte{prefixStart}, hi, func(seq, start uint64) (bool, error) {
-		if start < lo {
-			return false, nil
-		}
-		return true, s.visit(seq)
-	})
+	return s.scanPosting([]byte{prefixSeq})
 }
 
 // reverseScan iterates keys prefix|[u64]|seq or prefix|seq backwards from

@@ -49,8 +49,9 @@ type Store struct {
 	logger  *slog.Logger
 	opts    Options
 	metrics *metrics
-	seq     seqClock
 	lists   *listCache
+	blobs   *blobCache
+	writeMu sync.Mutex // serialises commits, see writeTraces
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -91,6 +92,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		logger: logger,
 		opts:   opts,
 		lists:  newListCache(opts.Retention),
+		blobs:  &blobCache{refresh: opts.Retention / 2, written: map[uint64]time.Time{}},
 		stop:   make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
@@ -174,20 +176,10 @@ func (s *Store) DiskBytes() int64 {
 	return dirSize(s.dir, ".sst") + dirSize(s.dir, ".vlog")
 }
 
-// load restores in-memory state from disk: the seq clock (so references
-// stay unique after a restart with a clock that went backwards) and the
-// list cache (so the caps hold across restarts).
+// load restores the list cache from disk, so the caps hold across
+// restarts and known values are not rewritten.
 func (s *Store) load() error {
 	return s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte{prefixSeq}})
-		it.Seek([]byte{prefixSeq, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-		if it.Valid() {
-			if k := it.Item().Key(); len(k) == 9 {
-				s.seq.observe(beUint64(k[1:]))
-			}
-		}
-		it.Close()
-
 		now := time.Now()
 		for _, p := range []byte{prefixSvcList, prefixOpList, prefixTagName, prefixTagValue} {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{p}})

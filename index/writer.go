@@ -7,37 +7,46 @@ package index
 // have empty values; the key is the whole fact.
 //
 //	0x01 tid[16] 'a'            -> trace summary (seq, times, root, counts, reasons, services, warnings)
-//	0x01 tid[16] 'c' hash[8]    -> instrumentation scope (OTLP ScopeSpans without spans)
-//	0x01 tid[16] 'r' hash[8]    -> resource (OTLP ResourceSpans without scope spans)
 //	0x01 tid[16] 's' sid[8]     -> span: version, resource hash, scope hash, OTLP Span without IDs
-//	0x03 seq[8]                 -> tid[16]
+//	0x02 'c' hash[8]            -> instrumentation scope (OTLP ScopeSpans without spans)
+//	0x02 'r' hash[8]            -> resource (OTLP ResourceSpans without scope spans)
+//	0x03 seq[8]                 -> tid[16]; also the trace-start index (see seq)
 //	0x10 lv(service) seq[8]                 service posting
 //	0x11 lv(service) lv(span name) seq[8]   operation posting (one span has both)
 //	0x12 lv(span name) seq[8]               span-name posting
 //	0x13 lv(status) seq[8]                  status posting: "error", "ok", "unset"
 //	0x14 lv(key) lv(value) seq[8]           attribute posting (span or resource attribute)
 //	0x15 duration[8] seq[8]                 trace-duration index (nanoseconds)
-//	0x16 start[8] seq[8]                    trace-start index (Unix nanoseconds)
 //	0x20 service                            service list
 //	0x21 lv(service) kind[1] span name      operation list (kind is the OTLP enum value)
 //	0x22 'r'|'s' key                        tag names, resource or span scope
 //	0x23 lv(key) value                      tag values
 //	0x7f "health"                           readiness probe scratch key
 //
-// seq is the trace's reference in every index. It is assigned once, when the
-// trace is first written, as a hybrid clock: the write's Unix nanoseconds, or
-// one more than the last seq if the clock has not moved on. Postings of one
-// value therefore sort by first-write time (newest last, so search scans
-// them in reverse), late spans of a trace land on the same keys (writes stay
-// idempotent however a replay regroups spans), and consecutive postings
-// differ only in their low bytes, which the block compressor shrinks to a
-// few bytes per key. A posting exists at most once per trace however many
-// spans carry the value. Values longer than maxIndexedValue bytes are not
-// indexed; search checks them against the stored spans.
+// seq is the trace's reference in every index: its start time (earliest
+// span of the first write) in Unix milliseconds, shifted left 12 bits, plus
+// the first of the 4096 low values that no other trace holds. Millisecond
+// resolution (rather than nanoseconds) takes a byte of entropy out of every
+// posting key. It is assigned once, so late spans
+// of a trace land on the same posting keys (writes stay idempotent however
+// a replay regroups spans) and a posting exists at most once per trace
+// however many spans carry the value. Because seq is a start time, each
+// posting list and the 0x03 keys are time-ordered: search scans them in
+// reverse (newest first) and seeks straight to a time range, and
+// consecutive postings differ only in their low bytes, which the block
+// compressor shrinks to a few bytes per key. Values longer than
+// maxIndexedValue bytes are not indexed; search checks them against the
+// stored spans.
 //
-// The duration and start index keys follow the merged summary, so a late
-// span that moves a trace's start or duration adds a second key; search
-// verifies every candidate against the summary and drops such stale keys.
+// Resources and scopes are stored once per distinct content (hash of the
+// encoding), not per span or trace: a resource carries a dozen attributes
+// and is shared by thousands of traces. A blob key is rewritten when the
+// store has not written it for half the retention, and lives 1.5 × the
+// retention, so it outlives every span that names it.
+//
+// The duration index key follows the merged summary, so a late span that
+// lengthens a trace adds a second key; search verifies every candidate
+// against the summary and drops such stale keys.
 
 import (
 	"context"
@@ -54,6 +63,7 @@ import (
 
 const (
 	prefixTrace      byte = 0x01
+	prefixBlob       byte = 0x02
 	prefixSeq        byte = 0x03
 	prefixSvcPost    byte = 0x10
 	prefixOpPost     byte = 0x11
@@ -61,17 +71,17 @@ const (
 	prefixStatusPost byte = 0x13
 	prefixAttrPost   byte = 0x14
 	prefixDuration   byte = 0x15
-	prefixStart      byte = 0x16
 	prefixSvcList    byte = 0x20
 	prefixOpList     byte = 0x21
 	prefixTagName    byte = 0x22
 	prefixTagValue   byte = 0x23
 	prefixHealth     byte = 0x7f
 
-	subSummary  byte = 'a'
-	subScope    byte = 'c'
-	subResource byte = 'r'
-	subSpan     byte = 's'
+	subSummary byte = 'a'
+	subSpan    byte = 's'
+
+	blobScope    byte = 'c'
+	blobResource byte = 'r'
 
 	scopeResource byte = 'r'
 	scopeSpan     byte = 's'
@@ -93,9 +103,7 @@ func traceKey(id span.TraceID, sub byte) []byte {
 	return append(k, sub)
 }
 
-func traceChildKey(id span.TraceID, sub byte, child uint64) []byte {
-	return appendU64(traceKey(id, sub), child)
-}
+func blobKey(kind byte, hash uint64) []byte { return appendU64([]byte{prefixBlob, kind}, hash) }
 
 func spanKey(id span.TraceID, sid span.SpanID) []byte {
 	return append(traceKey(id, subSpan), sid[:]...)
@@ -126,30 +134,6 @@ func tagValueKey(key, value string) []byte {
 	return append(appendLV([]byte{prefixTagValue}, key), value...)
 }
 
-// seqClock hands out trace references (see the key layout).
-type seqClock struct {
-	mu   sync.Mutex
-	last uint64
-}
-
-func (c *seqClock) next(now time.Time) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v := clampU64(now.UnixNano())
-	if v <= c.last {
-		v = c.last + 1
-	}
-	c.last = v
-	return v
-}
-
-// observe raises the clock past a seq found on disk.
-func (c *seqClock) observe(seq uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.last = max(c.last, seq)
-}
-
 type kv struct{ k, v []byte }
 
 // preparedTrace is everything about one KeptTrace that does not depend on
@@ -159,7 +143,7 @@ type preparedTrace struct {
 	delta    summary // times, root, services, reasons, warnings of these spans
 	spans    []kv
 	spanErr  []bool
-	blobs    []kv     // resources and scopes, written before the spans that name them
+	blobs    []kv     // resources and scopes not written lately, written before the spans that name them
 	postings [][]byte // posting prefixes, deduplicated; seq appended at commit
 	lists    []listEntry
 }
@@ -201,17 +185,30 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 		nSpans += len(pt.spans)
 		prepared = append(prepared, pt)
 	}
+	// Commits are serialised: concurrent read-modify-writes of one hot
+	// trace otherwise invalidate each other until retries run out, and
+	// Badger applies writes one batch at a time anyway. prepare, the
+	// CPU-heavy part, stays parallel. Conflict detection remains as the
+	// backstop (e.g. the health probe).
+	s.writeMu.Lock()
 	var err error
 	for attempt := 0; attempt <= maxConflictRetries; attempt++ {
 		if err = s.commit(ctx, prepared); !errors.Is(err, badger.ErrConflict) {
 			break
 		}
 	}
+	s.writeMu.Unlock()
 	if err != nil {
 		// The list keys admitted for this batch may not be on disk; let a
 		// later write admit them again.
 		s.lists.forget(prepared)
 		return 0, err
+	}
+	now := time.Now()
+	for _, pt := range prepared {
+		for _, b := range pt.blobs {
+			s.blobs.mark(beUint64(b.k[2:]), now)
+		}
 	}
 	return nSpans, nil
 }
@@ -277,7 +274,9 @@ func (s *Store) prepare(kt *KeptTrace) (preparedTrace, error) {
 			resHashes[sp.Resource] = resHash
 			if !seenBlob[blobRef{res: resHash}] {
 				seenBlob[blobRef{res: resHash}] = true
-				pt.blobs = append(pt.blobs, kv{traceChildKey(pt.id, subResource, resHash), b})
+				if !s.blobs.fresh(resHash, now) {
+					pt.blobs = append(pt.blobs, kv{blobKey(blobResource, resHash), b})
+				}
 				if sp.Resource != nil {
 					for _, a := range sp.Resource.Resource.GetAttributes() {
 						v, ok := attrString(a.GetValue())
@@ -304,7 +303,9 @@ func (s *Store) prepare(kt *KeptTrace) (preparedTrace, error) {
 			scopeHashes[sp.Scope] = scopeHash
 			if !seenBlob[blobRef{scope: scopeHash}] {
 				seenBlob[blobRef{scope: scopeHash}] = true
-				pt.blobs = append(pt.blobs, kv{traceChildKey(pt.id, subScope, scopeHash), b})
+				if !s.blobs.fresh(scopeHash, now) {
+					pt.blobs = append(pt.blobs, kv{blobKey(blobScope, scopeHash), b})
+				}
 			}
 		}
 
@@ -343,10 +344,10 @@ func (s *Store) prepare(kt *KeptTrace) (preparedTrace, error) {
 func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error) {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
-	set := func(k, v []byte) error {
+	setTTL := func(k, v []byte, ttl time.Duration) error {
 		e := badger.NewEntry(k, v)
-		if s.opts.Retention > 0 {
-			e = e.WithTTL(s.opts.Retention)
+		if ttl > 0 {
+			e = e.WithTTL(ttl)
 		}
 		err := txn.SetEntry(e)
 		if errors.Is(err, badger.ErrTxnTooBig) {
@@ -361,6 +362,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 		}
 		return nil
 	}
+	set := func(k, v []byte) error { return setTTL(k, v, s.opts.Retention) }
 
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
@@ -393,7 +395,11 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 			}
 		}
 		if !found {
-			merged = summary{Seq: s.seq.next(time.Now())}
+			seq, err := freeSeq(txn, seqForTime(pt.delta.MinStart))
+			if err != nil {
+				return fmt.Errorf("write trace %s: %w", pt.id, err)
+			}
+			merged = summary{Seq: seq}
 		}
 		merged.merge(&pt.delta)
 		merged.SpanCount += newSpans
@@ -406,7 +412,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		for _, b := range pt.blobs {
-			if err := set(b.k, b.v); err != nil {
+			if err := setTTL(b.k, b.v, s.blobTTL()); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
@@ -421,11 +427,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 			}
 		}
 		durKey := appendU64(appendU64([]byte{prefixDuration}, merged.Duration()), merged.Seq)
-		startKey := appendU64(appendU64([]byte{prefixStart}, merged.MinStart), merged.Seq)
-		for _, k := range [][]byte{durKey, startKey} {
-			if err := set(k, nil); err != nil {
-				return fmt.Errorf("write trace %s: %w", pt.id, err)
-			}
+		if err := set(durKey, nil); err != nil {
+			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		for _, l := range pt.lists {
 			if err := set(l.key, nil); err != nil {
@@ -437,6 +440,63 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 		return fmt.Errorf("commit batch: %w", err)
 	}
 	return nil
+}
+
+// maxSeqProbes bounds the search for a free seq: 16 milliseconds' worth.
+// More kept traces than that starting within a few milliseconds of each
+// other (or all with no timestamps) fail the write.
+const maxSeqProbes = 1 << 16
+
+// seqForTime is the lowest seq of a start time in Unix nanoseconds.
+func seqForTime(ns uint64) uint64 { return ns / uint64(time.Millisecond) << 12 }
+
+// freeSeq returns the first seq from start on that no trace holds. The
+// reads join the transaction's read set, so two writers racing for one seq
+// conflict and one retries.
+func freeSeq(txn *badger.Txn, start uint64) (uint64, error) {
+	for seq := start; seq < start+maxSeqProbes; seq++ {
+		_, err := txn.Get(seqKey(seq))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return seq, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("allocate trace reference: %w", err)
+		}
+	}
+	return 0, fmt.Errorf("allocate trace reference: %d traces start at %d", maxSeqProbes, start)
+}
+
+// blobTTL outlives the retention by the blob refresh interval (see the key
+// layout).
+func (s *Store) blobTTL() time.Duration {
+	return s.opts.Retention + s.opts.Retention/2
+}
+
+// blobCache remembers when each resource and scope hash was last written.
+type blobCache struct {
+	refresh time.Duration // 0: never rewrite
+	mu      sync.Mutex
+	written map[uint64]time.Time
+}
+
+// maxBlobCache bounds blobCache; when full it starts over, which costs
+// only rewrites of blobs already on disk.
+const maxBlobCache = 1 << 16
+
+func (c *blobCache) fresh(h uint64, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.written[h]
+	return ok && (c.refresh == 0 || now.Sub(t) < c.refresh)
+}
+
+func (c *blobCache) mark(h uint64, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.written) >= maxBlobCache {
+		clear(c.written)
+	}
+	c.written[h] = now
 }
 
 // getSummary reads and decodes a trace summary.

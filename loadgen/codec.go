@@ -74,5 +74,8 @@ func rejectedSpans(resp []byte) (int64, error) {
 			return nil
 		})
 	})
-	return rejected, err
+	if err != nil {
+		return 0, err
+	}
+	return rejected, nil
 }

@@ -304,7 +304,9 @@ var attrGens = []struct {
 	{"url.path", func(r *rand.Rand) *commonpb.AnyValue {
 		return str(fmt.Sprintf("/api/v1/orders/%d/items/%d", r.IntN(10_000_000), r.IntN(100)))
 	}},
-	{"http.response.status_code", func(r *rand.Rand) *commonpb.AnyValue { return integer([]int64{200, 200, 200, 201, 204, 404}[r.IntN(6)]) }},
+	{"http.response.status_code", func(r *rand.Rand) *commonpb.AnyValue {
+		return integer([]int64{200, 200, 200, 201, 204, 404}[r.IntN(6)])
+	}},
 	{"server.address", func(r *rand.Rand) *commonpb.AnyValue {
 		return str(services[r.IntN(len(services))] + ".prod.svc.cluster.local")
 	}},

@@ -26,12 +26,10 @@ type mergedTrace struct {
 // indexer. It returns found=false when no indexer holds the trace.
 func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error) {
 	var (
-		out     mergedTrace
-		found   bool
-		seen    = map[span.SpanID]bool{}
-		res     = map[string]*span.Resource{}
-		scopes  = map[string]*span.Scope{}
-		marshal = proto.MarshalOptions{Deterministic: true}
+		out    mergedTrace
+		found  bool
+		seen   = map[span.SpanID]bool{}
+		intern = newInterner()
 	)
 	for _, an := range answers {
 		if !an.GetFound() {
@@ -51,8 +49,8 @@ func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error)
 				continue
 			}
 			seen[id] = true
-			s.Resource = internResource(res, marshal, s.Resource)
-			s.Scope = internScope(scopes, marshal, s.Resource, s.Scope)
+			s.Resource = intern.resource(s.Resource)
+			s.Scope = intern.scope(s.Resource, s.Scope)
 			out.spans = append(out.spans, s)
 		}
 	}
@@ -69,31 +67,74 @@ func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error)
 	return out, found, nil
 }
 
-func internResource(m map[string]*span.Resource, mo proto.MarshalOptions, r *span.Resource) *span.Resource {
+// interner maps equal resources (and equal scopes under one resource) to one
+// pointer. Spans decoded from one ResourceSpans already share a pointer, so
+// each distinct pointer is serialized once, not each span.
+type interner struct {
+	mo       proto.MarshalOptions
+	resByKey map[string]*span.Resource
+	resByPtr map[*span.Resource]*span.Resource
+	scByKey  map[scopeKey]*span.Scope
+	scByPtr  map[scopePtr]*span.Scope
+}
+
+type scopeKey struct {
+	res *span.Resource
+	key string
+}
+
+type scopePtr struct {
+	res *span.Resource
+	sc  *span.Scope
+}
+
+func newInterner() *interner {
+	return &interner{
+		mo:       proto.MarshalOptions{Deterministic: true},
+		resByKey: map[string]*span.Resource{},
+		resByPtr: map[*span.Resource]*span.Resource{},
+		scByKey:  map[scopeKey]*span.Scope{},
+		scByPtr:  map[scopePtr]*span.Scope{},
+	}
+}
+
+func (in *interner) resource(r *span.Resource) *span.Resource {
 	if r == nil {
 		return nil
 	}
-	b, _ := mo.Marshal(r.Resource)
-	key := r.SchemaURL + "\x00" + string(b)
-	if have, ok := m[key]; ok {
+	if have, ok := in.resByPtr[r]; ok {
 		return have
 	}
-	m[key] = r
-	return r
+	b, _ := in.mo.Marshal(r.Resource)
+	key := r.SchemaURL + "\x00" + string(b)
+	have, ok := in.resByKey[key]
+	if !ok {
+		have = r
+		in.resByKey[key] = r
+	}
+	in.resByPtr[r] = have
+	return have
 }
 
-func internScope(m map[string]*span.Scope, mo proto.MarshalOptions, r *span.Resource, s *span.Scope) *span.Scope {
+// scope interns s under its (already interned) resource r, since scopes are
+// grouped per resource.
+func (in *interner) scope(r *span.Resource, s *span.Scope) *span.Scope {
 	if s == nil {
 		return nil
 	}
-	b, _ := mo.Marshal(s.Scope)
-	// Scopes are grouped under their resource, so the key includes it.
-	key := fmt.Sprintf("%p\x00%s\x00%s", r, s.SchemaURL, b)
-	if have, ok := m[key]; ok {
+	pk := scopePtr{r, s}
+	if have, ok := in.scByPtr[pk]; ok {
 		return have
 	}
-	m[key] = s
-	return s
+	b, _ := in.mo.Marshal(s.Scope)
+	k := scopeKey{r, s.SchemaURL + "\x00" + string(b)}
+	have, ok := in.scByKey[k]
+	if !ok {
+		have = s
+		in.scByKey[k] = s
+	}
+	in.scByPtr[pk] = have
+	return have
 }
 
 func compareUint(a, b uint64) int {

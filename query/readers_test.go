@@ -3,6 +3,7 @@ package query
 import (
 	"context"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -217,6 +218,12 @@ func (m *memReader) TagValues(_ context.Context, req *readerpb.TagValuesRequest)
 	return &readerpb.TagValuesResponse{Values: unionSorted(out)}, nil
 }
 
+// useMem selects the in-memory reader. The store-backed one (real Badger
+// index.Store behind gRPC) runs with THREADLINE_QUERY_REAL_STORE=1; it becomes
+// the default, served by readapi.New, once readapi exists and the store's
+// tag-plus-time-range search matches reader.proto.
+var useMem = os.Getenv("THREADLINE_QUERY_REAL_STORE") == ""
+
 // shard is what one indexer holds.
 type shard struct {
 	spans   []span.Span
@@ -227,12 +234,21 @@ type shard struct {
 // returns clients for them.
 func startReaders(t *testing.T, shards ...shard) []readerpb.ReaderClient {
 	t.Helper()
+	return startReadersTB(t, shards...)
+}
+
+func startReadersTB(t testing.TB, shards ...shard) []readerpb.ReaderClient {
+	t.Helper()
 	var clients []readerpb.ReaderClient
 	for _, sh := range shards {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		srv := grpc.NewServer()
-		readerpb.RegisterReaderServer(srv, &memReader{spans: sh.spans, reasons: sh.reasons})
+		if useMem {
+			readerpb.RegisterReaderServer(srv, &memReader{spans: sh.spans, reasons: sh.reasons})
+		} else {
+			readerpb.RegisterReaderServer(srv, storeReader{st: openShardStore(t, sh)})
+		}
 		done := make(chan struct{})
 		go func() { defer close(done); _ = srv.Serve(lis) }()
 		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

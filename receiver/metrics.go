@@ -31,7 +31,7 @@ type metrics struct {
 	inflight      prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics() *metrics {
 	m := &metrics{
 		spansReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_receiver_spans_received_total",
@@ -73,15 +73,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			m.spansRefused.WithLabelValues(t, r)
 		}
 	}
+	return m
+}
+
+// register adds the collectors to reg; a nil reg registers nothing.
+func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
-		return m, nil
+		return nil
 	}
 	for _, c := range []prometheus.Collector{m.spansReceived, m.spansAccepted, m.spansRefused, m.spansRepaired, m.requests, m.duration, m.inflight} {
 		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metric: %w", err)
+			return fmt.Errorf("register metric: %w", err)
 		}
 	}
-	return m, nil
+	return nil
 }
 
 // inflightLimiter caps concurrent requests without queueing: a request that

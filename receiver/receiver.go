@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,8 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		return fmt.Errorf("otlp-shutdown-timeout must not be negative, got %s", c.ShutdownTimeout)
 	}
-	if c.GRPCAddr != "" && c.GRPCAddr == c.HTTPAddr {
+	// Port 0 asks the kernel for any free port, so only fixed ports clash.
+	if c.GRPCAddr != "" && c.GRPCAddr == c.HTTPAddr && !strings.HasSuffix(c.GRPCAddr, ":0") {
 		return fmt.Errorf("otlp-grpc-addr and otlp-http-addr are both %q; gRPC and HTTP need separate ports", c.GRPCAddr)
 	}
 	return nil
@@ -125,7 +127,8 @@ type Receiver struct {
 
 // New builds the receivers and binds their listeners, so address conflicts
 // fail at startup and Addrs is valid before Run. Run (or Close, when Run is
-// never called) releases the listeners.
+// never called) releases the listeners. A nil logger discards logs; a nil reg
+// leaves the metrics unregistered.
 func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Registerer) (*Receiver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("otlp receiver config: %w", err)
@@ -133,10 +136,10 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 	if pub == nil {
 		return nil, errors.New("otlp receiver: nil TracePublisher")
 	}
-	m, err := newMetrics(reg)
-	if err != nil {
-		return nil, fmt.Errorf("register otlp receiver metrics: %w", err)
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
+	m := newMetrics()
 	r := &Receiver{
 		cfg:     cfg,
 		pub:     pub,
@@ -163,6 +166,9 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 
+	// Listen before registering metrics, so a port conflict (which a caller
+	// may retry) leaves nothing registered.
+	var err error
 	if cfg.GRPCAddr != "" {
 		if r.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 			return nil, fmt.Errorf("listen otlp grpc on %s: %w", cfg.GRPCAddr, err)
@@ -174,13 +180,17 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 			return nil, fmt.Errorf("listen otlp http on %s: %w", cfg.HTTPAddr, err)
 		}
 	}
+	if err := m.register(reg); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("otlp receiver metrics: %w", err)
+	}
 	return r, nil
 }
 
 // GRPCServer is the receiver's gRPC server with TraceService registered. Other
 // services may be registered on it before Run (its codec hands proto messages
 // to the standard proto codec), or it may be served on a listener of the
-// caller's choosing when GRPCAddr is "".
+// caller's choosing when GRPCAddr is "" (Run still stops it on shutdown).
 func (r *Receiver) GRPCServer() *grpc.Server { return r.grpcServer }
 
 // HTTPHandler serves POST /v1/traces, for mounting on another server when

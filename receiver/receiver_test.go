@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -245,6 +246,19 @@ func TestConfig(t *testing.T) {
 	f("zero retry", func(c *Config) { c.RetryAfter = 0 }, "otlp-retry-after")
 	f("same addr", func(c *Config) { c.HTTPAddr = c.GRPCAddr }, "separate ports")
 	f("disabled listeners", func(c *Config) { c.GRPCAddr, c.HTTPAddr = "", "" }, "")
+}
+
+func TestRegisterFlags(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("collector", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	require.NoError(t, fs.Parse([]string{
+		"-otlp-grpc-addr=0.0.0.0:14317", "-otlp-http-addr=", "-otlp-max-request-bytes=1024",
+		"-otlp-max-inflight-requests=8", "-otlp-retry-after=5s", "-otlp-shutdown-timeout=1s",
+	}))
+	require.Equal(t, Config{GRPCAddr: "0.0.0.0:14317", HTTPAddr: "", MaxRequestBytes: 1024,
+		MaxInflightRequests: 8, RetryAfter: 5 * time.Second, ShutdownTimeout: time.Second}, cfg)
+	require.NoError(t, cfg.Validate())
 }
 
 func TestRetryAfterSeconds(t *testing.T) {

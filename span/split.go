@@ -79,12 +79,13 @@ type group struct {
 // Its scratch space is reused between calls; a Splitter is not safe for
 // concurrent use (pool them, one per goroutine).
 type Splitter struct {
-	byID      map[TraceID]int32
-	batches   []batchRec
-	spans     []spanRec
-	resSegs   [][]byte // resource header segments
-	scopeSegs [][]byte // scope header segments (a separate pool because scope
-	// headers are built while their resource's header is still open)
+	byID    map[TraceID]int32
+	batches []batchRec
+	spans   []spanRec
+	// Resource and scope header segments live in separate pools because a
+	// scope's header is built while its resource's header is still open.
+	resSegs   [][]byte
+	scopeSegs [][]byte
 	resources []header
 	scopes    []header
 	groups    []group
@@ -126,12 +127,13 @@ func (s *Splitter) Reset() {
 // result. The returned Data slices share one allocation and do not alias req.
 func (s *Splitter) Split(req []byte) (SplitResult, error) {
 	s.Reset()
+	defer s.Reset() // drop references to req, whatever the outcome
 	var res SplitResult
 	ri := 0
 	for b := req; len(b) > 0; {
-		_, _, f, val, n, err := nextField(b, mTracesData)
-		if err != nil {
-			return SplitResult{}, err
+		_, f, val, n := next(b, mTracesData)
+		if n < 0 {
+			return SplitResult{}, fieldErr(b, mTracesData)
 		}
 		b = b[n:]
 		if f.kind != kMessage { // unknown top-level field: nothing to route it by
@@ -147,7 +149,6 @@ func (s *Splitter) Split(req []byte) (SplitResult, error) {
 		s.reasons = append(s.reasons, fmt.Sprintf("and %d more", res.Rejected-len(s.reasons)))
 	}
 	res.RejectReason = strings.Join(s.reasons, "; ")
-	s.Reset()
 	return res, nil
 }
 
@@ -167,7 +168,7 @@ func addSeg(pool *[][]byte, h *header, raw []byte, adjacent bool) {
 // headerField adds one non-child field of a ResourceSpans or ScopeSpans to h,
 // repairing it first if it carries invalid UTF-8. rawEnd tracks where the last
 // raw segment ended in b so adjacent fields share one segment.
-func headerField(pool *[][]byte, h *header, b []byte, off, n int, num protowire.Number, f fieldSpec, val []byte, depth int, rawEnd *int) error {
+func headerField(pool *[][]byte, h *header, b []byte, off, n int, num protowire.Number, f field, val []byte, depth int, rawEnd *int) error {
 	bad := false
 	switch f.kind {
 	case kString:
@@ -207,9 +208,9 @@ func (s *Splitter) resourceSpans(b []byte, ri int, res *SplitResult) error {
 	spanIdx := 0
 	rawEnd := -1
 	for off := 0; off < len(b); {
-		num, _, f, val, n, err := nextField(b[off:], mResourceSpans)
-		if err != nil {
-			return err
+		num, f, val, n := next(b[off:], mResourceSpans)
+		if n < 0 {
+			return fieldErr(b[off:], mResourceSpans)
 		}
 		if num == 2 && f.kind == kMessage {
 			if err := s.scopeSpans(val, rIdx, ri, &spanIdx, res); err != nil {
@@ -230,9 +231,9 @@ func (s *Splitter) scopeSpans(b []byte, rIdx int32, ri int, spanIdx *int, res *S
 	s.scopes = append(s.scopes, h)
 	rawEnd := -1
 	for off := 0; off < len(b); {
-		num, _, f, val, n, err := nextField(b[off:], mScopeSpans)
-		if err != nil {
-			return err
+		num, f, val, n := next(b[off:], mScopeSpans)
+		if n < 0 {
+			return fieldErr(b[off:], mScopeSpans)
 		}
 		if num == 2 && f.kind == kMessage {
 			if err := s.span(val, sIdx, ri, *spanIdx, res); err != nil {
@@ -253,9 +254,9 @@ func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult)
 	var traceID, spanID []byte
 	badUTF8 := false
 	for p := b; len(p) > 0; {
-		num, _, f, val, n, err := nextField(p, mSpan)
-		if err != nil {
-			return err
+		num, f, val, n := next(p, mSpan)
+		if n < 0 {
+			return fieldErr(p, mSpan)
 		}
 		p = p[n:]
 		switch f.kind {
@@ -272,9 +273,9 @@ func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult)
 				badUTF8 = true
 			}
 		case kMessage:
-			bad, err := scan(val, f.msg, 4)
+			bad, err := scanMsg(val, f.msg, 4)
 			if err != nil {
-				return fmt.Errorf("Span.%s: %w", f.name, err)
+				return fmt.Errorf("Span.%s: %w", fieldName(mSpan, num), err)
 			}
 			badUTF8 = badUTF8 || bad
 		}

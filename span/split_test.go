@@ -8,10 +8,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"go.uber.org/goleak"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -295,7 +295,9 @@ func withInvalidUTF8(t testing.TB, td *tracepb.TracesData) []byte {
 
 func TestSplitRepairsUTF8(t *testing.T) {
 	kv := func(k string, v *commonpb.AnyValue) *commonpb.KeyValue { return &commonpb.KeyValue{Key: k, Value: v} }
-	sv := func(s string) *commonpb.AnyValue { return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}} }
+	sv := func(s string) *commonpb.AnyValue {
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}}
+	}
 	nested := kv("nested", &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &commonpb.KeyValueList{
 		Values: []*commonpb.KeyValue{kv("arr", &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{
 			Values: []*commonpb.AnyValue{sv("fine"), sv(marker)},
@@ -318,7 +320,9 @@ func TestSplitRepairsUTF8(t *testing.T) {
 		{"link trace_state and attribute", func(td *tracepb.TracesData) {
 			sp(td, 0).Links = []*tracepb.Span_Link{{TraceId: tid(7), SpanId: sid(7), TraceState: marker, Attributes: []*commonpb.KeyValue{kv("k", sv(marker))}}}
 		}, 1},
-		{"status message", func(td *tracepb.TracesData) { sp(td, 1).Status = &tracepb.Status{Message: marker, Code: tracepb.Status_STATUS_CODE_ERROR} }, 1},
+		{"status message", func(td *tracepb.TracesData) {
+			sp(td, 1).Status = &tracepb.Status{Message: marker, Code: tracepb.Status_STATUS_CODE_ERROR}
+		}, 1},
 		{"resource attribute", func(td *tracepb.TracesData) {
 			td.ResourceSpans[0].Resource.Attributes = append(td.ResourceSpans[0].Resource.Attributes, kv("host", sv(marker)))
 		}, 2},
@@ -372,7 +376,9 @@ func TestSplitRepairsUTF8(t *testing.T) {
 	}
 }
 
-func sp(td *tracepb.TracesData, i int) *tracepb.Span { return td.ResourceSpans[0].ScopeSpans[0].Spans[i] }
+func sp(td *tracepb.TracesData, i int) *tracepb.Span {
+	return td.ResourceSpans[0].ScopeSpans[0].Spans[i]
+}
 
 func TestRepairUTF8NoChange(t *testing.T) {
 	req := marshal(t, interleaved())
@@ -436,6 +442,13 @@ func FuzzSplitTraces(f *testing.F) {
 	}}}
 	td.ResourceSpans[1].Resource.Attributes[0].Key = marker
 	f.Add(withInvalidUTF8(f, td))
+	u := interleaved()
+	u.ResourceSpans[0].ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 99, protowire.BytesType), []byte("r")))
+	sp(u, 2).ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 20, protowire.VarintType), 7))
+	sp(u, 1).Events = []*tracepb.Span_Event{{Name: "e", Attributes: []*commonpb.KeyValue{intAttr("n", 1)}}}
+	sp(u, 1).Links = []*tracepb.Span_Link{{TraceId: tid(5), SpanId: sid(5), TraceState: "a=b"}}
+	sp(u, 1).Status = &tracepb.Status{Message: "m", Code: 2}
+	f.Add(marshal(f, u))
 	f.Add([]byte{0x0a, 0x02, 0x12, 0x00})
 	f.Add([]byte{0x0b, 0x0c})
 
@@ -489,4 +502,43 @@ func TestErrMalformedIsDistinct(t *testing.T) {
 	_, err := SplitTraces([]byte{0xff})
 	require.True(t, errors.Is(err, ErrMalformed))
 	require.False(t, errors.Is(err, ErrIDLength))
+}
+
+// TestSplitDeepNesting checks that nesting is bounded like proto.Unmarshal's
+// recursion limit: a moderately deep attribute passes, a hostile one is
+// rejected rather than exhausting the stack.
+func TestSplitDeepNesting(t *testing.T) {
+	nest := func(levels int) []byte {
+		// AnyValue{array_value: ArrayValue{values: AnyValue{...}}}, innermost a string.
+		v := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte("leaf"))
+		for range levels {
+			arr := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), v)
+			v = protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), arr)
+		}
+		kv := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte("k"))
+		kv = protowire.AppendBytes(protowire.AppendTag(kv, 2, protowire.BytesType), v)
+		span := marshal(t, mkSpan(tid(1), sid(1), "deep"))
+		span = protowire.AppendBytes(protowire.AppendTag(span, 9, protowire.BytesType), kv)
+		ss := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), span)
+		rs := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), ss)
+		return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), rs)
+	}
+	tests := []struct {
+		levels int
+		ok     bool
+	}{{100, true}, {6000, false}}
+	for _, tc := range tests {
+		req := nest(tc.levels)
+		res, err := SplitTraces(req)
+		perr := proto.Unmarshal(req, &tracepb.TracesData{})
+		if tc.ok {
+			require.NoError(t, err)
+			require.NoError(t, perr)
+			require.Equal(t, 1, res.Spans)
+			continue
+		}
+		require.ErrorIs(t, err, ErrMalformed)
+		require.ErrorContains(t, err, "nesting deeper than")
+		require.Error(t, perr, "proto.Unmarshal rejects it too")
+	}
 }

@@ -229,6 +229,111 @@ func nextField(b []byte, t msgType) (num protowire.Number, typ protowire.Type, f
 	return num, typ, f, val, tn + m, nil
 }
 
+// field is the compact form of fieldSpec used on the hot path.
+type field struct {
+	kind fieldKind
+	msg  msgType
+}
+
+// fastSchemas is schemas without the names, two bytes a field, so that the
+// per-field lookup on the hot path touches little memory.
+var fastSchemas = func() (out [numMsgTypes][]field) {
+	for t, sc := range schemas {
+		out[t] = make([]field, len(sc.fields))
+		for i, f := range sc.fields {
+			out[t][i] = field{f.kind, f.msg}
+		}
+	}
+	return out
+}()
+
+var wireTypes = [...]protowire.Type{
+	kVarint: protowire.VarintType, kFixed32: protowire.Fixed32Type, kFixed64: protowire.Fixed64Type,
+	kBytes: protowire.BytesType, kString: protowire.BytesType, kMessage: protowire.BytesType,
+}
+
+// next is the hot-path field parser: like nextField but it reports any error
+// as n < 0; fieldErr then re-parses the field to say what was wrong. One-byte
+// tags and lengths, nearly all of OTLP, skip the general varint decoder.
+func next(b []byte, t msgType) (num protowire.Number, f field, val []byte, n int) {
+	var tag uint64
+	tn := 1
+	if len(b) > 0 && b[0] < 0x80 {
+		tag = uint64(b[0])
+	} else if tag, tn = protowire.ConsumeVarint(b); tn < 0 {
+		return 0, f, nil, -1
+	}
+	if tag>>3 < uint64(protowire.MinValidNumber) || tag>>3 > uint64(protowire.MaxValidNumber) {
+		return 0, f, nil, -1
+	}
+	num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
+	if fs := fastSchemas[t]; int(num) < len(fs) {
+		f = fs[num]
+	}
+	if f.kind == kUnknown {
+		m := protowire.ConsumeFieldValue(num, typ, b[tn:])
+		if m < 0 {
+			return 0, f, nil, -1
+		}
+		return num, f, b[tn : tn+m], tn + m
+	}
+	if typ != wireTypes[f.kind] {
+		return 0, f, nil, -1
+	}
+	rest := b[tn:]
+	switch typ {
+	case protowire.BytesType:
+		if len(rest) > 0 && rest[0] < 0x80 {
+			l := int(rest[0])
+			if l+1 > len(rest) {
+				return 0, f, nil, -1
+			}
+			return num, f, rest[1 : 1+l], tn + 1 + l
+		}
+		v, m := protowire.ConsumeBytes(rest)
+		if m < 0 {
+			return 0, f, nil, -1
+		}
+		return num, f, v, tn + m
+	case protowire.Fixed32Type:
+		if len(rest) < 4 {
+			return 0, f, nil, -1
+		}
+		return num, f, rest[:4], tn + 4
+	case protowire.Fixed64Type:
+		if len(rest) < 8 {
+			return 0, f, nil, -1
+		}
+		return num, f, rest[:8], tn + 8
+	default:
+		_, m := protowire.ConsumeVarint(rest)
+		if m < 0 {
+			return 0, f, nil, -1
+		}
+		return num, f, rest[:m], tn + m
+	}
+}
+
+// fieldErr describes why next failed on b.
+func fieldErr(b []byte, t msgType) error {
+	if _, _, _, _, _, err := nextField(b, t); err != nil {
+		return err
+	}
+	return malformed("%s: bad field", schemas[t].name)
+}
+
+func fieldName(t msgType, num protowire.Number) string { return schemas[t].fields[num].name }
+
+// wrapPath prefixes err with the field it occurred in. Only the outer levels
+// are named: wrapping at every level of a hostile, deeply nested message would
+// build quadratically long error strings.
+func wrapPath(err error, t msgType, num protowire.Number, depth int) error {
+	if depth > 8 {
+		return err
+	}
+	return fmt.Errorf("%s.%s: %w", schemas[t].name, fieldName(t, num), err)
+}
+
 // scan walks message b of type t, checking its structure, and reports whether
 // any known string field in it (recursively) is invalid UTF-8.
 func scan(b []byte, t msgType, depth int) (badUTF8 bool, err error) {
@@ -236,9 +341,9 @@ func scan(b []byte, t msgType, depth int) (badUTF8 bool, err error) {
 		return false, malformed("%s: nesting deeper than %d", schemas[t].name, maxDepth)
 	}
 	for len(b) > 0 {
-		_, _, f, val, n, err := nextField(b, t)
-		if err != nil {
-			return false, err
+		num, f, val, n := next(b, t)
+		if n < 0 {
+			return false, fieldErr(b, t)
 		}
 		b = b[n:]
 		switch f.kind {
@@ -247,14 +352,67 @@ func scan(b []byte, t msgType, depth int) (badUTF8 bool, err error) {
 				badUTF8 = true
 			}
 		case kMessage:
-			bad, err := scan(val, f.msg, depth+1)
+			bad, err := scanMsg(val, f.msg, depth+1)
 			if err != nil {
-				return false, fmt.Errorf("%s.%s: %w", schemas[t].name, f.name, err)
+				return false, wrapPath(err, t, num, depth)
 			}
 			badUTF8 = badUTF8 || bad
 		}
 	}
 	return badUTF8, nil
+}
+
+// scanMsg is scan with a fast path for attributes.
+func scanMsg(b []byte, t msgType, depth int) (badUTF8 bool, err error) {
+	if t == mKeyValue {
+		return scanKeyValue(b, depth)
+	}
+	return scan(b, t, depth)
+}
+
+// scanKeyValue is scan for the commonest message in OTLP, an attribute, in
+// its commonest shape: a key and a scalar value, one-byte tags and lengths.
+// Anything else goes to the general scan.
+func scanKeyValue(b []byte, depth int) (badUTF8 bool, err error) {
+	for p := b; len(p) > 0; {
+		if len(p) < 2 || (p[0] != 0x0a && p[0] != 0x12) || p[1] >= 0x80 || int(p[1])+2 > len(p) {
+			return scan(b, mKeyValue, depth)
+		}
+		v := p[2 : 2+int(p[1])]
+		if p[0] == 0x0a { // key
+			if !utf8.Valid(v) {
+				badUTF8 = true
+			}
+		} else if !scalarAnyValue(v, &badUTF8) { // value
+			return scan(b, mKeyValue, depth)
+		}
+		p = p[2+int(p[1]):]
+	}
+	return badUTF8, nil
+}
+
+// scalarAnyValue handles an AnyValue holding a single string (short), bool,
+// int or double. It reports false when the value needs the general scan.
+func scalarAnyValue(v []byte, badUTF8 *bool) bool {
+	if len(v) == 0 {
+		return true
+	}
+	switch v[0] {
+	case 0x0a: // string_value
+		if len(v) < 2 || v[1] >= 0x80 || int(v[1])+2 != len(v) {
+			return false
+		}
+		if !utf8.Valid(v[2:]) {
+			*badUTF8 = true
+		}
+		return true
+	case 0x10, 0x18: // bool_value, int_value
+		_, n := protowire.ConsumeVarint(v[1:])
+		return n > 0 && n+1 == len(v)
+	case 0x21: // double_value
+		return len(v) == 9
+	}
+	return false
 }
 
 // repair appends message b of type t to dst with every invalid UTF-8 string
@@ -267,9 +425,9 @@ func repair(dst, b []byte, t msgType, depth int) ([]byte, int, error) {
 	}
 	fixed := 0
 	for len(b) > 0 {
-		num, _, f, val, n, err := nextField(b, t)
-		if err != nil {
-			return dst, fixed, err
+		num, f, val, n := next(b, t)
+		if n < 0 {
+			return dst, fixed, fieldErr(b, t)
 		}
 		switch {
 		case f.kind == kString && !utf8.Valid(val):
@@ -279,7 +437,7 @@ func repair(dst, b []byte, t msgType, depth int) ([]byte, int, error) {
 		case f.kind == kMessage:
 			bad, err := scan(val, f.msg, depth+1)
 			if err != nil {
-				return dst, fixed, fmt.Errorf("%s.%s: %w", schemas[t].name, f.name, err)
+				return dst, fixed, wrapPath(err, t, num, depth)
 			}
 			if !bad {
 				dst = append(dst, b[:n]...)

@@ -1,0 +1,186 @@
+// Package demo generates realistic trace traffic for `make run`: the order
+// path of a noodle-shop chain, ten services on ten hosts, recorded through
+// the real OpenTelemetry Go SDK and exported over OTLP gRPC, so that
+// everything Threadline shows in its UI has something to show.
+//
+// Every service instance has its own TracerProvider and resource
+// (service.name, service.version, service.instance.id, host.name,
+// deployment.environment), as separate processes would; context passes
+// between them in-process. Each order is planned first and then emitted
+// with explicit timestamps (trace.WithTimestamp), dated so that it ends now:
+// the demo never sleeps for a span's duration, so a ten-second bank call
+// costs nothing. The traffic has what an on-call engineer meets: CLIENT and
+// SERVER span pairs with HTTP semantic-convention attributes, database
+// spans, a Kafka producer with consumers that continue the trace or link to
+// it, overlapping calls, span events, a slow external bank with a heavy
+// tail and timeouts, declined payments and sold-out bowls recorded as
+// errors with exception events, and a host whose clock runs ahead (Skew) so
+// the clock-skew repair has work to do.
+package demo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// shutdownTimeout bounds the final flush, which runs after ctx has ended.
+const shutdownTimeout = 10 * time.Second
+
+// Run sends orders at cfg.Rate until cfg.Duration or cfg.Orders is reached
+// or ctx ends, then flushes every exporter. Export failures while running
+// are the SDK's to retry and report (through the otel error handler); Run
+// returns an error only for bad settings or a failed final flush.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("validate demo config: %w", err)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	seed := cfg.Seed
+	for seed == 0 {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		seed = binary.LittleEndian.Uint64(b[:])
+	}
+
+	conn, err := grpc.NewClient(cfg.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dial OTLP endpoint %s: %w", cfg.Endpoint, err)
+	}
+	defer func() { _ = conn.Close() }()
+
+	topo, err := newTopology(ctx, &cfg, conn, newSeededIDs(seed))
+	if err != nil {
+		return fmt.Errorf("start demo services: %w", err)
+	}
+	logger.Info("demo traffic started", "endpoint", cfg.Endpoint, "rate", cfg.Rate, "seed", seed,
+		"services", len(topo.services), "instances", len(topo.all), "skewed_host", "bankgw-1", "skew", cfg.Skew)
+
+	st := stats{byStatus: map[int]int{}}
+	runErr := generate(ctx, &cfg, topo, seed, &st)
+
+	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	flushErr := topo.shutdown(flushCtx)
+	logger.Info("demo traffic stopped", "orders", st.orders, "spans", st.spans, "traces", st.traces, "by_status", fmt.Sprint(st.byStatus))
+	if flushErr != nil {
+		return errors.Join(runErr, fmt.Errorf("flush demo traces: %w", flushErr))
+	}
+	return runErr
+}
+
+// stats counts what the demo emitted, for its final log line and tests.
+type stats struct {
+	orders, spans, traces int
+	byStatus              map[int]int
+}
+
+// generate plans and emits orders with Poisson arrivals at cfg.Rate.
+func generate(ctx context.Context, cfg *Config, topo *topology, seed uint64, st *stats) error {
+	sim := &shop{rng: mrand.New(mrand.NewPCG(seed, seed^0xd0b0)), topo: topo}
+	start := time.Now()
+	next := start
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for cfg.Orders == 0 || st.orders < cfg.Orders {
+		if cfg.Duration > 0 && next.Sub(start) >= cfg.Duration {
+			return nil
+		}
+		if wait := time.Until(next); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer.C:
+			}
+		} else if ctx.Err() != nil {
+			return nil
+		}
+
+		root, _ := sim.placeOrder()
+		// Date the order so that its last span ends now: a trace the
+		// collector receives is one that has just finished.
+		base := time.Now().Add(-root.extent())
+		em := emitter{base: base, stats: st}
+		em.emit(context.WithoutCancel(ctx), root)
+		st.orders++
+		st.traces++
+		st.byStatus[statusOf(root)]++
+
+		gap := -math.Log(1-sim.rng.Float64()) / cfg.Rate
+		next = next.Add(time.Duration(gap * float64(time.Second)))
+	}
+	return nil
+}
+
+func statusOf(root *step) int {
+	for _, a := range root.attrs {
+		if a.Key == "http.response.status_code" {
+			return int(a.Value.AsInt64())
+		}
+	}
+	return 0
+}
+
+// emitter turns a planned order into SDK spans.
+type emitter struct {
+	base  time.Time
+	stats *stats
+}
+
+// at converts a plan offset into the timestamp inst's host clock shows.
+func (e *emitter) at(inst *instance, d time.Duration) time.Time {
+	return inst.clock(e.base.Add(d))
+}
+
+func (e *emitter) emit(ctx context.Context, s *step) {
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(s.kind),
+		trace.WithTimestamp(e.at(s.inst, s.start)),
+		trace.WithAttributes(s.attrs...),
+	}
+	if s.link != nil {
+		opts = append(opts, trace.WithLinks(trace.Link{
+			SpanContext: s.link.sc,
+			Attributes:  []attribute.KeyValue{attribute.String("messaging.operation.type", "send")},
+		}))
+	}
+	if s.newRoot {
+		opts = append(opts, trace.WithNewRoot())
+		e.stats.traces++
+	}
+	tracer := s.inst.provider.Tracer(s.scope)
+	ctx, span := tracer.Start(ctx, s.name, opts...)
+	s.sc = span.SpanContext()
+	e.stats.spans++
+
+	for _, ev := range s.events {
+		span.AddEvent(ev.name, trace.WithTimestamp(e.at(s.inst, ev.at)), trace.WithAttributes(ev.attrs...))
+	}
+	if s.err != nil {
+		span.RecordError(s.err, trace.WithTimestamp(e.at(s.inst, s.errAt)))
+	}
+	if s.failed {
+		span.SetStatus(codes.Error, s.statusMsg)
+	}
+	for _, c := range s.children {
+		e.emit(ctx, c)
+	}
+	span.End(trace.WithTimestamp(e.at(s.inst, s.end)))
+}

@@ -1,0 +1,524 @@
+package index
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/span"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+const ms = int64(time.Millisecond)
+
+// base is the fixture's time origin.
+var base = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+
+func openStore(t *testing.T, dir string, mod ...func(*Options)) *Store {
+	t.Helper()
+	opts := DefaultOptions()
+	opts.GCInterval = 50 * time.Millisecond // exercise the GC goroutine
+	for _, m := range mod {
+		m(&opts)
+	}
+	st, err := Open(dir, slog.New(slog.DiscardHandler), prometheus.NewRegistry(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, st.Close()) })
+	return st
+}
+
+func tid(b byte) span.TraceID { return span.TraceID{0xa0, 15: b} }
+func sid(b byte) []byte       { return []byte{0x50, 7: b} }
+
+var (
+	resFrontend = newResource("frontend", strAttr("deployment.environment", "prod"), strAttr("host.name", "h1"))
+	resCheckout = newResource("checkout", strAttr("deployment.environment", "prod"), strAttr("host.name", "h2"))
+	resPayment  = newResource("payment", strAttr("deployment.environment", "prod"), strAttr("host.name", "h3"))
+	scopeHTTP   = &span.Scope{Scope: &commonpb.InstrumentationScope{Name: "otelhttp", Version: "1.0"}}
+	longValue   = strings.Repeat("x", 100)
+)
+
+type spanDef struct {
+	id, parent byte // parent 0: root
+	res        *span.Resource
+	name       string
+	kind       tracepb.Span_SpanKind
+	startMs    int64 // from base
+	durMs      int64
+	status     tracepb.Status_StatusCode
+	attrs      []*commonpb.KeyValue
+}
+
+func mkTrace(id span.TraceID, defs ...spanDef) span.Trace {
+	tr := span.Trace{ID: id}
+	for _, d := range defs {
+		sp := &tracepb.Span{
+			TraceId:           id[:],
+			SpanId:            sid(d.id),
+			Name:              d.name,
+			Kind:              d.kind,
+			StartTimeUnixNano: uint64(base + d.startMs*ms),
+			EndTimeUnixNano:   uint64(base + (d.startMs+d.durMs)*ms),
+			Attributes:        d.attrs,
+		}
+		if d.parent != 0 {
+			sp.ParentSpanId = sid(d.parent)
+		}
+		if d.status != 0 {
+			sp.Status = &tracepb.Status{Code: d.status}
+		}
+		tr.Spans = append(tr.Spans, span.Span{Span: sp, Resource: d.res, Scope: scopeHTTP})
+	}
+	return tr
+}
+
+// fixture: three traces, each newer than the one before.
+func fixture() []KeptTrace {
+	return []KeptTrace{
+		{
+			Trace: mkTrace(tid(1),
+				spanDef{id: 1, res: resFrontend, name: "GET /cart", kind: tracepb.Span_SPAN_KIND_SERVER, startMs: 0, durMs: 100, status: tracepb.Status_STATUS_CODE_OK,
+					attrs: []*commonpb.KeyValue{strAttr("http.route", "/cart")}},
+				spanDef{id: 2, parent: 1, res: resCheckout, name: "SELECT", kind: tracepb.Span_SPAN_KIND_CLIENT, startMs: 10, durMs: 20,
+					attrs: []*commonpb.KeyValue{strAttr("db.system", "postgres"), strAttr("http.route", "/cart")}},
+			),
+			Reasons: []string{"latency_topn"},
+		},
+		{
+			Trace: mkTrace(tid(2),
+				spanDef{id: 1, res: resFrontend, name: "POST /pay", kind: tracepb.Span_SPAN_KIND_SERVER, startMs: 1000, durMs: 500, status: tracepb.Status_STATUS_CODE_ERROR},
+				spanDef{id: 2, parent: 1, res: resPayment, name: "charge", kind: tracepb.Span_SPAN_KIND_SERVER, startMs: 1100, durMs: 300, status: tracepb.Status_STATUS_CODE_ERROR,
+					attrs: []*commonpb.KeyValue{intAttr("http.response.status_code", 500), strAttr("user.id", "u-42")}},
+			),
+			Reasons:  []string{"error"},
+			Warnings: []string{"clock skew: payment shifted by 3ms"},
+		},
+		{
+			Trace: mkTrace(tid(3),
+				spanDef{id: 1, res: resCheckout, name: "consume", kind: tracepb.Span_SPAN_KIND_CONSUMER, startMs: 2000, durMs: 5,
+					attrs: []*commonpb.KeyValue{strAttr("blob", longValue), strAttr("name", "weird")}},
+			),
+			Reasons: []string{"baseline"},
+		},
+	}
+}
+
+func ids(sums []*readerpb.TraceSummary) []byte {
+	out := []byte{}
+	for _, s := range sums {
+		out = append(out, s.TraceId[15])
+	}
+	return out
+}
+
+func TestConformance(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	require.NoError(t, st.WriteTraces(ctx, fixture()))
+
+	t.Run("Trace", func(t *testing.T) {
+		for _, kt := range fixture() {
+			got, found, err := st.Trace(ctx, kt.Trace.ID)
+			require.NoError(t, err)
+			require.True(t, found)
+			require.Equal(t, kt.Reasons, got.Reasons)
+			require.Equal(t, kt.Warnings, got.Warnings)
+			require.True(t, proto.Equal(span.ToTracesData(kt.Trace.Spans), span.ToTracesData(got.Spans)),
+				"stored trace differs:\nwant %v\ngot  %v", span.ToTracesData(kt.Trace.Spans), span.ToTracesData(got.Spans))
+		}
+		_, found, err := st.Trace(ctx, tid(99))
+		require.NoError(t, err)
+		require.False(t, found)
+	})
+
+	t.Run("Search", func(t *testing.T) {
+		type tags = map[string]string
+		for _, tc := range []struct {
+			name string
+			q    *readerpb.SearchRequest
+			want []byte
+		}{
+			{"all newest first", &readerpb.SearchRequest{}, []byte{3, 2, 1}},
+			{"limit", &readerpb.SearchRequest{Limit: 1}, []byte{3}},
+			{"service", &readerpb.SearchRequest{Tags: tags{"service.name": "frontend"}}, []byte{2, 1}},
+			{"service of a child", &readerpb.SearchRequest{Tags: tags{"service.name": "payment"}}, []byte{2}},
+			{"span name", &readerpb.SearchRequest{Tags: tags{"name": "charge"}}, []byte{2}},
+			{"name is intrinsic, not the attribute", &readerpb.SearchRequest{Tags: tags{"name": "weird"}}, []byte{}},
+			{"status error", &readerpb.SearchRequest{Tags: tags{"status": "error"}}, []byte{2}},
+			{"status ok", &readerpb.SearchRequest{Tags: tags{"status": "OK"}}, []byte{1}},
+			{"status unset", &readerpb.SearchRequest{Tags: tags{"status": "unset"}}, []byte{3, 1}},
+			{"int attribute", &readerpb.SearchRequest{Tags: tags{"http.response.status_code": "500"}}, []byte{2}},
+			{"span attribute", &readerpb.SearchRequest{Tags: tags{"db.system": "postgres"}}, []byte{1}},
+			{"resource attribute", &readerpb.SearchRequest{Tags: tags{"host.name": "h2"}}, []byte{3, 1}},
+			{"shared resource attribute", &readerpb.SearchRequest{Tags: tags{"deployment.environment": "prod"}}, []byte{3, 2, 1}},
+			{"unknown value", &readerpb.SearchRequest{Tags: tags{"db.system": "mysql"}}, []byte{}},
+			{"long value checked on spans", &readerpb.SearchRequest{Tags: tags{"blob": longValue}}, []byte{3}},
+			{"tags on different spans", &readerpb.SearchRequest{Tags: tags{"service.name": "frontend", "db.system": "postgres"}}, []byte{1}},
+			{"same_span rejects different spans", &readerpb.SearchRequest{Tags: tags{"service.name": "frontend", "db.system": "postgres"}, SameSpan: true}, []byte{}},
+			{"same_span one span", &readerpb.SearchRequest{Tags: tags{"service.name": "checkout", "db.system": "postgres"}, SameSpan: true}, []byte{1}},
+			{"same_span operation", &readerpb.SearchRequest{Tags: tags{"service.name": "payment", "name": "charge"}, SameSpan: true}, []byte{2}},
+			{"same_span operation absent", &readerpb.SearchRequest{Tags: tags{"service.name": "frontend", "name": "charge"}, SameSpan: true}, []byte{}},
+			{"service and name on different spans", &readerpb.SearchRequest{Tags: tags{"service.name": "frontend", "name": "charge"}}, []byte{2}},
+			{"min duration", &readerpb.SearchRequest{MinDurationNanos: 200 * ms}, []byte{2}},
+			{"duration range", &readerpb.SearchRequest{MinDurationNanos: 50 * ms, MaxDurationNanos: 200 * ms}, []byte{1}},
+			{"max duration", &readerpb.SearchRequest{MaxDurationNanos: 50 * ms}, []byte{3}},
+			{"time range", &readerpb.SearchRequest{StartUnixNano: base + 900*ms, EndUnixNano: base + 1200*ms}, []byte{2}},
+			{"time range overlaps a trace", &readerpb.SearchRequest{StartUnixNano: base + 50*ms, EndUnixNano: base + 60*ms}, []byte{1}},
+			{"time range with tag", &readerpb.SearchRequest{Tags: tags{"deployment.environment": "prod"}, StartUnixNano: base + 1400*ms, EndUnixNano: base + 3000*ms}, []byte{3, 2}},
+			{"time range before everything", &readerpb.SearchRequest{StartUnixNano: base - 5000*ms, EndUnixNano: base - 4000*ms}, []byte{}},
+			{"span min duration", &readerpb.SearchRequest{SpanMinDurationNanos: 15 * ms}, []byte{2, 1}},
+			{"span max duration", &readerpb.SearchRequest{SpanMaxDurationNanos: 10 * ms}, []byte{3}},
+			{"same_span with span duration", &readerpb.SearchRequest{Tags: tags{"name": "SELECT"}, SameSpan: true, SpanMinDurationNanos: 15 * ms}, []byte{1}},
+			{"same_span span duration excludes", &readerpb.SearchRequest{Tags: tags{"name": "SELECT"}, SameSpan: true, SpanMinDurationNanos: 25 * ms}, []byte{}},
+			{"kept reason", &readerpb.SearchRequest{KeptReasons: []string{"error"}}, []byte{2}},
+			{"kept reasons any of", &readerpb.SearchRequest{KeptReasons: []string{"error", "baseline"}}, []byte{3, 2}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, err := st.Search(ctx, tc.q)
+				require.NoError(t, err)
+				require.Equal(t, tc.want, ids(got))
+			})
+		}
+	})
+
+	t.Run("SearchSummary", func(t *testing.T) {
+		got, err := st.Search(ctx, &readerpb.SearchRequest{Tags: map[string]string{"status": "error"}})
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		want := &readerpb.TraceSummary{
+			TraceId: idBytes(tid(2)), RootServiceName: "frontend", RootSpanName: "POST /pay",
+			StartUnixNano: base + 1000*ms, DurationNanos: 500 * ms, SpanCount: 2, ErrorCount: 2,
+			KeptReasons: []string{"error"}, Services: []string{"frontend", "payment"},
+		}
+		require.True(t, proto.Equal(want, got[0]), "got %v", got[0])
+	})
+
+	t.Run("BadQuery", func(t *testing.T) {
+		for _, q := range []*readerpb.SearchRequest{
+			{Tags: map[string]string{"status": "broken"}},
+			{MinDurationNanos: -1},
+			{MinDurationNanos: 10, MaxDurationNanos: 5},
+			{StartUnixNano: 10, EndUnixNano: 5},
+		} {
+			_, err := st.Search(ctx, q)
+			require.ErrorIs(t, err, ErrBadQuery, "%v", q)
+		}
+	})
+
+	t.Run("Services", func(t *testing.T) {
+		got, err := st.Services(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []string{"checkout", "frontend", "payment"}, got)
+	})
+
+	t.Run("Operations", func(t *testing.T) {
+		op := func(svc, name, kind string) *readerpb.Operation {
+			return &readerpb.Operation{Service: svc, Name: name, SpanKind: kind}
+		}
+		for _, tc := range []struct {
+			service string
+			want    []*readerpb.Operation
+		}{
+			{"frontend", []*readerpb.Operation{op("frontend", "GET /cart", "server"), op("frontend", "POST /pay", "server")}},
+			{"checkout", []*readerpb.Operation{op("checkout", "SELECT", "client"), op("checkout", "consume", "consumer")}},
+			{"nope", nil},
+			{"", []*readerpb.Operation{
+				op("checkout", "SELECT", "client"), op("checkout", "consume", "consumer"),
+				op("frontend", "GET /cart", "server"), op("frontend", "POST /pay", "server"),
+				op("payment", "charge", "server"),
+			}},
+		} {
+			got, err := st.Operations(ctx, tc.service)
+			require.NoError(t, err)
+			require.Len(t, got, len(tc.want), tc.service)
+			for i := range got {
+				require.True(t, proto.Equal(tc.want[i], got[i]), "%s: %v", tc.service, got)
+			}
+		}
+	})
+
+	t.Run("TagNames", func(t *testing.T) {
+		res, spanKeys, err := st.TagNames(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []string{"deployment.environment", "host.name", "service.name"}, res)
+		require.Equal(t, []string{"blob", "db.system", "http.response.status_code", "http.route", "name", "user.id"}, spanKeys)
+	})
+
+	t.Run("TagValues", func(t *testing.T) {
+		for _, tc := range []struct {
+			tag   string
+			limit int
+			want  []string
+		}{
+			{"host.name", 0, []string{"h1", "h2", "h3"}},
+			{"host.name", 2, []string{"h1", "h2"}},
+			{"http.response.status_code", 0, []string{"500"}},
+			{"blob", 0, nil}, // too long to index
+			{"service.name", 0, []string{"checkout", "frontend", "payment"}},
+			{"name", 0, []string{"GET /cart", "POST /pay", "SELECT", "charge", "consume"}},
+			{"status", 0, []string{"error", "ok", "unset"}},
+			{"missing", 0, nil},
+		} {
+			got, err := st.TagValues(ctx, tc.tag, tc.limit)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got, tc.tag)
+		}
+	})
+
+	t.Run("Writable", func(t *testing.T) {
+		require.NoError(t, st.Writable(ctx))
+	})
+}
+
+func searchAll(t *testing.T, st *Store) []*readerpb.TraceSummary {
+	t.Helper()
+	got, err := st.Search(context.Background(), &readerpb.SearchRequest{Limit: 100})
+	require.NoError(t, err)
+	return got
+}
+
+func TestIdempotentWrites(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	require.NoError(t, st.WriteTraces(ctx, fixture()))
+	before := searchAll(t, st)
+	// The same batch again, then each trace split into single-span writes
+	// in reverse (a replay that regroups spans).
+	require.NoError(t, st.WriteTraces(ctx, fixture()))
+	for _, kt := range fixture() {
+		for i := len(kt.Trace.Spans) - 1; i >= 0; i-- {
+			one := kt
+			one.Trace.Spans = kt.Trace.Spans[i : i+1]
+			require.NoError(t, st.WriteTraces(ctx, []KeptTrace{one}))
+		}
+	}
+	after := searchAll(t, st)
+	require.Len(t, after, len(before))
+	for i := range before {
+		require.True(t, proto.Equal(before[i], after[i]), "summary changed:\nbefore %v\nafter  %v", before[i], after[i])
+	}
+	got, _, err := st.Trace(ctx, tid(1))
+	require.NoError(t, err)
+	require.Len(t, got.Spans, 2)
+	// Postings are per trace: the frontend posting list holds each trace once.
+	n := 0
+	require.NoError(t, st.scanKeys(ctx, svcPosting("frontend"), func([]byte) bool { n++; return true }))
+	require.Equal(t, 2, n)
+}
+
+func TestLateSpansMerge(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	full := mkTrace(tid(7),
+		spanDef{id: 1, res: resFrontend, name: "GET /late", kind: tracepb.Span_SPAN_KIND_SERVER, startMs: 0, durMs: 1000},
+		spanDef{id: 2, parent: 1, res: resCheckout, name: "work", startMs: 100, durMs: 50, status: tracepb.Status_STATUS_CODE_ERROR},
+		spanDef{id: 3, parent: 1, res: resPayment, name: "pay", startMs: 300, durMs: 100},
+	)
+	first := KeptTrace{Trace: span.Trace{ID: full.ID, Spans: full.Spans[1:2]}, Reasons: []string{"error"}}
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{first}))
+	got := searchAll(t, st)
+	require.Len(t, got, 1)
+	require.Equal(t, "", got[0].RootSpanName)
+	require.Equal(t, 50*ms, got[0].DurationNanos)
+	require.Equal(t, base+100*ms, got[0].StartUnixNano)
+
+	late := KeptTrace{Trace: span.Trace{ID: full.ID, Spans: []span.Span{full.Spans[0], full.Spans[2], full.Spans[1]}}, Reasons: []string{"alert"}, Warnings: []string{"late"}}
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{late}))
+	got = searchAll(t, st)
+	require.Len(t, got, 1)
+	want := &readerpb.TraceSummary{
+		TraceId: idBytes(tid(7)), RootServiceName: "frontend", RootSpanName: "GET /late",
+		StartUnixNano: base, DurationNanos: 1000 * ms, SpanCount: 3, ErrorCount: 1,
+		KeptReasons: []string{"error", "alert"}, Services: []string{"checkout", "frontend", "payment"},
+	}
+	require.True(t, proto.Equal(want, got[0]), "got %v", got[0])
+	// The moved start is searchable.
+	res, err := st.Search(ctx, &readerpb.SearchRequest{StartUnixNano: base, EndUnixNano: base + 10*ms, Tags: map[string]string{"service.name": "payment"}})
+	require.NoError(t, err)
+	require.Equal(t, []byte{7}, ids(res))
+	tr, _, err := st.Trace(ctx, tid(7))
+	require.NoError(t, err)
+	require.Len(t, tr.Spans, 3)
+	require.Equal(t, []string{"late"}, tr.Warnings)
+}
+
+func TestConcurrentLateSpans(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	var defs []spanDef
+	for i := range 40 {
+		defs = append(defs, spanDef{id: byte(i + 1), parent: 100, res: resCheckout, name: "w", startMs: int64(i), durMs: 1})
+	}
+	tr := mkTrace(tid(9), defs...)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < len(tr.Spans); i += 4 {
+				one := KeptTrace{Trace: span.Trace{ID: tr.ID, Spans: tr.Spans[i : i+1]}}
+				if err := st.WriteTraces(ctx, []KeptTrace{one}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got := searchAll(t, st)
+	require.Len(t, got, 1)
+	require.EqualValues(t, 40, got[0].SpanCount)
+}
+
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir(), func(o *Options) { o.Retention = time.Second })
+	require.NoError(t, st.WriteTraces(ctx, fixture()[:1]))
+	_, found, err := st.Trace(ctx, tid(1))
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Eventually(t, func() bool {
+		_, found, err := st.Trace(ctx, tid(1))
+		require.NoError(t, err)
+		return !found
+	}, 10*time.Second, 100*time.Millisecond)
+	require.Empty(t, searchAll(t, st))
+	svcs, err := st.Services(ctx)
+	require.NoError(t, err)
+	require.Empty(t, svcs)
+}
+
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := DefaultOptions()
+	st, err := Open(dir, nil, nil, opts)
+	require.NoError(t, err)
+	require.NoError(t, st.WriteTraces(ctx, fixture()))
+	before := searchAll(t, st)
+	require.NoError(t, st.Close())
+	require.NoError(t, st.Close(), "Close is idempotent")
+
+	st = openStore(t, dir)
+	after := searchAll(t, st)
+	require.Len(t, after, len(before))
+	for i := range before {
+		require.True(t, proto.Equal(before[i], after[i]))
+	}
+	got, found, err := st.Trace(ctx, tid(2))
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Len(t, got.Spans, 2)
+	// New traces after reopen sort after the old ones.
+	extra := mkTrace(tid(4), spanDef{id: 1, res: resPayment, name: "refund", startMs: 5000, durMs: 1})
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: extra}}))
+	res, err := st.Search(ctx, &readerpb.SearchRequest{Tags: map[string]string{"service.name": "payment"}})
+	require.NoError(t, err)
+	require.Equal(t, []byte{4, 2}, ids(res))
+	// The list cache was reloaded: known values are not rewritten.
+	require.True(t, st.lists.known(svcListKey("frontend")))
+}
+
+func TestOpenFails(t *testing.T) {
+	opts := DefaultOptions()
+	opts.NumCompactors = 1
+	_, err := Open(t.TempDir(), nil, nil, opts)
+	require.Error(t, err)
+
+	// A registry that already holds the metrics makes Open fail after Badger
+	// opened; the directory must be released (lock file) for a retry.
+	dir := t.TempDir()
+	reg := prometheus.NewRegistry()
+	st, err := Open(dir, nil, reg, DefaultOptions())
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+	_, err = Open(dir, nil, reg, DefaultOptions())
+	require.Error(t, err)
+	st, err = Open(dir, nil, prometheus.NewRegistry(), DefaultOptions())
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+}
+
+func TestCorruptValues(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		key  []byte
+	}{
+		{"span", spanKey(tid(1), span.SpanID(sid(2)))},
+		{"summary", traceKey(tid(1), subSummary)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openStore(t, t.TempDir())
+			require.NoError(t, st.WriteTraces(ctx, fixture()))
+			require.NoError(t, st.db.Update(func(txn *badger.Txn) error {
+				return txn.Set(tc.key, []byte("\xffgarbage"))
+			}))
+			_, _, err := st.Trace(ctx, tid(1))
+			require.ErrorIs(t, err, ErrCorrupt)
+			// Other traces still read.
+			_, found, err := st.Trace(ctx, tid(2))
+			require.NoError(t, err)
+			require.True(t, found)
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	st, err := Open(t.TempDir(), nil, reg, DefaultOptions())
+	require.NoError(t, err)
+	defer func() { require.NoError(t, st.Close()) }()
+	require.NoError(t, st.WriteTraces(ctx, fixture()))
+	require.Equal(t, 5.0, counterValue(t, st.metrics.spansWritten))
+	require.Equal(t, 3.0, counterValue(t, st.metrics.tracesWritten))
+	require.Error(t, st.WriteTraces(ctx, []KeptTrace{{Trace: span.Trace{}}}))
+	require.Equal(t, 1.0, counterValue(t, st.metrics.writeErrors))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	n := 0
+	for _, f := range families {
+		if f.GetName() == "threadline_store_disk_bytes" || f.GetName() == "threadline_store_write_duration_seconds" {
+			n += len(f.GetMetric())
+		}
+	}
+	require.Equal(t, 3, n)
+}
+
+func TestWorkloadSearch(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	w := newWorkload(3)
+	var all []KeptTrace
+	for range 10 {
+		batch := w.kept(50)
+		all = append(all, batch...)
+		require.NoError(t, st.WriteTraces(ctx, batch))
+	}
+	got, err := st.Search(ctx, &readerpb.SearchRequest{Limit: 1000})
+	require.NoError(t, err)
+	require.Len(t, got, len(all))
+	require.True(t, slices.IsSortedFunc(got, func(a, b *readerpb.TraceSummary) int { return int(b.StartUnixNano - a.StartUnixNano) }))
+	tr, found, err := st.Trace(ctx, all[17].Trace.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.True(t, proto.Equal(span.ToTracesData(all[17].Trace.Spans), span.ToTracesData(tr.Spans)))
+}
+
+func idBytes(id span.TraceID) []byte { return id[:] }
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
