@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"hash/fnv"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,8 +138,8 @@ func TestHealthEndpoints(t *testing.T) {
 	require.Equal(t, 200, getJSON(t, a.query+"/healthz", nil))
 	code, _, body := get(t, a.query+"/metrics")
 	require.Equal(t, 200, code)
-	for _, m := range []string{"threadline_receiver", "threadline_kafka_produce_duration_seconds", "threadline_kafka_consumer_lag_records", "threadline_indexer_buffered_traces", "threadline_indexer_spans_written_total"} {
-		require.Contains(t, string(body), m)
+	for _, m := range []string{"threadline_receiver_spans_received_total", "threadline_kafka_produce_duration_seconds", "threadline_kafka_pending_records", "threadline_indexer_buffered_traces", "threadline_indexer_spans_written_total", "threadline_store_disk_bytes"} {
+		require.True(t, strings.Contains(string(body), m), "metric %s missing from /metrics", m)
 	}
 }
 

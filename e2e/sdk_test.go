@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"sort"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"

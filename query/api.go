@@ -87,6 +87,9 @@ func (a *API) routes() []route {
 		{"/api/services/{service}/operations", a.jaegerServiceOperations},
 		{"/api/operations", a.jaegerOperations},
 		{"/api/dependencies", a.jaegerDependencies},
+		// Native (the UI), see native.go.
+		{"/api/v1/search", a.nativeSearch},
+		{"/api/v1/traces/{id}", a.nativeTraceByID},
 	}
 }
 
