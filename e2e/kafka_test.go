@@ -142,4 +142,3 @@ func TestHealthEndpoints(t *testing.T) {
 		require.True(t, strings.Contains(string(body), m), "metric %s missing from /metrics", m)
 	}
 }
-

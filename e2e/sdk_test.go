@@ -269,4 +269,3 @@ func hexIDs(v any) {
 		}
 	}
 }
-
