@@ -14,12 +14,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/health"
 	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/indexer"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/readapi"
 	"github.com/threadline/threadline/sampling"
+	"github.com/threadline/threadline/span"
 )
 
 // IndexerConfig configures the indexer role.
@@ -28,24 +30,25 @@ type IndexerConfig struct {
 	DataDir string
 	// GRPCAddr serves the read API to the query service. Default "127.0.0.1:9095".
 	GRPCAddr string
-	// SamplingBaseline is the fraction of traces kept by trace-ID hash. Default 1.
-	SamplingBaseline float64
-	Kafka            bus.Config
-	Consumer         bus.ConsumerConfig
-	Indexer          indexer.Config
-	Store            index.Options
+	Sampling sampling.Config
+	Skew     clockskew.Config
+	Kafka    bus.Config
+	Consumer bus.ConsumerConfig
+	Indexer  indexer.Config
+	Store    index.Options
 }
 
 // DefaultIndexerConfig returns the packages' defaults.
 func DefaultIndexerConfig() IndexerConfig {
 	return IndexerConfig{
-		DataDir:          "./data",
-		GRPCAddr:         "127.0.0.1:9095",
-		SamplingBaseline: 1,
-		Kafka:            bus.DefaultConfig(),
-		Consumer:         bus.DefaultConsumerConfig(),
-		Indexer:          indexer.DefaultConfig(),
-		Store:            index.DefaultOptions(),
+		DataDir:  "./data",
+		GRPCAddr: "127.0.0.1:9095",
+		Sampling: sampling.DefaultConfig(),
+		Skew:     clockskew.DefaultConfig(),
+		Kafka:    bus.DefaultConfig(),
+		Consumer: bus.DefaultConsumerConfig(),
+		Indexer:  indexer.DefaultConfig(),
+		Store:    index.DefaultOptions(),
 	}
 }
 
@@ -54,7 +57,8 @@ func DefaultIndexerConfig() IndexerConfig {
 func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the span store (and the embedded broker's log in the all-in-one)")
 	fs.StringVar(&c.GRPCAddr, "indexer-grpc-addr", c.GRPCAddr, "address of the indexer's gRPC read API, used by the query service")
-	fs.Float64Var(&c.SamplingBaseline, "sampling-baseline", c.SamplingBaseline, "fraction of traces kept by a deterministic hash of the trace ID, in [0,1]")
+	c.Sampling.RegisterFlags(fs)
+	c.Skew.RegisterFlags(fs)
 	fs.StringVar(&c.Consumer.Group, "kafka-consumer-group", c.Consumer.Group, "Kafka consumer group of the indexers")
 	if withKafka {
 		c.Kafka.RegisterFlags(fs)
@@ -76,7 +80,10 @@ type Indexer struct {
 
 // NewIndexer opens the store, joins the consumer group and binds the read API.
 func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *Indexer, err error) {
-	sampler, err := sampling.NewBaseline(cfg.SamplingBaseline)
+	if err := cfg.Skew.Validate(); err != nil {
+		return nil, err
+	}
+	decider, err := sampling.NewTailSampler(cfg.Sampling, h.Registry())
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +100,8 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 			err = errors.Join(err, store.Close())
 		}
 	}()
-	ix, err := indexer.New(cfg.Indexer, store, nil, sampler, logger.With("component", "indexer"), h.Registry())
+	stages := []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}}
+	ix, err := indexer.New(cfg.Indexer, store, stages, decider, logger.With("component", "indexer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
@@ -148,3 +156,9 @@ func (i *Indexer) Run(ctx context.Context) error {
 	}
 	return errors.Join(consErr, ixErr, grpcErr, i.store.Close())
 }
+
+// skewStage runs clock-skew repair as a pipeline stage; its warnings are
+// stored with the trace.
+type skewStage struct{ adj clockskew.Adjuster }
+
+func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }

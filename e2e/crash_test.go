@@ -60,7 +60,7 @@ func startProcess(t *testing.T, bin, dataDir string, ports map[string]string) *p
 		"--data-dir", dataDir,
 		"--otlp-grpc-addr", ports["grpc"], "--otlp-http-addr", ports["http"],
 		"--kafka-addr", ports["kafka"], "--indexer-grpc-addr", ports["indexer"], "--http-addr", ports["query"],
-		"--decision-wait", "300ms", "--log-level", "warn")
+		"--decision-wait", "300ms", "--sampling-baseline", "1", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = f, f
 	require.NoError(t, cmd.Start())
 	p := &process{cmd: cmd, otlpGRPC: ports["grpc"], query: "http://" + ports["query"], logf: logf}

@@ -47,6 +47,7 @@ func testConfig(dataDir string) app.AllInOneConfig {
 	cfg.Query.HTTPAddr = "127.0.0.1:0"
 	cfg.Query.Query.MaxSearchLimit = 100000
 	cfg.Indexer.Indexer.DecisionWait = 300 * time.Millisecond
+	cfg.Indexer.Sampling.Baseline = 1 // these tests check the pipeline, not the sampling policy
 	cfg.Indexer.Consumer.CommitInterval = 200 * time.Millisecond
 	return cfg
 }
@@ -93,11 +94,12 @@ func (a *allInOne) waitReady(t *testing.T) {
 	}, 30*time.Second, 50*time.Millisecond, "all-in-one never became ready")
 }
 
-// getTrace fetches a trace the way Grafana's Tempo data source does (protobuf)
-// and returns its spans, or nil when the API answers 404.
+// getTrace fetches a trace the way Grafana's Tempo data source does (protobuf),
+// raw (as received, without clock-skew adjustment), and returns its spans, or
+// nil when the API answers 404.
 func getTrace(t *testing.T, base, id string) *tracepb.TracesData {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, base+"/api/v2/traces/"+id, nil)
+	req, err := http.NewRequest(http.MethodGet, base+"/api/v2/traces/"+id+"?raw=true", nil)
 	require.NoError(t, err)
 	req.Header.Set("Accept", "application/protobuf")
 	resp, err := http.DefaultClient.Do(req)

@@ -31,6 +31,13 @@ type Config struct {
 	DecisionCacheSize int
 	// WriteBatchSpans is how many spans are written in one store batch. Default 4096.
 	WriteBatchSpans int
+	// WatermarkSlack is added to DecisionMaxWait when deriving the sampler's
+	// event-time watermark, for pipeline delay. Default 10s.
+	WatermarkSlack time.Duration
+	// IdleAdvance: when no trace was decided for this long, the watermark
+	// follows wall time so held top-N traces are written although traffic
+	// stopped. Default 15s.
+	IdleAdvance time.Duration
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -43,6 +50,8 @@ func DefaultConfig() Config {
 		MaxBufferedSpans:  1000000,
 		DecisionCacheSize: 500000,
 		WriteBatchSpans:   4096,
+		WatermarkSlack:    10 * time.Second,
+		IdleAdvance:       15 * time.Second,
 	}
 }
 
@@ -54,6 +63,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxSpansPerTrace, "max-spans-per-trace", c.MaxSpansPerTrace, "a trace with this many buffered spans is decided at once")
 	fs.IntVar(&c.MaxBufferedSpans, "max-buffered-spans", c.MaxBufferedSpans, "spans buffered across all traces; past it the oldest traces are decided early")
 	fs.IntVar(&c.DecisionCacheSize, "decision-cache-size", c.DecisionCacheSize, "decisions remembered for late spans")
+	fs.DurationVar(&c.WatermarkSlack, "watermark-slack", c.WatermarkSlack, "extra event-time delay before a sampling window closes, for pipeline lag")
+	fs.DurationVar(&c.IdleAdvance, "watermark-idle-advance", c.IdleAdvance, "after this long without new traces, sampling windows close by wall time")
 }
 
 // Validate rejects settings that cannot work together.
@@ -63,6 +74,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DecisionMaxWait < c.DecisionWait {
 		return fmt.Errorf("decision max wait (%s) must not be shorter than decision wait (%s)", c.DecisionMaxWait, c.DecisionWait)
+	}
+	if c.WatermarkSlack < 0 || c.IdleAdvance <= 0 {
+		return errors.New("watermark slack must not be negative and idle advance must be positive")
 	}
 	if c.MaxTraces < 1 || c.MaxSpansPerTrace < 1 || c.MaxBufferedSpans < 1 || c.DecisionCacheSize < 1 || c.WriteBatchSpans < 1 {
 		return errors.New("buffer bounds (traces, spans per trace, buffered spans, decision cache, write batch) must be positive")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
 
@@ -27,9 +28,19 @@ type Stage interface {
 	Process(t *span.Trace) []string
 }
 
-// Sampler decides whether to keep a complete trace, returning why (empty: drop).
-type Sampler interface {
-	Sample(t *span.Trace) []string
+// Decider is the tail-sampling engine: it decides complete traces now or
+// holds them (the top-N latency heaps) until their event-time window closes.
+// It is driven from one goroutine and must be deterministic, so that a replay
+// from the last committed offset decides the same way.
+type Decider interface {
+	// Offer takes a complete trace and returns the decisions made now: this
+	// trace's, and any held trace it displaced.
+	Offer(t sampling.TraceInfo) []sampling.Decision
+	// Advance closes windows that ended at or before watermark and returns the
+	// decisions for the traces held in them.
+	Advance(watermark time.Time) []sampling.Decision
+	// Flush decides everything held (graceful shutdown).
+	Flush() []sampling.Decision
 }
 
 // Indexer assembles, decides and writes traces. It implements bus.RecordHandler.
@@ -37,7 +48,7 @@ type Indexer struct {
 	cfg     Config
 	store   TraceWriter
 	stages  []Stage
-	sampler Sampler
+	decider Decider
 	log     *slog.Logger
 	m       *metrics
 
@@ -47,6 +58,14 @@ type Indexer struct {
 	byAge     *list.List // *pending, oldest first
 	spans     int        // spans buffered across traces
 	full      []*pending // traces that reached MaxSpansPerTrace
+	held      map[span.TraceID]*heldTrace
+	heldSpans int
+
+	// Event-time watermark for the decider: the newest root start offered,
+	// less the time a trace of that age may still be assembling. Only the
+	// decide goroutine touches these.
+	maxStart  time.Time
+	lastOffer time.Time
 	decisions *decisionCache
 
 	writes chan writeJob
@@ -69,19 +88,27 @@ type partKey struct {
 	part  int32
 }
 
+// heldTrace is a complete trace the decider has not decided yet.
+type heldTrace struct {
+	trace    span.Trace
+	warnings []string
+	tickets  []*bus.Ticket
+}
+
 type writeJob struct {
 	trace   index.KeptTrace
 	tickets []*bus.Ticket
 }
 
 // New returns an indexer writing kept traces to store.
-func New(cfg Config, store TraceWriter, stages []Stage, sampler Sampler, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
+func New(cfg Config, store TraceWriter, stages []Stage, decider Decider, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	ix := &Indexer{
-		cfg: cfg, store: store, stages: stages, sampler: sampler, log: logger,
+		cfg: cfg, store: store, stages: stages, decider: decider, log: logger,
 		traces:    map[span.TraceID]*pending{},
+		held:      map[span.TraceID]*heldTrace{},
 		byQuiet:   list.New(),
 		byAge:     list.New(),
 		decisions: newDecisionCache(cfg.DecisionCacheSize),
@@ -97,17 +124,24 @@ func New(cfg Config, store TraceWriter, stages []Stage, sampler Sampler, logger 
 }
 
 // HandleRecords decodes records and buffers their spans by trace.
-func (ix *Indexer) HandleRecords(_ context.Context, recs []*kgo.Record, tickets []*bus.Ticket) {
+// When the buffer is over its bounds it waits for the decider to shed the
+// oldest traces before taking the next record, so the bounds hold however
+// fast records arrive.
+func (ix *Indexer) HandleRecords(ctx context.Context, recs []*kgo.Record, tickets []*bus.Ticket) {
 	for i, r := range recs {
 		ix.handleRecord(r, tickets[i])
 		tickets[i].Release()
+		for ix.overBounds() && ctx.Err() == nil {
+			ix.poke()
+			time.Sleep(time.Millisecond)
+		}
 	}
+}
+
+func (ix *Indexer) overBounds() bool {
 	ix.mu.Lock()
-	over := len(ix.traces) > ix.cfg.MaxTraces || ix.spans > ix.cfg.MaxBufferedSpans
-	ix.mu.Unlock()
-	if over {
-		ix.poke()
-	}
+	defer ix.mu.Unlock()
+	return len(ix.traces) > ix.cfg.MaxTraces || ix.spans > ix.cfg.MaxBufferedSpans
 }
 
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
@@ -150,6 +184,24 @@ func sameTrace(s span.Span, id span.TraceID) bool {
 // add buffers spans of one trace, or routes them by an earlier decision.
 func (ix *Indexer) add(id span.TraceID, pk partKey, spans []span.Span, t *bus.Ticket, now time.Time) {
 	ix.mu.Lock()
+	if h := ix.held[id]; h != nil {
+		// Complete but undecided: the spans join it and follow its decision,
+		// up to the per-trace cap; past it they are shed (counted) so a
+		// runaway trace held in a top-N heap cannot grow memory without bound.
+		if room := ix.cfg.MaxSpansPerTrace - len(h.trace.Spans); room < len(spans) {
+			ix.m.shedSpans.Add(float64(len(spans) - max(room, 0)))
+			spans = spans[:max(room, 0)]
+		}
+		h.trace.Spans = append(h.trace.Spans, spans...)
+		ix.heldSpans += len(spans)
+		if h.tickets[len(h.tickets)-1] != t {
+			t.Acquire()
+			h.tickets = append(h.tickets, t)
+		}
+		ix.mu.Unlock()
+		ix.m.lateSpans.WithLabelValues("held").Add(float64(len(spans)))
+		return
+	}
 	if d, ok := ix.decisions.get(id); ok && ix.traces[id] == nil {
 		ix.mu.Unlock()
 		if d == nil {
@@ -242,11 +294,13 @@ func (ix *Indexer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			ix.decide(time.Now(), true)
+			ix.apply(ix.decider.Flush())
 			close(ix.writes)
 			wg.Wait()
 			return <-writeErr
 		case now := <-tick.C:
 			ix.decide(now, false)
+			ix.advance(now)
 		case <-ix.wake:
 			ix.decide(time.Now(), false)
 		}
@@ -316,19 +370,61 @@ func (ix *Indexer) decideOne(p *pending) {
 	for _, s := range ix.stages {
 		warnings = append(warnings, s.Process(&t)...)
 	}
-	reasons := ix.sampler.Sample(&t)
+	info := sampling.Info(&t)
 	ix.mu.Lock()
-	ix.decisions.put(p.id, reasons)
+	ix.held[p.id] = &heldTrace{trace: t, warnings: warnings, tickets: p.tickets}
+	ix.heldSpans += len(t.Spans)
 	ix.mu.Unlock()
-	if len(reasons) == 0 {
-		ix.m.traces.WithLabelValues("dropped").Inc()
-		for _, tk := range p.tickets {
-			tk.Release()
-		}
-		return
+	if info.Start.After(ix.maxStart) {
+		ix.maxStart = info.Start
 	}
-	ix.m.traces.WithLabelValues("kept").Inc()
-	ix.writes <- writeJob{trace: index.KeptTrace{Trace: t, Reasons: reasons, Warnings: warnings}, tickets: p.tickets}
+	ix.lastOffer = time.Now()
+	ix.apply(ix.decider.Offer(info))
+}
+
+// advance moves the decider's watermark. It follows event time — the newest
+// root start seen, less how long a trace may still be assembling — so a replay
+// closes windows exactly where the first run did. When no trace has arrived for
+// a while (traffic stopped), wall time moves it instead, or the last window's
+// top-N traces would wait for the next request to be written.
+func (ix *Indexer) advance(now time.Time) {
+	if ix.maxStart.IsZero() {
+		return // nothing offered yet
+	}
+	lag := ix.cfg.DecisionMaxWait + ix.cfg.WatermarkSlack
+	wm := ix.maxStart.Add(-lag)
+	if idle := now.Add(-lag); now.Sub(ix.lastOffer) > ix.cfg.IdleAdvance && idle.After(wm) {
+		wm = idle
+	}
+	ix.apply(ix.decider.Advance(wm))
+}
+
+// apply carries out decisions: kept traces go to the writer, dropped ones
+// release their records.
+func (ix *Indexer) apply(ds []sampling.Decision) {
+	for _, d := range ds {
+		ix.mu.Lock()
+		h := ix.held[d.ID]
+		delete(ix.held, d.ID)
+		if h != nil {
+			ix.heldSpans -= len(h.trace.Spans)
+			ix.decisions.put(d.ID, d.Reasons)
+		}
+		ix.mu.Unlock()
+		if h == nil {
+			ix.log.Warn("decision for a trace that is not held", "trace_id", d.ID.String())
+			continue
+		}
+		if !d.Keep() {
+			ix.m.traces.WithLabelValues("dropped").Inc()
+			for _, tk := range h.tickets {
+				tk.Release()
+			}
+			continue
+		}
+		ix.m.traces.WithLabelValues("kept").Inc()
+		ix.writes <- writeJob{trace: index.KeptTrace{Trace: h.trace, Reasons: d.Reasons, Warnings: h.warnings}, tickets: h.tickets}
+	}
 }
 
 // writeLoop batches kept traces into store writes. A failed write is retried
@@ -396,11 +492,12 @@ func (ix *Indexer) writeLoop() error {
 	}
 }
 
-// Buffered reports traces and spans awaiting a decision.
+// Buffered reports traces and spans awaiting a decision: assembling, or
+// complete and held by the decider.
 func (ix *Indexer) Buffered() (traces, spans int) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	return len(ix.traces), ix.spans
+	return len(ix.traces) + len(ix.held), ix.spans + ix.heldSpans
 }
 
 var _ bus.RecordHandler = (*Indexer)(nil)

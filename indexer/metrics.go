@@ -12,6 +12,7 @@ type metrics struct {
 	lateSpans    *prometheus.CounterVec
 	badRecords   prometheus.Counter
 	badSpans     prometheus.Counter
+	shedSpans    prometheus.Counter
 	spansWritten prometheus.Counter
 	writeErrors  prometheus.Counter
 	writeLatency prometheus.Histogram
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 			Name: "threadline_indexer_invalid_spans_total",
 			Help: "Spans skipped because their trace ID is invalid.",
 		}),
+		shedSpans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_shed_spans_total",
+			Help: "Spans dropped because their trace, held awaiting its sampling window, already had max-spans-per-trace spans.",
+		}),
 		spansWritten: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_indexer_spans_written_total",
 			Help: "Spans written to the store.",
@@ -56,7 +61,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.spansWritten, m.writeErrors, m.writeLatency,
+	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.spansWritten, m.writeErrors, m.writeLatency,
 		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
 		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
 		gauge("threadline_indexer_write_queue", "Kept traces queued for the store.", func() float64 { return float64(len(ix.writes)) }),

@@ -155,7 +155,7 @@ func (a *API) jaegerTrace(w http.ResponseWriter, r *http.Request) {
 		jaegerFail(w, r, err)
 		return
 	}
-	ft, err := a.fetchTrace(r.Context(), id, start, end)
+	ft, err := a.fetchTraceAsAsked(r, id, start, end)
 	if err != nil {
 		jaegerFail(w, r, err)
 		return

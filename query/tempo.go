@@ -70,7 +70,17 @@ type fetchedTrace struct {
 // from every indexer that answered is a 404 only when all answered: otherwise
 // it may sit on one that failed, and the answer is the failure.
 func (a *API) fetchTrace(ctx context.Context, id span.TraceID, startNano, endNano int64) (fetchedTrace, error) {
-	req := &readerpb.GetTraceRequest{TraceId: id[:], StartUnixNano: startNano, EndUnixNano: endNano}
+	return a.fetchTraceReq(ctx, id, &readerpb.GetTraceRequest{TraceId: id[:], StartUnixNano: startNano, EndUnixNano: endNano})
+}
+
+// fetchTraceAsAsked is fetchTrace honouring ?raw=true: the spans as received,
+// without clock-skew adjustment or the attributes it adds.
+func (a *API) fetchTraceAsAsked(r *http.Request, id span.TraceID, startNano, endNano int64) (fetchedTrace, error) {
+	raw := r.URL.Query().Get("raw") == "true"
+	return a.fetchTraceReq(r.Context(), id, &readerpb.GetTraceRequest{TraceId: id[:], StartUnixNano: startNano, EndUnixNano: endNano, Raw: raw})
+}
+
+func (a *API) fetchTraceReq(ctx context.Context, id span.TraceID, req *readerpb.GetTraceRequest) (fetchedTrace, error) {
 	res := fanOut(ctx, a, "GetTrace", func(ctx context.Context, rd readerpb.ReaderClient) (*readerpb.GetTraceResponse, error) {
 		return rd.GetTrace(ctx, req)
 	})
@@ -168,7 +178,7 @@ func (a *API) tempoTraceV2(w http.ResponseWriter, r *http.Request) {
 		tempoError(w, r, err)
 		return
 	}
-	ft, err := a.fetchTrace(r.Context(), id, start, end)
+	ft, err := a.fetchTraceAsAsked(r, id, start, end)
 	if err != nil {
 		tempoError(w, r, err)
 		return
@@ -210,7 +220,7 @@ func (a *API) traceByID(w http.ResponseWriter, r *http.Request) {
 		tempoError(w, r, err)
 		return
 	}
-	ft, err := a.fetchTrace(r.Context(), id, start, end)
+	ft, err := a.fetchTraceAsAsked(r, id, start, end)
 	if err != nil {
 		tempoError(w, r, err)
 		return

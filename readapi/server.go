@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/span"
@@ -42,9 +43,9 @@ func New(store Store, logger *slog.Logger) readerpb.ReaderServer {
 	return &server{store: store, logger: logger}
 }
 
-// GetTrace returns the stored spans as OTLP TracesData. The store keeps one
-// copy of each span, so raw and adjusted reads return the same bytes until
-// clock-skew repair also stores the spans as received.
+// GetTrace returns the stored spans as OTLP TracesData. Spans are stored
+// skew-adjusted, each marked with the offset applied; a raw read undoes the
+// adjustment and drops the attributes the indexer added.
 func (s *server) GetTrace(ctx context.Context, req *readerpb.GetTraceRequest) (*readerpb.GetTraceResponse, error) {
 	id, err := span.TraceIDFromBytes(req.GetTraceId())
 	if err != nil {
@@ -56,6 +57,9 @@ func (s *server) GetTrace(ctx context.Context, req *readerpb.GetTraceRequest) (*
 	}
 	if !found {
 		return &readerpb.GetTraceResponse{}, nil
+	}
+	if req.GetRaw() {
+		clockskew.Raw(&span.Trace{ID: id, Spans: tr.Spans})
 	}
 	b, err := proto.Marshal(span.ToTracesData(tr.Spans))
 	if err != nil {

@@ -1,0 +1,293 @@
+package indexer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/index"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/sampling"
+	"github.com/threadline/threadline/span"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// harness runs a real Indexer over a real Badger store; records are handed to
+// it as the consumer would, with tickets from a real Ledger.
+type harness struct {
+	dir    string
+	ix     *Indexer
+	store  *index.Store
+	ledger *bus.Ledger
+	offset int64
+	stop   func()
+}
+
+func newHarness(t *testing.T, cfg Config, scfg sampling.Config) *harness {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dir := t.TempDir()
+	store, err := index.Open(dir, logger, prometheus.NewRegistry(), index.DefaultOptions())
+	require.NoError(t, err)
+	dec, err := sampling.NewTailSampler(scfg, prometheus.NewRegistry())
+	require.NoError(t, err)
+	ix, err := New(cfg, store, nil, dec, logger, prometheus.NewRegistry())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ix.Run(ctx) }()
+	h := &harness{dir: dir, ix: ix, store: store, ledger: bus.NewLedger()}
+	stopped := false
+	h.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		require.NoError(t, <-done)
+		require.NoError(t, store.Close())
+	}
+	t.Cleanup(h.stop)
+	return h
+}
+
+// feed hands one record per trace to the indexer.
+func (h *harness) feed(traces ...*tracepb.TracesData) {
+	recs := make([]*kgo.Record, len(traces))
+	tickets := make([]*bus.Ticket, len(traces))
+	for i, td := range traces {
+		b, _ := proto.Marshal(td)
+		recs[i] = &kgo.Record{Topic: "otlp_spans", Partition: 0, Offset: h.offset, Value: b}
+		h.offset++
+		tickets[i] = h.ledger.Begin(recs[i])
+	}
+	h.ix.HandleRecords(context.Background(), recs, tickets)
+}
+
+type traceSpec struct {
+	id       span.TraceID
+	service  string
+	op       string
+	start    time.Time
+	duration time.Duration
+	err      bool
+	spans    int
+}
+
+func traceID(n int) span.TraceID {
+	var id span.TraceID
+	binary.BigEndian.PutUint64(id[:8], uint64(n)+1)
+	binary.BigEndian.PutUint64(id[8:], uint64(n)*0x9e3779b97f4a7c15+7)
+	return id
+}
+
+func (s traceSpec) build() *tracepb.TracesData {
+	res := &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s.service}}}}}
+	var spans []*tracepb.Span
+	root := make([]byte, 8)
+	binary.BigEndian.PutUint64(root, 1)
+	n := max(s.spans, 1)
+	for i := range n {
+		sid := make([]byte, 8)
+		binary.BigEndian.PutUint64(sid, uint64(i)+1)
+		sp := &tracepb.Span{TraceId: s.id[:], SpanId: sid, Name: s.op, Kind: tracepb.Span_SPAN_KIND_SERVER,
+			StartTimeUnixNano: uint64(s.start.UnixNano()), EndTimeUnixNano: uint64(s.start.Add(s.duration).UnixNano())}
+		if i > 0 {
+			sp.ParentSpanId = root
+			sp.Name = "child"
+			sp.Kind = tracepb.Span_SPAN_KIND_INTERNAL
+			sp.EndTimeUnixNano = sp.StartTimeUnixNano + 1000
+		}
+		if i == n-1 && s.err {
+			sp.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR}
+		}
+		spans = append(spans, sp)
+	}
+	return &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{Resource: res, ScopeSpans: []*tracepb.ScopeSpans{{Spans: spans}}}}}
+}
+
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.DecisionWait = 50 * time.Millisecond
+	cfg.DecisionMaxWait = time.Second
+	cfg.WatermarkSlack = 0
+	cfg.IdleAdvance = 300 * time.Millisecond
+	return cfg
+}
+
+// TestTailSamplingGroundTruth: many keys, known errors and durations, arrival
+// in random order: exactly the errors plus the true N slowest per key per
+// window are stored, each with its reason, and nothing else.
+func TestTailSamplingGroundTruth(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 3
+	h := newHarness(t, testConfig(), scfg)
+	rng := rand.New(rand.NewPCG(7, 9))
+	base := time.Now().Add(-10 * time.Minute).Truncate(time.Minute)
+	var specs []traceSpec
+	for k := range 12 {
+		for w := range 2 { // two one-minute windows per key
+			for i := range 15 {
+				n := len(specs)
+				specs = append(specs, traceSpec{
+					id: traceID(n), service: fmt.Sprintf("svc-%d", k%4), op: fmt.Sprintf("op-%d", k),
+					start:    base.Add(time.Duration(w)*time.Minute + time.Duration(rng.IntN(50_000))*time.Millisecond),
+					duration: time.Duration(1+rng.IntN(100000)) * time.Microsecond, err: i%7 == 3, spans: 1 + i%3,
+				})
+			}
+		}
+	}
+	rng.Shuffle(len(specs), func(i, j int) { specs[i], specs[j] = specs[j], specs[i] })
+	for _, s := range specs {
+		h.feed(s.build())
+	}
+
+	// Ground truth.
+	want := map[span.TraceID][]string{}
+	groups := map[string][]traceSpec{}
+	for _, s := range specs {
+		if s.err {
+			want[s.id] = []string{sampling.ReasonError}
+			continue
+		}
+		k := fmt.Sprintf("%s/%s/%d", s.service, s.op, s.start.Sub(base)/time.Minute)
+		groups[k] = append(groups[k], s)
+	}
+	for _, g := range groups {
+		sort.Slice(g, func(i, j int) bool { return g[i].duration > g[j].duration })
+		for _, s := range g[:min(3, len(g))] {
+			want[s.id] = []string{sampling.ReasonLatencyTopN}
+		}
+	}
+
+	require.Eventually(t, func() bool {
+		traces, spans := h.ix.Buffered()
+		return traces == 0 && spans == 0 && len(h.ix.writes) == 0
+	}, 20*time.Second, 20*time.Millisecond, "windows never closed")
+	h.stop()
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	for _, s := range specs {
+		got, found, err := store.Trace(context.Background(), s.id)
+		require.NoError(t, err)
+		reasons, kept := want[s.id]
+		require.Equal(t, kept, found, "trace %s (err=%v, %s)", s.id, s.err, s.duration)
+		if kept {
+			require.Equal(t, reasons, got.Reasons)
+			require.Len(t, got.Spans, max(s.spans, 1))
+		}
+	}
+	require.Equal(t, 0, h.ledger.Pending(), "every record released once decided")
+}
+
+// TestBoundsAndHugeTrace: a 100k-span trace and a flood of high-cardinality
+// operation names stay within the configured bounds; every error is kept.
+func TestBoundsAndHugeTrace(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxSpansPerTrace = 5000
+	cfg.MaxTraces = 500
+	cfg.MaxBufferedSpans = 20000
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 2
+	scfg.MaxKeys = 50
+	h := newHarness(t, cfg, scfg)
+	start := time.Now().Add(-5 * time.Minute)
+	huge := traceSpec{id: traceID(1 << 20), service: "flood", op: "GET /", start: start, duration: time.Second, spans: 1000, err: true}
+	var errs []span.TraceID
+	maxSpans, maxTraces := 0, 0
+	for batch := range 100 { // 100 records × 1000 spans of one trace
+		td := huge.build()
+		for _, sp := range td.ResourceSpans[0].ScopeSpans[0].Spans {
+			binary.BigEndian.PutUint64(sp.SpanId, binary.BigEndian.Uint64(sp.SpanId)+uint64(batch)*1000)
+		}
+		h.feed(td)
+		// Interleave high-cardinality operations, some failing.
+		var many []*tracepb.TracesData
+		for i := range 40 {
+			n := batch*40 + i
+			s := traceSpec{id: traceID(n), service: "api", op: fmt.Sprintf("GET /orders/%d", n), start: start, duration: time.Millisecond, err: n%10 == 0}
+			if s.err {
+				errs = append(errs, s.id)
+			}
+			many = append(many, s.build())
+		}
+		h.feed(many...)
+		tr, sp := h.ix.Buffered()
+		maxTraces, maxSpans = max(maxTraces, tr), max(maxSpans, sp)
+	}
+	require.Eventually(t, func() bool { tr, sp := h.ix.Buffered(); return tr == 0 && sp == 0 && len(h.ix.writes) == 0 }, 30*time.Second, 20*time.Millisecond)
+	// Buffered counts are sampled after each batch: the bound plus one batch.
+	require.LessOrEqual(t, maxTraces, cfg.MaxTraces+scfg.MaxKeys*scfg.TopN+41)
+	require.LessOrEqual(t, maxSpans, cfg.MaxBufferedSpans+scfg.MaxKeys*scfg.TopN+1000+41)
+	for _, id := range errs {
+		got, found, err := h.store.Trace(context.Background(), id)
+		require.NoError(t, err)
+		require.True(t, found, "error trace %s dropped", id)
+		require.Equal(t, []string{sampling.ReasonError}, got.Reasons)
+	}
+	res, err := h.store.Search(context.Background(), &readerpb.SearchRequest{Tags: map[string]string{"service.name": "flood"}})
+	require.NoError(t, err)
+	require.Len(t, res, 1, "the huge error trace is kept")
+	got, found, err := h.store.Trace(context.Background(), huge.id)
+	require.NoError(t, err)
+	require.True(t, found)
+	// Decided at the span cap, the trace's later spans streamed to the store
+	// as late spans of a kept trace: all of them are there, none buffered.
+	require.Len(t, got.Spans, 100*1000)
+	require.Zero(t, counterValue(t, h.ix.m.shedSpans))
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
+// TestHeldTraceSpanCap: a trace held in a top-N heap keeps at most
+// MaxSpansPerTrace spans while it waits for its window; the rest are counted
+// as shed, so a runaway trace cannot grow memory while undecided.
+func TestHeldTraceSpanCap(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxSpansPerTrace = 300
+	h := newHarness(t, cfg, sampling.DefaultConfig())
+	s := traceSpec{id: traceID(42), service: "svc", op: "op", start: time.Now().Add(-5 * time.Minute), duration: time.Second, spans: 100}
+	for batch := range 10 {
+		td := s.build()
+		for _, sp := range td.ResourceSpans[0].ScopeSpans[0].Spans {
+			binary.BigEndian.PutUint64(sp.SpanId, binary.BigEndian.Uint64(sp.SpanId)+uint64(batch)*100)
+		}
+		h.feed(td)
+		time.Sleep(5 * time.Millisecond) // let the cap trigger the decision mid-stream
+	}
+	require.Eventually(t, func() bool { tr, _ := h.ix.Buffered(); return tr == 0 && len(h.ix.writes) == 0 }, 20*time.Second, 20*time.Millisecond)
+	h.stop()
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	got, found, err := store.Trace(context.Background(), s.id)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	require.Equal(t, float64(1000), float64(len(got.Spans))+counterValue(t, h.ix.m.shedSpans), "every span stored or counted as shed")
+	require.LessOrEqual(t, len(got.Spans), cfg.MaxSpansPerTrace)
+}
