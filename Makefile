@@ -27,8 +27,18 @@ build:
 run: build
 	bin/threadline --data-dir $(DATA_DIR) --demo
 
-## tools: what the tests need beyond Go — telemetrygen (Go module proxy).
-tools: $(TOOLS)/bin/telemetrygen
+## tools: what the tests need beyond Go — telemetrygen (Go module proxy) and
+## Debian's chromium for the UI's browser tests.
+tools: $(TOOLS)/bin/telemetrygen chromium
+
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: chromium protoc
+chromium:
+	@[ -x /usr/bin/chromium ] || { $(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; }
+
+protoc:
+	@command -v protoc >/dev/null || { $(APT) update -qq && $(APT) install -y -qq protobuf-compiler >/dev/null; }
 
 $(TOOLS)/bin/telemetrygen:
 	GOBIN=$(TOOLS)/bin $(GO) install github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen@$(TELEMETRYGEN_VERSION)
@@ -51,12 +61,14 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./span/ ./index/ ./receiver/ ./clockskew/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v ./bench/
 
-## proto: regenerate the indexer read API (needs protoc: apt-get install protobuf-compiler).
-proto:
+## proto: regenerate the indexer read API (installs Debian's protoc if missing).
+proto: protoc
 	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	protoc -I proto --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative reader/v1/reader.proto
+	protoc -I proto --go_out=proto --go_opt=paths=source_relative \
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative logs/v1/logs.proto
 
 ## proto-check: the committed generated code matches the .proto.
 proto-check: proto

@@ -16,6 +16,7 @@ import (
 	"github.com/threadline/threadline/health"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/query"
+	"github.com/threadline/threadline/ui"
 )
 
 // QueryConfig configures the query role.
@@ -25,11 +26,12 @@ type QueryConfig struct {
 	// Indexers are the indexers' read API addresses. Default "127.0.0.1:9095".
 	Indexers []string
 	Query    query.Config
+	UI       ui.Config
 }
 
 // DefaultQueryConfig returns the packages' defaults.
 func DefaultQueryConfig() QueryConfig {
-	return QueryConfig{HTTPAddr: "127.0.0.1:16686", Indexers: []string{"127.0.0.1:9095"}, Query: query.DefaultConfig()}
+	return QueryConfig{HTTPAddr: "127.0.0.1:16686", Indexers: []string{"127.0.0.1:9095"}, Query: query.DefaultConfig(), UI: ui.DefaultConfig()}
 }
 
 // RegisterFlags registers the query flags; withIndexers is false in the
@@ -48,6 +50,7 @@ func (c *QueryConfig) RegisterFlags(fs *flag.FlagSet, withIndexers bool) {
 		})
 	}
 	c.Query.RegisterFlags(fs)
+	c.UI.RegisterFlags(fs)
 }
 
 // Query serves the HTTP APIs over the indexers' read APIs.
@@ -69,6 +72,9 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	if err := cfg.Query.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.UI.Validate(); err != nil {
+		return nil, err
+	}
 	q := &Query{cfg: cfg, log: logger, bound: make(chan net.Addr, 1)}
 	var readers []readerpb.ReaderClient
 	for _, addr := range cfg.Indexers {
@@ -86,6 +92,7 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	mux := http.NewServeMux()
 	h.Register(mux)
 	api.Register(mux)
+	ui.New(cfg.UI, logger.With("component", "ui")).Register(mux) // last: it is the catch-all
 	q.handler = mux
 	return q, nil
 }

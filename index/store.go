@@ -52,6 +52,11 @@ type Store struct {
 	lists   *listCache
 	blobs   *blobCache
 	writeMu sync.Mutex // serialises commits, see writeTraces
+	// seqHint is the highest seq handed out per start millisecond (guarded by
+	// writeMu), so allocating a seq for the n-th trace of one millisecond
+	// does not probe the n-1 taken before it. It is only a hint: freeSeq
+	// still checks the store.
+	seqHint map[uint64]uint64
 
 	stop      chan struct{}
 	wg        sync.WaitGroup

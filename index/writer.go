@@ -395,7 +395,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 			}
 		}
 		if !found {
-			seq, err := freeSeq(txn, seqForTime(pt.delta.MinStart))
+			seq, err := s.allocSeq(txn, seqForTime(pt.delta.MinStart))
 			if err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
@@ -450,11 +450,30 @@ const maxSeqProbes = 1 << 16
 // seqForTime is the lowest seq of a start time in Unix nanoseconds.
 func seqForTime(ns uint64) uint64 { return ns / uint64(time.Millisecond) << 12 }
 
+// allocSeq returns a free seq for a trace starting at base, starting the probe
+// after the last seq this process handed out for the same millisecond. A
+// commit that fails leaves the hint ahead of the store, which only skips a
+// few free values.
+func (s *Store) allocSeq(txn *badger.Txn, base uint64) (uint64, error) {
+	if s.seqHint == nil || len(s.seqHint) > 1<<16 {
+		s.seqHint = map[uint64]uint64{}
+	}
+	from := base
+	if h, ok := s.seqHint[base]; ok {
+		from = h + 1
+	}
+	seq, err := freeSeq(txn, from, base+maxSeqProbes)
+	if err == nil {
+		s.seqHint[base] = seq
+	}
+	return seq, err
+}
+
 // freeSeq returns the first seq from start on that no trace holds. The
 // reads join the transaction's read set, so two writers racing for one seq
 // conflict and one retries.
-func freeSeq(txn *badger.Txn, start uint64) (uint64, error) {
-	for seq := start; seq < start+maxSeqProbes; seq++ {
+func freeSeq(txn *badger.Txn, start, limit uint64) (uint64, error) {
+	for seq := start; seq < limit; seq++ {
 		_, err := txn.Get(seqKey(seq))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return seq, nil

@@ -90,6 +90,9 @@ func (a *API) routes() []route {
 		// Native (the UI), see native.go.
 		{"/api/v1/search", a.nativeSearch},
 		{"/api/v1/traces/{id}", a.nativeTraceByID},
+		// RED metrics and their Prometheus exposition, see red.go.
+		{"/api/v1/metrics/red", a.redQuery},
+		{"/api/v1/metrics/prometheus", a.redPrometheus},
 	}
 }
 

@@ -33,14 +33,19 @@ type server struct {
 	readerpb.UnimplementedReaderServer
 	store  Store
 	logger *slog.Logger
+	red    REDStore // optional, see red.go
 }
 
 // New returns the gRPC read API over store.
-func New(store Store, logger *slog.Logger) readerpb.ReaderServer {
+func New(store Store, logger *slog.Logger, opts ...Option) readerpb.ReaderServer {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &server{store: store, logger: logger}
+	s := &server{store: store, logger: logger}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // GetTrace returns the stored spans as OTLP TracesData. Spans are stored

@@ -9,6 +9,7 @@ import (
 // Label values. Signals and transports are fixed sets so series stay bounded.
 const (
 	signalTraces = "traces"
+	signalLogs   = "logs"
 
 	transportGRPC = "grpc"
 	transportHTTP = "http"
@@ -26,6 +27,10 @@ type metrics struct {
 	spansAccepted *prometheus.CounterVec   // transport
 	spansRefused  *prometheus.CounterVec   // transport, reason
 	spansRepaired *prometheus.CounterVec   // transport
+	logsReceived  *prometheus.CounterVec   // transport
+	logsAccepted  *prometheus.CounterVec   // transport
+	logsRefused   *prometheus.CounterVec   // transport, reason
+	logsRepaired  *prometheus.CounterVec   // transport
 	requests      *prometheus.CounterVec   // signal, transport, status
 	duration      *prometheus.HistogramVec // signal, transport
 	inflight      prometheus.Gauge
@@ -49,6 +54,22 @@ func newMetrics() *metrics {
 			Name: "threadline_receiver_spans_repaired_total",
 			Help: "Accepted spans whose invalid UTF-8 strings were replaced with U+FFFD (the client gets a partial-success warning).",
 		}, []string{"transport"}),
+		logsReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_receiver_log_records_received_total",
+			Help: "Log records in OTLP requests that decoded, before validation and publishing.",
+		}, []string{"transport"}),
+		logsAccepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_receiver_log_records_accepted_total",
+			Help: "Log records acknowledged by Kafka and reported to the client as accepted.",
+		}, []string{"transport"}),
+		logsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_receiver_log_records_refused_total",
+			Help: "Log records not accepted, by reason (invalid, backpressure, unavailable, canceled). Records of requests refused before decoding are not counted here; see requests_total.",
+		}, []string{"transport", "reason"}),
+		logsRepaired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_receiver_log_records_repaired_total",
+			Help: "Accepted log records whose invalid UTF-8 strings were replaced with U+FFFD (the client gets a partial-success warning).",
+		}, []string{"transport"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_receiver_requests_total",
 			Help: "OTLP export requests by signal, transport and answer (gRPC code name or HTTP status).",
@@ -69,8 +90,12 @@ func newMetrics() *metrics {
 		m.spansReceived.WithLabelValues(t)
 		m.spansAccepted.WithLabelValues(t)
 		m.spansRepaired.WithLabelValues(t)
+		m.logsReceived.WithLabelValues(t)
+		m.logsAccepted.WithLabelValues(t)
+		m.logsRepaired.WithLabelValues(t)
 		for _, r := range []string{reasonInvalid, reasonMalformed, reasonBackpressure, reasonUnavailable, reasonCanceled} {
 			m.spansRefused.WithLabelValues(t, r)
+			m.logsRefused.WithLabelValues(t, r)
 		}
 	}
 	return m
@@ -81,7 +106,8 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{m.spansReceived, m.spansAccepted, m.spansRefused, m.spansRepaired, m.requests, m.duration, m.inflight} {
+	for _, c := range []prometheus.Collector{m.spansReceived, m.spansAccepted, m.spansRefused, m.spansRepaired,
+		m.logsReceived, m.logsAccepted, m.logsRefused, m.logsRepaired, m.requests, m.duration, m.inflight} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register metric: %w", err)
 		}

@@ -1,11 +1,11 @@
 // Package receiver is the collector's OTLP front door: the OTLP/gRPC (:4317)
-// and OTLP/HTTP (:4318) trace receivers, implemented as the OTLP specification
-// (https://opentelemetry.io/docs/specs/otlp/) describes them.
+// and OTLP/HTTP (:4318) trace and log receivers, implemented as the OTLP
+// specification (https://opentelemetry.io/docs/specs/otlp/) describes them.
 //
-// Each Export request is validated and split by trace ID (span.SplitTraces)
-// and the batches are handed to a TracePublisher that returns only once Kafka
-// acknowledged every record, so a client is told "success" only for spans that
-// are durable. Failures map to the spec's retryable answers: back-pressure is
+// Each Export request is validated and split by trace ID (span.SplitTraces,
+// span.SplitLogs) and the batches are handed to a TracePublisher (or
+// LogsPublisher) that returns only once Kafka acknowledged every record, so a
+// client is told "success" only for spans and log records that are durable. Failures map to the spec's retryable answers: back-pressure is
 // RESOURCE_EXHAUSTED with RetryInfo / HTTP 429, any other publish failure is
 // UNAVAILABLE with RetryInfo / HTTP 503, both with a retry delay. Spans the
 // splitter rejects (zero IDs and the like) are reported as partial success.
@@ -117,6 +117,10 @@ type Receiver struct {
 	// splitters pools span.Splitters: each keeps its scratch space between
 	// requests, which is most of what makes the split allocation-light.
 	splitters sync.Pool
+	// logsPub is set by WithLogs; nil leaves LogsService and /v1/logs
+	// unregistered (gRPC answers Unimplemented, HTTP 404).
+	logsPub      LogsPublisher
+	logSplitters sync.Pool // *span.LogSplitter
 
 	grpcServer  *grpc.Server
 	httpHandler http.Handler
@@ -125,11 +129,15 @@ type Receiver struct {
 	grpcLis, httpLis net.Listener
 }
 
+// Option enables an optional part of a Receiver, such as WithLogs.
+type Option func(*Receiver) error
+
 // New builds the receivers and binds their listeners, so address conflicts
 // fail at startup and Addrs is valid before Run. Run (or Close, when Run is
 // never called) releases the listeners. A nil logger discards logs; a nil reg
-// leaves the metrics unregistered.
-func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Registerer) (*Receiver, error) {
+// leaves the metrics unregistered. Traces are always received; other signals
+// are enabled by opts.
+func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Receiver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("otlp receiver config: %w", err)
 	}
@@ -147,6 +155,11 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		metrics: m,
 		limit:   newInflightLimiter(cfg.MaxInflightRequests, m.inflight),
 	}
+	for _, opt := range opts {
+		if err := opt(r); err != nil {
+			return nil, fmt.Errorf("otlp receiver: %w", err)
+		}
+	}
 
 	r.grpcServer = grpc.NewServer(
 		grpc.ForceServerCodecV2(rawCodec{}),
@@ -158,6 +171,10 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/traces", r.httpExportHandler(signalTraces, span.TracesJSONToProto, r.exportTraces))
+	if r.logsPub != nil {
+		registerRawExport(r.grpcServer, logsServiceName, &rawExportService{r: r, signal: signalLogs, export: r.exportLogs})
+		mux.Handle("/v1/logs", r.httpExportHandler(signalLogs, span.LogsJSONToProto, r.exportLogs))
+	}
 	r.httpHandler = mux
 	r.httpServer = &http.Server{
 		Handler:           mux,
@@ -187,14 +204,15 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 	return r, nil
 }
 
-// GRPCServer is the receiver's gRPC server with TraceService registered. Other
+// GRPCServer is the receiver's gRPC server with TraceService (and, with
+// WithLogs, LogsService) registered. Other
 // services may be registered on it before Run (its codec hands proto messages
 // to the standard proto codec), or it may be served on a listener of the
 // caller's choosing when GRPCAddr is "" (Run still stops it on shutdown).
 func (r *Receiver) GRPCServer() *grpc.Server { return r.grpcServer }
 
-// HTTPHandler serves POST /v1/traces, for mounting on another server when
-// HTTPAddr is "".
+// HTTPHandler serves POST /v1/traces (and, with WithLogs, POST /v1/logs), for
+// mounting on another server when HTTPAddr is "".
 func (r *Receiver) HTTPHandler() http.Handler { return r.httpHandler }
 
 // Addrs returns the bound gRPC and HTTP addresses; a disabled listener's is nil.

@@ -77,9 +77,11 @@ type group struct {
 // spans into Go structs: it walks the protobuf wire format, validates each
 // span's IDs and strings, and copies spans, resources and scopes as raw bytes.
 // Its scratch space is reused between calls; a Splitter is not safe for
-// concurrent use (pool them, one per goroutine).
+// concurrent use (pool them, one per goroutine). The walk is shared with
+// LogSplitter: a layout says which messages nest and how records are keyed.
 type Splitter struct {
-	byID    map[TraceID]int32
+	byID     map[TraceID]int32
+	rejected int
 	batches []batchRec
 	spans   []spanRec
 	// Resource and scope header segments live in separate pools because a
@@ -107,6 +109,7 @@ func (s *Splitter) Reset() {
 		s.byID = make(map[TraceID]int32)
 	}
 	clear(s.byID)
+	s.rejected = 0
 	s.batches = s.batches[:0]
 	clear(s.spans) // release the previous request's bytes
 	s.spans = s.spans[:0]
@@ -128,28 +131,89 @@ func (s *Splitter) Reset() {
 func (s *Splitter) Split(req []byte) (SplitResult, error) {
 	s.Reset()
 	defer s.Reset() // drop references to req, whatever the outcome
-	var res SplitResult
+	if err := s.walk(req, &traceLayout); err != nil {
+		return SplitResult{}, err
+	}
+	res := SplitResult{Batches: make([]TraceBatch, 0, len(s.batches))}
+	s.build(func(id TraceID, n int, data []byte) {
+		res.Batches = append(res.Batches, TraceBatch{ID: id, Spans: n, Data: data})
+		res.Spans += n
+	})
+	res.Rejected, res.RejectReason, res.Repaired = s.rejected, s.rejectReason(), s.repaired()
+	return res, nil
+}
+
+// layout is what the splitter needs to know about one signal's OTLP nesting
+// (Data → Resource* → Scope* → records, the repeated children being field 1,
+// then 2, then 2 for every signal) and how a record is keyed.
+type layout struct {
+	data, resource, scope, record msgType
+	// traceField and spanField are the record's trace_id and span_id.
+	traceField, spanField protowire.Number
+	// noun names a record in reject reasons and errors ("span").
+	noun string
+	// key validates a record's raw IDs and returns its batch key. An error
+	// rejects the record; the zero TraceID is a valid key only for signals
+	// whose records may lack a trace (logs).
+	key func(traceID, spanID []byte) (TraceID, error)
+}
+
+var traceLayout = layout{
+	data: mTracesData, resource: mResourceSpans, scope: mScopeSpans, record: mSpan,
+	traceField: 1, spanField: 2,
+	noun: "span",
+	key:  spanKey,
+}
+
+// spanKey accepts a span only with a valid trace and span ID.
+func spanKey(traceID, spanID []byte) (TraceID, error) {
+	tid, err := TraceIDFromBytes(traceID)
+	if err == nil {
+		_, err = SpanIDFromBytes(spanID)
+	}
+	return tid, err
+}
+
+// walk files every record of req under its batch.
+func (s *Splitter) walk(req []byte, lay *layout) error {
 	ri := 0
 	for b := req; len(b) > 0; {
-		_, f, val, n := next(b, mTracesData)
+		_, f, val, n := next(b, lay.data)
 		if n < 0 {
-			return SplitResult{}, fieldErr(b, mTracesData)
+			return fieldErr(b, lay.data)
 		}
 		b = b[n:]
 		if f.kind != kMessage { // unknown top-level field: nothing to route it by
 			continue
 		}
-		if err := s.resourceSpans(val, ri, &res); err != nil {
-			return SplitResult{}, fmt.Errorf("resource %d: %w", ri, err)
+		if err := s.resourceRecords(val, ri, lay); err != nil {
+			return fmt.Errorf("resource %d: %w", ri, err)
 		}
 		ri++
 	}
-	s.build(&res)
-	if res.Rejected > len(s.reasons) {
-		s.reasons = append(s.reasons, fmt.Sprintf("and %d more", res.Rejected-len(s.reasons)))
+	return nil
+}
+
+// rejectReason spells out the first rejections and counts the rest.
+func (s *Splitter) rejectReason() string {
+	if s.rejected > len(s.reasons) {
+		s.reasons = append(s.reasons, fmt.Sprintf("and %d more", s.rejected-len(s.reasons)))
 	}
-	res.RejectReason = strings.Join(s.reasons, "; ")
-	return res, nil
+	return strings.Join(s.reasons, "; ")
+}
+
+// repaired counts accepted records whose own strings, or whose resource's or
+// scope's strings, were repaired.
+func (s *Splitter) repaired() int {
+	n := 0
+	for i := range s.spans {
+		sp := &s.spans[i]
+		sc := &s.scopes[sp.scope]
+		if sp.repaired || sc.repaired || s.resources[sc.res].repaired {
+			n++
+		}
+	}
+	return n
 }
 
 // addSeg records raw as the next segment of the header being built, merging it
@@ -201,20 +265,21 @@ func headerField(pool *[][]byte, h *header, b []byte, off, n int, num protowire.
 	return nil
 }
 
-func (s *Splitter) resourceSpans(b []byte, ri int, res *SplitResult) error {
+// resourceRecords walks one ResourceSpans (ResourceLogs).
+func (s *Splitter) resourceRecords(b []byte, ri int, lay *layout) error {
 	h := header{segStart: int32(len(s.resSegs)), segEnd: int32(len(s.resSegs))}
 	rIdx := int32(len(s.resources))
 	s.resources = append(s.resources, h) // placeholder; scopes refer to its index
 	spanIdx := 0
 	rawEnd := -1
 	for off := 0; off < len(b); {
-		num, f, val, n := next(b[off:], mResourceSpans)
+		num, f, val, n := next(b[off:], lay.resource)
 		if n < 0 {
-			return fieldErr(b[off:], mResourceSpans)
+			return fieldErr(b[off:], lay.resource)
 		}
 		if num == 2 && f.kind == kMessage {
-			if err := s.scopeSpans(val, rIdx, ri, &spanIdx, res); err != nil {
-				return fmt.Errorf("scope_spans: %w", err)
+			if err := s.scopeRecords(val, rIdx, ri, &spanIdx, lay); err != nil {
+				return fmt.Errorf("%s: %w", fieldName(lay.resource, 2), err)
 			}
 		} else if err := headerField(&s.resSegs, &h, b, off, n, num, f, val, 2, &rawEnd); err != nil {
 			return err
@@ -225,19 +290,20 @@ func (s *Splitter) resourceSpans(b []byte, ri int, res *SplitResult) error {
 	return nil
 }
 
-func (s *Splitter) scopeSpans(b []byte, rIdx int32, ri int, spanIdx *int, res *SplitResult) error {
+// scopeRecords walks one ScopeSpans (ScopeLogs).
+func (s *Splitter) scopeRecords(b []byte, rIdx int32, ri int, spanIdx *int, lay *layout) error {
 	h := header{segStart: int32(len(s.scopeSegs)), segEnd: int32(len(s.scopeSegs)), res: rIdx}
 	sIdx := int32(len(s.scopes))
 	s.scopes = append(s.scopes, h)
 	rawEnd := -1
 	for off := 0; off < len(b); {
-		num, f, val, n := next(b[off:], mScopeSpans)
+		num, f, val, n := next(b[off:], lay.scope)
 		if n < 0 {
-			return fieldErr(b[off:], mScopeSpans)
+			return fieldErr(b[off:], lay.scope)
 		}
 		if num == 2 && f.kind == kMessage {
-			if err := s.span(val, sIdx, ri, *spanIdx, res); err != nil {
-				return fmt.Errorf("span %d: %w", *spanIdx, err)
+			if err := s.record(val, sIdx, ri, *spanIdx, lay); err != nil {
+				return fmt.Errorf("%s %d: %w", lay.noun, *spanIdx, err)
 			}
 			*spanIdx++
 		} else if err := headerField(&s.scopeSegs, &h, b, off, n, num, f, val, 3, &rawEnd); err != nil {
@@ -249,23 +315,24 @@ func (s *Splitter) scopeSpans(b []byte, rIdx int32, ri int, spanIdx *int, res *S
 	return nil
 }
 
-// span validates one encoded Span and files it under its trace's batch.
-func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult) error {
+// record validates one encoded Span (LogRecord) and files it under its
+// trace's batch.
+func (s *Splitter) record(b []byte, sIdx int32, ri, spanIdx int, lay *layout) error {
 	var traceID, spanID []byte
 	badUTF8 := false
 	for p := b; len(p) > 0; {
-		num, f, val, n := next(p, mSpan)
+		num, f, val, n := next(p, lay.record)
 		if n < 0 {
-			return fieldErr(p, mSpan)
+			return fieldErr(p, lay.record)
 		}
 		p = p[n:]
 		switch f.kind {
 		case kBytes:
 			// A repeated singular field keeps its last value, as in proto.Unmarshal.
 			switch num {
-			case 1:
+			case lay.traceField:
 				traceID = val
-			case 2:
+			case lay.spanField:
 				spanID = val
 			}
 		case kString:
@@ -275,24 +342,21 @@ func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult)
 		case kMessage:
 			bad, err := scanMsg(val, f.msg, 4)
 			if err != nil {
-				return fmt.Errorf("Span.%s: %w", fieldName(mSpan, num), err)
+				return fmt.Errorf("%s.%s: %w", schemas[lay.record].name, fieldName(lay.record, num), err)
 			}
 			badUTF8 = badUTF8 || bad
 		}
 	}
-	tid, err := TraceIDFromBytes(traceID)
-	if err == nil {
-		_, err = SpanIDFromBytes(spanID)
-	}
+	tid, err := lay.key(traceID, spanID)
 	if err != nil {
-		res.Rejected++
+		s.rejected++
 		if len(s.reasons) < maxReasons {
-			s.reasons = append(s.reasons, fmt.Sprintf("span %d of resource %d: %v", spanIdx, ri, err))
+			s.reasons = append(s.reasons, fmt.Sprintf("%s %d of resource %d: %v", lay.noun, spanIdx, ri, err))
 		}
 		return nil
 	}
 	if badUTF8 {
-		fixed, _, err := repair(make([]byte, 0, len(b)+8), b, mSpan, 3)
+		fixed, _, err := repair(make([]byte, 0, len(b)+8), b, lay.record, 3)
 		if err != nil {
 			return err
 		}
@@ -322,9 +386,10 @@ func (s *Splitter) span(b []byte, sIdx int32, ri, spanIdx int, res *SplitResult)
 func fieldLen(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
 
 // build sizes every batch, allocates one buffer for all of them and writes
-// each TracesData: per resource run one ResourceSpans, per scope run one
-// ScopeSpans, headers first and then the children.
-func (s *Splitter) build(res *SplitResult) {
+// each TracesData (LogsData): per resource run one ResourceSpans, per scope
+// run one ScopeSpans, headers first and then the children. It hands each
+// batch to emit in order of first appearance.
+func (s *Splitter) build(emit func(id TraceID, records int, data []byte)) {
 	total := 0
 	for bi := range s.batches {
 		bt := &s.batches[bi]
@@ -359,7 +424,6 @@ func (s *Splitter) build(res *SplitResult) {
 	}
 
 	arena := make([]byte, 0, total)
-	res.Batches = make([]TraceBatch, len(s.batches))
 	for bi := range s.batches {
 		bt := &s.batches[bi]
 		start := len(arena)
@@ -379,15 +443,7 @@ func (s *Splitter) build(res *SplitResult) {
 				arena = protowire.AppendBytes(arena, s.spans[si].data)
 			}
 		}
-		res.Batches[bi] = TraceBatch{ID: bt.id, Spans: bt.spans, Data: arena[start:len(arena):len(arena)]}
-		res.Spans += bt.spans
-	}
-	for i := range s.spans {
-		sp := &s.spans[i]
-		sc := &s.scopes[sp.scope]
-		if sp.repaired || sc.repaired || s.resources[sc.res].repaired {
-			res.Repaired++
-		}
+		emit(bt.id, bt.spans, arena[start:len(arena):len(arena)])
 	}
 }
 

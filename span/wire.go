@@ -38,6 +38,10 @@ const (
 	mAnyValue
 	mArrayValue
 	mKeyValueList
+	mLogsData
+	mResourceLogs
+	mScopeLogs
+	mLogRecord
 	numMsgTypes
 )
 
@@ -171,6 +175,32 @@ var schemas = [numMsgTypes]msgSchema{
 	}},
 	mKeyValueList: {"KeyValueList", []fieldSpec{
 		1: msg("values", mKeyValue),
+	}},
+	mLogsData: {"LogsData", []fieldSpec{
+		1: msg("resource_logs", mResourceLogs),
+	}},
+	mResourceLogs: {"ResourceLogs", []fieldSpec{
+		1: msg("resource", mResource),
+		2: msg("scope_logs", mScopeLogs),
+		3: str("schema_url"),
+	}},
+	mScopeLogs: {"ScopeLogs", []fieldSpec{
+		1: msg("scope", mScope),
+		2: msg("log_records", mLogRecord),
+		3: str("schema_url"),
+	}},
+	mLogRecord: {"LogRecord", []fieldSpec{
+		1:  scalar("time_unix_nano", kFixed64),
+		2:  scalar("severity_number", kVarint),
+		3:  str("severity_text"),
+		5:  msg("body", mAnyValue),
+		6:  msg("attributes", mKeyValue),
+		7:  scalar("dropped_attributes_count", kVarint),
+		8:  scalar("flags", kFixed32),
+		9:  scalar("trace_id", kBytes),
+		10: scalar("span_id", kBytes),
+		11: scalar("observed_time_unix_nano", kFixed64),
+		12: str("event_name"),
 	}},
 }
 
@@ -464,14 +494,19 @@ func repair(dst, b []byte, t msgType, depth int) ([]byte, int, error) {
 // replaced. When nothing needs repair it returns data itself and 0. Malformed
 // input gives an error wrapping ErrMalformed.
 func RepairUTF8TracesData(data []byte) ([]byte, int, error) {
-	bad, err := scan(data, mTracesData, 0)
+	return repairUTF8(data, mTracesData)
+}
+
+// repairUTF8 is RepairUTF8TracesData for a message of any top-level type.
+func repairUTF8(data []byte, t msgType) ([]byte, int, error) {
+	bad, err := scan(data, t, 0)
 	if err != nil {
 		return nil, 0, err
 	}
 	if !bad {
 		return data, 0, nil
 	}
-	out, n, err := repair(make([]byte, 0, len(data)+64), data, mTracesData, 0)
+	out, n, err := repair(make([]byte, 0, len(data)+64), data, t, 0)
 	if err != nil {
 		return nil, 0, err
 	}

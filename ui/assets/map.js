@@ -69,12 +69,22 @@ async function load(el, secs, ctx, signal) {
   services.forEach((x) => depthOf(x));
   const cols = [];
   for (const svc of services) (cols[depth.get(svc)] = cols[depth.get(svc)] || []).push(svc);
+  // Order each column by the mean row of its callers to cut crossings.
+  const rowOf = new Map();
+  cols.forEach((col) => {
+    const key = (svc) => {
+      const rs = parents.get(svc).map((x) => rowOf.get(x)).filter((r) => r !== undefined);
+      return rs.length ? rs.reduce((a, r) => a + r, 0) / rs.length : -1;
+    };
+    col.sort((a, b) => key(a) - key(b) || (a < b ? -1 : 1));
+    col.forEach((svc, i) => rowOf.set(svc, i));
+  });
   const NW = 170, NH = 44, GX = 90, GY = 26;
   const pos = new Map();
   cols.forEach((col, ci) => col.forEach((svc, ri) => pos.set(svc, { x: 20 + ci * (NW + GX), y: 20 + ri * (NH + GY) })));
   const W = 40 + cols.length * (NW + GX), H = 40 + Math.max(...cols.map((c) => c.length)) * (NH + GY);
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'map-svg', role: 'img', 'aria-label': 'Service map' },
-    s('defs', null, s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: 'auto-start-reverse' },
+    s('defs', null, s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: 'userSpaceOnUse', orient: 'auto-start-reverse' },
       s('path', { d: 'M 0 0 L 10 5 L 0 10 z', class: 'arrow-head' }))));
   const maxCalls = Math.max(...deps.map((d) => d.callCount)) || 1;
   for (const d of deps) {
@@ -86,7 +96,8 @@ async function load(el, secs, ctx, signal) {
       : `M ${x1} ${y1} C ${x1 + GX / 2} ${y1}, ${x2 - GX / 2} ${y2}, ${x2} ${y2}`;
     svg.appendChild(s('path', { d: path, class: 'edge', 'marker-end': 'url(#arrow)', style: { 'stroke-width': (1 + 3 * d.callCount / maxCalls).toFixed(1) } },
       s('title', { text: `${d.parent} → ${d.child}: ${d.callCount} calls` })));
-    svg.appendChild(s('text', { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: 'edge-label', 'text-anchor': 'middle', text: String(d.callCount) }));
+    // Label near the callee, where edges fan in less than at a busy caller.
+    svg.appendChild(s('text', { x: back ? b.x + NW / 2 + 14 : x2 - 16, y: back ? b.y + NH + 14 : y2 - 5, class: 'edge-label', 'text-anchor': 'middle', text: String(d.callCount) }));
   }
   for (const svc of services) {
     const { x, y } = pos.get(svc);

@@ -16,10 +16,11 @@ function numAttr(v) {
 
 // buildModel turns the native trace JSON into spans with times relative to
 // the trace start (nanoseconds as Numbers: exact for traces under 104 days).
-// skewByID, when given, supplies offsets from the adjusted trace while the
-// raw trace is displayed. A raw span that still carries the skew attribute
+// adjustedByID, when given, supplies the offsets and logical times of the
+// adjusted trace while the raw trace (which no longer carries them) is
+// displayed. A raw span that still carries the skew attribute
 // was not undone by the server, so it is undone here (start − offset).
-export function buildModel(data, { raw = false, skewByID = null } = {}) {
+export function buildModel(data, { raw = false, adjustedByID = null } = {}) {
   const items = data.spans || [];
   const starts = [], ends = [];
   for (const sp of items) {
@@ -38,13 +39,14 @@ export function buildModel(data, { raw = false, skewByID = null } = {}) {
   if (t0 === null) { t0 = 0n; t1 = 0n; }
   const spans = items.map((sp, i) => {
     const attrs = sp.attributes || {};
-    let skew = numAttr(attrs[SKEW]);
-    if (skewByID && skewByID.has(sp.spanID)) skew = skewByID.get(sp.spanID);
+    let skew = numAttr(attrs[SKEW]), logical = numAttr(attrs[LOGICAL]);
+    const adj = adjustedByID && adjustedByID.get(sp.spanID);
+    if (adj) { skew = numAttr(adj[SKEW]); logical = numAttr(adj[LOGICAL]); }
     const start = Number(starts[i] - t0), end = Number(ends[i] - t0);
     return {
       data: sp, id: sp.spanID, parentId: sp.parentSpanID || '', name: sp.name || '', service: sp.service || '',
       kind: sp.kind, start, end, dur: end - start, error: sp.status && sp.status.code === 'error',
-      skew: skew || 0, logical: numAttr(attrs[LOGICAL]), children: [], parent: null, depth: 0, orphan: false,
+      skew: skew || 0, logical, children: [], parent: null, depth: 0, orphan: false,
     };
   });
   const byId = new Map();

@@ -91,8 +91,6 @@ export function render(root, ctx) {
       if (el.type === 'checkbox') params[f] = el.checked ? 'true' : '';
       else params[f] = el.value.trim();
     }
-    // A service picked before its operations loaded may not be in the select yet.
-    if (!params.service && p.get('service')) params.service = '';
     if (params.range !== 'custom') { params.start = ''; params.end = ''; }
     if (params.limit === '50') params.limit = '';
     ctx.navigate('/search' + qs(params));

@@ -3,7 +3,7 @@
 // 10-span one; a minimap shows the whole trace and scrolls on click or drag.
 import { h, s, clear, fmtDuration, fmtTime, serviceColor, copyButton, note } from './dom.js';
 import { getJSON, HEX32 } from './api.js';
-import { buildModel, treeOrder, visibleRows, criticalPath, niceStep, SKEW } from './model.js';
+import { buildModel, treeOrder, visibleRows, criticalPath, niceStep } from './model.js';
 import { renderDetails } from './details.js';
 import { LogsPane } from './logs.js';
 
@@ -38,7 +38,8 @@ export function render(root, ctx) {
     try {
       const base = `/api/v1/traces/${st.traceID}`;
       if (st.raw) {
-        // Offsets come from the adjusted trace: raw spans no longer carry them.
+        // Offsets and logical times come from the adjusted trace: raw spans
+        // no longer carry them.
         [data, adjusted] = await Promise.all([getJSON(base + '?raw=true', { signal: ctrl.signal }), getJSON(base, { signal: ctrl.signal })]);
       } else {
         data = await getJSON(base, { signal: ctrl.signal });
@@ -48,15 +49,12 @@ export function render(root, ctx) {
       clear(view).appendChild(note(err.status === 404 ? `Trace ${st.traceID} not found.` : 'Could not load the trace: ' + err.message, 'error-note'));
       return;
     }
-    let skewByID = null;
+    let adjustedByID = null;
     if (adjusted) {
-      skewByID = new Map();
-      for (const sp of adjusted.spans || []) {
-        const v = sp.attributes && sp.attributes[SKEW];
-        if (v != null) skewByID.set(sp.spanID, Number(v));
-      }
+      adjustedByID = new Map();
+      for (const sp of adjusted.spans || []) adjustedByID.set(sp.spanID, sp.attributes || {});
     }
-    st.model = buildModel(data, { raw: st.raw, skewByID });
+    st.model = buildModel(data, { raw: st.raw, adjustedByID });
     st.data = data;
     build(view, st, ctx, ctrl, api, (fn) => { onResize = fn; window.addEventListener('resize', fn); });
   })();
@@ -205,7 +203,7 @@ function build(view, st, ctx, ctrl, api, setResize) {
       h('span', { class: 'svc', text: sp.service || 'unknown' }),
       h('span', { class: 'op', text: sp.name }),
       sp.error ? h('span', { class: 'err-mark', title: 'Error status' + (sp.data.status && sp.data.status.message ? ': ' + sp.data.status.message : ''), text: '⚠' }) : null,
-      sp.skew ? h('span', { class: 'skew-badge', title: `Clock-skew offset ${st.raw ? 'not applied (raw times)' : 'applied'}`, text: `⏱ ${sp.skew > 0 ? '+' : ''}${fmtDuration(sp.skew)}` }) : null,
+      sp.skew ? h('span', { class: 'skew-badge', title: `Clock-skew offset ${st.raw ? 'not applied (raw times)' : 'applied'}`, text: `skew ${sp.skew > 0 ? '+' : ''}${fmtDuration(sp.skew)}` }) : null,
       st.order === 'logical' && sp.logical != null ? h('span', { class: 'logical', title: 'Logical (causal) timestamp', text: '#' + sp.logical }) : null,
       collapsed ? h('span', { class: 'muted hidden-count', text: `(+${countDesc(sp)})` }) : null,
       sp.orphan ? h('span', { class: 'muted', title: 'Parent span not in this trace', text: '(orphan)' }) : null);
@@ -217,8 +215,13 @@ function build(view, st, ctx, ctrl, api, setResize) {
         bar.appendChild(h('div', { class: 'cp', style: { left: ((a - sp.start) / sp.dur * 100) + '%', width: ((b - a) / sp.dur * 100) + '%' } }));
       }
     }
-    const labelRight = left + width < 78;
-    const label = h('span', { class: ['bar-label', labelRight ? 'right' : 'left'], style: labelRight ? { left: (left + width) + '%' } : { right: (100 - left) + '%' }, text: fmtDuration(sp.dur) });
+    // The duration label goes inside a wide bar, else beside it on the side
+    // with room, so it never spills into the name column.
+    let labelCls, labelPos;
+    if (width > 14) { labelCls = 'inside'; labelPos = { left: left + '%' }; }
+    else if (left + width < 80) { labelCls = 'right'; labelPos = { left: (left + width) + '%' }; }
+    else { labelCls = 'left'; labelPos = { right: (100 - left) + '%' }; }
+    const label = h('span', { class: ['bar-label', labelCls], style: labelPos, text: fmtDuration(sp.dur) });
     const timeline = h('div', { class: 'timeline-cell' }, bar, label);
     const row = h('div', {
       class: ['span-row', sp.id === st.selected ? 'selected' : '', sp.error ? 'error' : '', segs && st.showCP ? 'on-cp' : '', st.matchSet && st.matchSet.has(sp.id) ? 'match' : ''],

@@ -861,6 +861,581 @@ func (x *TagValuesResponse) GetValues() []string {
 	return nil
 }
 
+type REDRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty: every service (operation).
+	Service   string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Operation string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// [start, end); start is aligned down to the bucket width.
+	StartUnixNano int64 `protobuf:"varint,3,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	EndUnixNano   int64 `protobuf:"varint,4,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
+	// Rounded up to whole buckets; 0 means one bucket.
+	StepNanos     int64 `protobuf:"varint,5,opt,name=step_nanos,json=stepNanos,proto3" json:"step_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDRequest) Reset() {
+	*x = REDRequest{}
+	mi := &file_reader_v1_reader_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDRequest) ProtoMessage() {}
+
+func (x *REDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDRequest.ProtoReflect.Descriptor instead.
+func (*REDRequest) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *REDRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *REDRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *REDRequest) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *REDRequest) GetEndUnixNano() int64 {
+	if x != nil {
+		return x.EndUnixNano
+	}
+	return 0
+}
+
+func (x *REDRequest) GetStepNanos() int64 {
+	if x != nil {
+		return x.StepNanos
+	}
+	return 0
+}
+
+type REDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Upper bounds (le) of the finite latency buckets; every histogram has one
+	// more count, for +Inf. Indexers of one release share them.
+	BucketBoundsSeconds []float64 `protobuf:"fixed64,1,rep,packed,name=bucket_bounds_seconds,json=bucketBoundsSeconds,proto3" json:"bucket_bounds_seconds,omitempty"`
+	// The aligned start and rounded step the points use.
+	StartUnixNano int64 `protobuf:"varint,2,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	StepNanos     int64 `protobuf:"varint,3,opt,name=step_nanos,json=stepNanos,proto3" json:"step_nanos,omitempty"`
+	// Steps with spans or links only, in time order.
+	Points        []*REDPoint `protobuf:"bytes,4,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDResponse) Reset() {
+	*x = REDResponse{}
+	mi := &file_reader_v1_reader_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDResponse) ProtoMessage() {}
+
+func (x *REDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDResponse.ProtoReflect.Descriptor instead.
+func (*REDResponse) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *REDResponse) GetBucketBoundsSeconds() []float64 {
+	if x != nil {
+		return x.BucketBoundsSeconds
+	}
+	return nil
+}
+
+func (x *REDResponse) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *REDResponse) GetStepNanos() int64 {
+	if x != nil {
+		return x.StepNanos
+	}
+	return 0
+}
+
+func (x *REDResponse) GetPoints() []*REDPoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+type REDPoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartUnixNano int64                  `protobuf:"varint,1,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	Errors        uint64                 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	SumNanos      int64                  `protobuf:"varint,4,opt,name=sum_nanos,json=sumNanos,proto3" json:"sum_nanos,omitempty"`
+	// Non-cumulative counts per latency bucket, len(bucket_bounds_seconds)+1.
+	BucketCounts []uint64 `protobuf:"varint,5,rep,packed,name=bucket_counts,json=bucketCounts,proto3" json:"bucket_counts,omitempty"`
+	// Kept traces linked to the step: errors first, then slowest.
+	Traces        []*REDTraceRef `protobuf:"bytes,6,rep,name=traces,proto3" json:"traces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDPoint) Reset() {
+	*x = REDPoint{}
+	mi := &file_reader_v1_reader_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDPoint) ProtoMessage() {}
+
+func (x *REDPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDPoint.ProtoReflect.Descriptor instead.
+func (*REDPoint) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *REDPoint) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *REDPoint) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *REDPoint) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *REDPoint) GetSumNanos() int64 {
+	if x != nil {
+		return x.SumNanos
+	}
+	return 0
+}
+
+func (x *REDPoint) GetBucketCounts() []uint64 {
+	if x != nil {
+		return x.BucketCounts
+	}
+	return nil
+}
+
+func (x *REDPoint) GetTraces() []*REDTraceRef {
+	if x != nil {
+		return x.Traces
+	}
+	return nil
+}
+
+type REDTraceRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TraceId       []byte                 `protobuf:"bytes,1,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	Error         bool                   `protobuf:"varint,2,opt,name=error,proto3" json:"error,omitempty"`
+	DurationNanos int64                  `protobuf:"varint,3,opt,name=duration_nanos,json=durationNanos,proto3" json:"duration_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDTraceRef) Reset() {
+	*x = REDTraceRef{}
+	mi := &file_reader_v1_reader_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDTraceRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDTraceRef) ProtoMessage() {}
+
+func (x *REDTraceRef) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDTraceRef.ProtoReflect.Descriptor instead.
+func (*REDTraceRef) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *REDTraceRef) GetTraceId() []byte {
+	if x != nil {
+		return x.TraceId
+	}
+	return nil
+}
+
+func (x *REDTraceRef) GetError() bool {
+	if x != nil {
+		return x.Error
+	}
+	return false
+}
+
+func (x *REDTraceRef) GetDurationNanos() int64 {
+	if x != nil {
+		return x.DurationNanos
+	}
+	return 0
+}
+
+type REDTotalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDTotalsRequest) Reset() {
+	*x = REDTotalsRequest{}
+	mi := &file_reader_v1_reader_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDTotalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDTotalsRequest) ProtoMessage() {}
+
+func (x *REDTotalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDTotalsRequest.ProtoReflect.Descriptor instead.
+func (*REDTotalsRequest) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{18}
+}
+
+type REDTotalsResponse struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	BucketBoundsSeconds []float64              `protobuf:"fixed64,1,rep,packed,name=bucket_bounds_seconds,json=bucketBoundsSeconds,proto3" json:"bucket_bounds_seconds,omitempty"`
+	// When the counters started (the indexer's start).
+	StartUnixNano int64              `protobuf:"varint,2,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
+	Series        []*REDSeriesTotals `protobuf:"bytes,3,rep,name=series,proto3" json:"series,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDTotalsResponse) Reset() {
+	*x = REDTotalsResponse{}
+	mi := &file_reader_v1_reader_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDTotalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDTotalsResponse) ProtoMessage() {}
+
+func (x *REDTotalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDTotalsResponse.ProtoReflect.Descriptor instead.
+func (*REDTotalsResponse) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *REDTotalsResponse) GetBucketBoundsSeconds() []float64 {
+	if x != nil {
+		return x.BucketBoundsSeconds
+	}
+	return nil
+}
+
+func (x *REDTotalsResponse) GetStartUnixNano() int64 {
+	if x != nil {
+		return x.StartUnixNano
+	}
+	return 0
+}
+
+func (x *REDTotalsResponse) GetSeries() []*REDSeriesTotals {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+type REDSeriesTotals struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Operation string                 `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// Lowercase without prefix, as Operation.span_kind.
+	SpanKind string `protobuf:"bytes,3,opt,name=span_kind,json=spanKind,proto3" json:"span_kind,omitempty"`
+	// unset, ok or error.
+	StatusCode string  `protobuf:"bytes,4,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Count      uint64  `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	Errors     uint64  `protobuf:"varint,6,opt,name=errors,proto3" json:"errors,omitempty"`
+	SumSeconds float64 `protobuf:"fixed64,7,opt,name=sum_seconds,json=sumSeconds,proto3" json:"sum_seconds,omitempty"`
+	// Non-cumulative, len(bucket_bounds_seconds)+1.
+	BucketCounts []uint64 `protobuf:"varint,8,rep,packed,name=bucket_counts,json=bucketCounts,proto3" json:"bucket_counts,omitempty"`
+	// At most one per latency bucket: the latest kept trace in it.
+	Exemplars     []*REDExemplar `protobuf:"bytes,9,rep,name=exemplars,proto3" json:"exemplars,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDSeriesTotals) Reset() {
+	*x = REDSeriesTotals{}
+	mi := &file_reader_v1_reader_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDSeriesTotals) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDSeriesTotals) ProtoMessage() {}
+
+func (x *REDSeriesTotals) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDSeriesTotals.ProtoReflect.Descriptor instead.
+func (*REDSeriesTotals) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *REDSeriesTotals) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *REDSeriesTotals) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *REDSeriesTotals) GetSpanKind() string {
+	if x != nil {
+		return x.SpanKind
+	}
+	return ""
+}
+
+func (x *REDSeriesTotals) GetStatusCode() string {
+	if x != nil {
+		return x.StatusCode
+	}
+	return ""
+}
+
+func (x *REDSeriesTotals) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *REDSeriesTotals) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *REDSeriesTotals) GetSumSeconds() float64 {
+	if x != nil {
+		return x.SumSeconds
+	}
+	return 0
+}
+
+func (x *REDSeriesTotals) GetBucketCounts() []uint64 {
+	if x != nil {
+		return x.BucketCounts
+	}
+	return nil
+}
+
+func (x *REDSeriesTotals) GetExemplars() []*REDExemplar {
+	if x != nil {
+		return x.Exemplars
+	}
+	return nil
+}
+
+type REDExemplar struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index into bucket_counts.
+	Bucket        uint32  `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	TraceId       []byte  `protobuf:"bytes,2,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	ValueSeconds  float64 `protobuf:"fixed64,3,opt,name=value_seconds,json=valueSeconds,proto3" json:"value_seconds,omitempty"`
+	TimeUnixNano  int64   `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *REDExemplar) Reset() {
+	*x = REDExemplar{}
+	mi := &file_reader_v1_reader_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *REDExemplar) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*REDExemplar) ProtoMessage() {}
+
+func (x *REDExemplar) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use REDExemplar.ProtoReflect.Descriptor instead.
+func (*REDExemplar) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *REDExemplar) GetBucket() uint32 {
+	if x != nil {
+		return x.Bucket
+	}
+	return 0
+}
+
+func (x *REDExemplar) GetTraceId() []byte {
+	if x != nil {
+		return x.TraceId
+	}
+	return nil
+}
+
+func (x *REDExemplar) GetValueSeconds() float64 {
+	if x != nil {
+		return x.ValueSeconds
+	}
+	return 0
+}
+
+func (x *REDExemplar) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
 var File_reader_v1_reader_proto protoreflect.FileDescriptor
 
 const file_reader_v1_reader_proto_rawDesc = "" +
@@ -927,7 +1502,54 @@ const file_reader_v1_reader_proto_rawDesc = "" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"+\n" +
 	"\x11TagValuesResponse\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values2\xb3\x04\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xaf\x01\n" +
+	"\n" +
+	"REDRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12&\n" +
+	"\x0fstart_unix_nano\x18\x03 \x01(\x03R\rstartUnixNano\x12\"\n" +
+	"\rend_unix_nano\x18\x04 \x01(\x03R\vendUnixNano\x12\x1d\n" +
+	"\n" +
+	"step_nanos\x18\x05 \x01(\x03R\tstepNanos\"\xc0\x01\n" +
+	"\vREDResponse\x122\n" +
+	"\x15bucket_bounds_seconds\x18\x01 \x03(\x01R\x13bucketBoundsSeconds\x12&\n" +
+	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12\x1d\n" +
+	"\n" +
+	"step_nanos\x18\x03 \x01(\x03R\tstepNanos\x126\n" +
+	"\x06points\x18\x04 \x03(\v2\x1e.threadline.reader.v1.REDPointR\x06points\"\xdd\x01\n" +
+	"\bREDPoint\x12&\n" +
+	"\x0fstart_unix_nano\x18\x01 \x01(\x03R\rstartUnixNano\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x04R\x06errors\x12\x1b\n" +
+	"\tsum_nanos\x18\x04 \x01(\x03R\bsumNanos\x12#\n" +
+	"\rbucket_counts\x18\x05 \x03(\x04R\fbucketCounts\x129\n" +
+	"\x06traces\x18\x06 \x03(\v2!.threadline.reader.v1.REDTraceRefR\x06traces\"e\n" +
+	"\vREDTraceRef\x12\x19\n" +
+	"\btrace_id\x18\x01 \x01(\fR\atraceId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\bR\x05error\x12%\n" +
+	"\x0eduration_nanos\x18\x03 \x01(\x03R\rdurationNanos\"\x12\n" +
+	"\x10REDTotalsRequest\"\xae\x01\n" +
+	"\x11REDTotalsResponse\x122\n" +
+	"\x15bucket_bounds_seconds\x18\x01 \x03(\x01R\x13bucketBoundsSeconds\x12&\n" +
+	"\x0fstart_unix_nano\x18\x02 \x01(\x03R\rstartUnixNano\x12=\n" +
+	"\x06series\x18\x03 \x03(\v2%.threadline.reader.v1.REDSeriesTotalsR\x06series\"\xbc\x02\n" +
+	"\x0fREDSeriesTotals\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12\x1b\n" +
+	"\tspan_kind\x18\x03 \x01(\tR\bspanKind\x12\x1f\n" +
+	"\vstatus_code\x18\x04 \x01(\tR\n" +
+	"statusCode\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x04R\x05count\x12\x16\n" +
+	"\x06errors\x18\x06 \x01(\x04R\x06errors\x12\x1f\n" +
+	"\vsum_seconds\x18\a \x01(\x01R\n" +
+	"sumSeconds\x12#\n" +
+	"\rbucket_counts\x18\b \x03(\x04R\fbucketCounts\x12?\n" +
+	"\texemplars\x18\t \x03(\v2!.threadline.reader.v1.REDExemplarR\texemplars\"\x8b\x01\n" +
+	"\vREDExemplar\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x19\n" +
+	"\btrace_id\x18\x02 \x01(\fR\atraceId\x12#\n" +
+	"\rvalue_seconds\x18\x03 \x01(\x01R\fvalueSeconds\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano2\xe2\x05\n" +
 	"\x06Reader\x12Y\n" +
 	"\bGetTrace\x12%.threadline.reader.v1.GetTraceRequest\x1a&.threadline.reader.v1.GetTraceResponse\x12Y\n" +
 	"\fSearchTraces\x12#.threadline.reader.v1.SearchRequest\x1a$.threadline.reader.v1.SearchResponse\x12Y\n" +
@@ -935,7 +1557,9 @@ const file_reader_v1_reader_proto_rawDesc = "" +
 	"\n" +
 	"Operations\x12'.threadline.reader.v1.OperationsRequest\x1a(.threadline.reader.v1.OperationsResponse\x12Y\n" +
 	"\bTagNames\x12%.threadline.reader.v1.TagNamesRequest\x1a&.threadline.reader.v1.TagNamesResponse\x12\\\n" +
-	"\tTagValues\x12&.threadline.reader.v1.TagValuesRequest\x1a'.threadline.reader.v1.TagValuesResponseB;Z9github.com/threadline/threadline/proto/reader/v1;readerpbb\x06proto3"
+	"\tTagValues\x12&.threadline.reader.v1.TagValuesRequest\x1a'.threadline.reader.v1.TagValuesResponse\x12O\n" +
+	"\bQueryRED\x12 .threadline.reader.v1.REDRequest\x1a!.threadline.reader.v1.REDResponse\x12\\\n" +
+	"\tREDTotals\x12&.threadline.reader.v1.REDTotalsRequest\x1a'.threadline.reader.v1.REDTotalsResponseB;Z9github.com/threadline/threadline/proto/reader/v1;readerpbb\x06proto3"
 
 var (
 	file_reader_v1_reader_proto_rawDescOnce sync.Once
@@ -949,7 +1573,7 @@ func file_reader_v1_reader_proto_rawDescGZIP() []byte {
 	return file_reader_v1_reader_proto_rawDescData
 }
 
-var file_reader_v1_reader_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_reader_v1_reader_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_reader_v1_reader_proto_goTypes = []any{
 	(*GetTraceRequest)(nil),    // 0: threadline.reader.v1.GetTraceRequest
 	(*GetTraceResponse)(nil),   // 1: threadline.reader.v1.GetTraceResponse
@@ -965,29 +1589,45 @@ var file_reader_v1_reader_proto_goTypes = []any{
 	(*TagNamesResponse)(nil),   // 11: threadline.reader.v1.TagNamesResponse
 	(*TagValuesRequest)(nil),   // 12: threadline.reader.v1.TagValuesRequest
 	(*TagValuesResponse)(nil),  // 13: threadline.reader.v1.TagValuesResponse
-	nil,                        // 14: threadline.reader.v1.SearchRequest.TagsEntry
+	(*REDRequest)(nil),         // 14: threadline.reader.v1.REDRequest
+	(*REDResponse)(nil),        // 15: threadline.reader.v1.REDResponse
+	(*REDPoint)(nil),           // 16: threadline.reader.v1.REDPoint
+	(*REDTraceRef)(nil),        // 17: threadline.reader.v1.REDTraceRef
+	(*REDTotalsRequest)(nil),   // 18: threadline.reader.v1.REDTotalsRequest
+	(*REDTotalsResponse)(nil),  // 19: threadline.reader.v1.REDTotalsResponse
+	(*REDSeriesTotals)(nil),    // 20: threadline.reader.v1.REDSeriesTotals
+	(*REDExemplar)(nil),        // 21: threadline.reader.v1.REDExemplar
+	nil,                        // 22: threadline.reader.v1.SearchRequest.TagsEntry
 }
 var file_reader_v1_reader_proto_depIdxs = []int32{
-	14, // 0: threadline.reader.v1.SearchRequest.tags:type_name -> threadline.reader.v1.SearchRequest.TagsEntry
+	22, // 0: threadline.reader.v1.SearchRequest.tags:type_name -> threadline.reader.v1.SearchRequest.TagsEntry
 	3,  // 1: threadline.reader.v1.SearchResponse.traces:type_name -> threadline.reader.v1.TraceSummary
 	8,  // 2: threadline.reader.v1.OperationsResponse.operations:type_name -> threadline.reader.v1.Operation
-	0,  // 3: threadline.reader.v1.Reader.GetTrace:input_type -> threadline.reader.v1.GetTraceRequest
-	2,  // 4: threadline.reader.v1.Reader.SearchTraces:input_type -> threadline.reader.v1.SearchRequest
-	5,  // 5: threadline.reader.v1.Reader.Services:input_type -> threadline.reader.v1.ServicesRequest
-	7,  // 6: threadline.reader.v1.Reader.Operations:input_type -> threadline.reader.v1.OperationsRequest
-	10, // 7: threadline.reader.v1.Reader.TagNames:input_type -> threadline.reader.v1.TagNamesRequest
-	12, // 8: threadline.reader.v1.Reader.TagValues:input_type -> threadline.reader.v1.TagValuesRequest
-	1,  // 9: threadline.reader.v1.Reader.GetTrace:output_type -> threadline.reader.v1.GetTraceResponse
-	4,  // 10: threadline.reader.v1.Reader.SearchTraces:output_type -> threadline.reader.v1.SearchResponse
-	6,  // 11: threadline.reader.v1.Reader.Services:output_type -> threadline.reader.v1.ServicesResponse
-	9,  // 12: threadline.reader.v1.Reader.Operations:output_type -> threadline.reader.v1.OperationsResponse
-	11, // 13: threadline.reader.v1.Reader.TagNames:output_type -> threadline.reader.v1.TagNamesResponse
-	13, // 14: threadline.reader.v1.Reader.TagValues:output_type -> threadline.reader.v1.TagValuesResponse
-	9,  // [9:15] is the sub-list for method output_type
-	3,  // [3:9] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	16, // 3: threadline.reader.v1.REDResponse.points:type_name -> threadline.reader.v1.REDPoint
+	17, // 4: threadline.reader.v1.REDPoint.traces:type_name -> threadline.reader.v1.REDTraceRef
+	20, // 5: threadline.reader.v1.REDTotalsResponse.series:type_name -> threadline.reader.v1.REDSeriesTotals
+	21, // 6: threadline.reader.v1.REDSeriesTotals.exemplars:type_name -> threadline.reader.v1.REDExemplar
+	0,  // 7: threadline.reader.v1.Reader.GetTrace:input_type -> threadline.reader.v1.GetTraceRequest
+	2,  // 8: threadline.reader.v1.Reader.SearchTraces:input_type -> threadline.reader.v1.SearchRequest
+	5,  // 9: threadline.reader.v1.Reader.Services:input_type -> threadline.reader.v1.ServicesRequest
+	7,  // 10: threadline.reader.v1.Reader.Operations:input_type -> threadline.reader.v1.OperationsRequest
+	10, // 11: threadline.reader.v1.Reader.TagNames:input_type -> threadline.reader.v1.TagNamesRequest
+	12, // 12: threadline.reader.v1.Reader.TagValues:input_type -> threadline.reader.v1.TagValuesRequest
+	14, // 13: threadline.reader.v1.Reader.QueryRED:input_type -> threadline.reader.v1.REDRequest
+	18, // 14: threadline.reader.v1.Reader.REDTotals:input_type -> threadline.reader.v1.REDTotalsRequest
+	1,  // 15: threadline.reader.v1.Reader.GetTrace:output_type -> threadline.reader.v1.GetTraceResponse
+	4,  // 16: threadline.reader.v1.Reader.SearchTraces:output_type -> threadline.reader.v1.SearchResponse
+	6,  // 17: threadline.reader.v1.Reader.Services:output_type -> threadline.reader.v1.ServicesResponse
+	9,  // 18: threadline.reader.v1.Reader.Operations:output_type -> threadline.reader.v1.OperationsResponse
+	11, // 19: threadline.reader.v1.Reader.TagNames:output_type -> threadline.reader.v1.TagNamesResponse
+	13, // 20: threadline.reader.v1.Reader.TagValues:output_type -> threadline.reader.v1.TagValuesResponse
+	15, // 21: threadline.reader.v1.Reader.QueryRED:output_type -> threadline.reader.v1.REDResponse
+	19, // 22: threadline.reader.v1.Reader.REDTotals:output_type -> threadline.reader.v1.REDTotalsResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_reader_v1_reader_proto_init() }
@@ -1001,7 +1641,7 @@ func file_reader_v1_reader_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reader_v1_reader_proto_rawDesc), len(file_reader_v1_reader_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

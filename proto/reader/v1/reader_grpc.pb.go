@@ -29,6 +29,8 @@ const (
 	Reader_Operations_FullMethodName   = "/threadline.reader.v1.Reader/Operations"
 	Reader_TagNames_FullMethodName     = "/threadline.reader.v1.Reader/TagNames"
 	Reader_TagValues_FullMethodName    = "/threadline.reader.v1.Reader/TagValues"
+	Reader_QueryRED_FullMethodName     = "/threadline.reader.v1.Reader/QueryRED"
+	Reader_REDTotals_FullMethodName    = "/threadline.reader.v1.Reader/REDTotals"
 )
 
 // ReaderClient is the client API for Reader service.
@@ -47,6 +49,12 @@ type ReaderClient interface {
 	TagNames(ctx context.Context, in *TagNamesRequest, opts ...grpc.CallOption) (*TagNamesResponse, error)
 	// TagValues lists indexed values of one attribute key.
 	TagValues(ctx context.Context, in *TagValuesRequest, opts ...grpc.CallOption) (*TagValuesResponse, error)
+	// QueryRED returns span-derived RED metrics per step, with raw histogram
+	// counts so the query service sums indexers before computing percentiles.
+	QueryRED(ctx context.Context, in *REDRequest, opts ...grpc.CallOption) (*REDResponse, error)
+	// REDTotals returns every RED series' counts since the indexer started,
+	// with exemplars of kept traces, for the Prometheus exposition.
+	REDTotals(ctx context.Context, in *REDTotalsRequest, opts ...grpc.CallOption) (*REDTotalsResponse, error)
 }
 
 type readerClient struct {
@@ -117,6 +125,26 @@ func (c *readerClient) TagValues(ctx context.Context, in *TagValuesRequest, opts
 	return out, nil
 }
 
+func (c *readerClient) QueryRED(ctx context.Context, in *REDRequest, opts ...grpc.CallOption) (*REDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(REDResponse)
+	err := c.cc.Invoke(ctx, Reader_QueryRED_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *readerClient) REDTotals(ctx context.Context, in *REDTotalsRequest, opts ...grpc.CallOption) (*REDTotalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(REDTotalsResponse)
+	err := c.cc.Invoke(ctx, Reader_REDTotals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReaderServer is the server API for Reader service.
 // All implementations must embed UnimplementedReaderServer
 // for forward compatibility.
@@ -133,6 +161,12 @@ type ReaderServer interface {
 	TagNames(context.Context, *TagNamesRequest) (*TagNamesResponse, error)
 	// TagValues lists indexed values of one attribute key.
 	TagValues(context.Context, *TagValuesRequest) (*TagValuesResponse, error)
+	// QueryRED returns span-derived RED metrics per step, with raw histogram
+	// counts so the query service sums indexers before computing percentiles.
+	QueryRED(context.Context, *REDRequest) (*REDResponse, error)
+	// REDTotals returns every RED series' counts since the indexer started,
+	// with exemplars of kept traces, for the Prometheus exposition.
+	REDTotals(context.Context, *REDTotalsRequest) (*REDTotalsResponse, error)
 	mustEmbedUnimplementedReaderServer()
 }
 
@@ -160,6 +194,12 @@ func (UnimplementedReaderServer) TagNames(context.Context, *TagNamesRequest) (*T
 }
 func (UnimplementedReaderServer) TagValues(context.Context, *TagValuesRequest) (*TagValuesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TagValues not implemented")
+}
+func (UnimplementedReaderServer) QueryRED(context.Context, *REDRequest) (*REDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryRED not implemented")
+}
+func (UnimplementedReaderServer) REDTotals(context.Context, *REDTotalsRequest) (*REDTotalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method REDTotals not implemented")
 }
 func (UnimplementedReaderServer) mustEmbedUnimplementedReaderServer() {}
 func (UnimplementedReaderServer) testEmbeddedByValue()                {}
@@ -290,6 +330,42 @@ func _Reader_TagValues_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Reader_QueryRED_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(REDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReaderServer).QueryRED(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Reader_QueryRED_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReaderServer).QueryRED(ctx, req.(*REDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Reader_REDTotals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(REDTotalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReaderServer).REDTotals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Reader_REDTotals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReaderServer).REDTotals(ctx, req.(*REDTotalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Reader_ServiceDesc is the grpc.ServiceDesc for Reader service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -320,6 +396,14 @@ var Reader_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TagValues",
 			Handler:    _Reader_TagValues_Handler,
+		},
+		{
+			MethodName: "QueryRED",
+			Handler:    _Reader_QueryRED_Handler,
+		},
+		{
+			MethodName: "REDTotals",
+			Handler:    _Reader_REDTotals_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

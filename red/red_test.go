@@ -1,0 +1,533 @@
+package red
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"go.uber.org/goleak"
+
+	"github.com/threadline/threadline/span"
+)
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("RED_CRASH_CHILD"); dir != "" {
+		crashChild(dir)
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// t0 is a whole multiple of every bucket width used here.
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func resource(svc string) *span.Resource {
+	return &span.Resource{Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{
+		Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: svc}},
+	}}}}
+}
+
+// traffic is a generated set of traces and the exact RED numbers they imply.
+type traffic struct {
+	traces []*span.Trace
+	// kept are the traces a tail sampler would keep (errors and a few slow).
+	kept map[span.TraceID]bool
+	// per (service, operation) and per 10 s bucket.
+	count, errs map[[2]string]uint64
+	perBucket   map[int64]uint64
+	durs        []time.Duration
+}
+
+var (
+	services = []string{"frontend", "checkout", "payments"}
+	ops      = []string{"GET /", "POST /pay", "db.query", "render"}
+)
+
+// genTraffic builds n traces of 1–8 spans over a minute starting at t0,
+// with log-uniform durations from 0.2 ms to 30 s and about 7% errors.
+func genTraffic(n int, seed uint64) *traffic {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e37))
+	res := map[string]*span.Resource{}
+	for _, s := range services {
+		res[s] = resource(s)
+	}
+	tr := &traffic{kept: map[span.TraceID]bool{}, count: map[[2]string]uint64{}, errs: map[[2]string]uint64{}, perBucket: map[int64]uint64{}}
+	for i := range n {
+		var id span.TraceID
+		id[0], id[1], id[2], id[15] = byte(i>>16), byte(i>>8), byte(i), 1
+		t := &span.Trace{ID: id}
+		hasErr := false
+		for j := range 1 + r.IntN(8) {
+			svc, op := services[r.IntN(len(services))], ops[r.IntN(len(ops))]
+			start := t0.Add(time.Duration(r.Int64N(int64(time.Minute))))
+			dur := time.Duration(math.Exp(math.Log(0.2e6) + r.Float64()*(math.Log(30e9)-math.Log(0.2e6))))
+			code := tracepb.Status_STATUS_CODE_UNSET
+			if r.IntN(100) < 7 {
+				code, hasErr = tracepb.Status_STATUS_CODE_ERROR, true
+			}
+			sp := &tracepb.Span{
+				TraceId: id[:], SpanId: []byte{7: byte(j + 1), 0: byte(i)}, Name: op, Kind: tracepb.Span_SPAN_KIND_SERVER,
+				StartTimeUnixNano: uint64(start.UnixNano()), EndTimeUnixNano: uint64(start.Add(dur).UnixNano()),
+				Status: &tracepb.Status{Code: code},
+			}
+			t.Spans = append(t.Spans, span.Span{Span: sp, Resource: res[svc]})
+			k := [2]string{svc, op}
+			tr.count[k]++
+			if code == tracepb.Status_STATUS_CODE_ERROR {
+				tr.errs[k]++
+			}
+			tr.perBucket[start.UnixNano()/int64(10*time.Second)]++
+			tr.durs = append(tr.durs, dur)
+		}
+		if hasErr || i%50 == 0 {
+			tr.kept[id] = true
+		}
+		tr.traces = append(tr.traces, t)
+	}
+	return tr
+}
+
+func (tr *traffic) total() (n, errs uint64) {
+	for k, c := range tr.count {
+		n += c
+		errs += tr.errs[k]
+	}
+	return n, errs
+}
+
+func testOptions() Options {
+	o := DefaultOptions()
+	o.FlushInterval = 20 * time.Millisecond
+	return o
+}
+
+func open(t *testing.T, dir string, o Options) *Store {
+	t.Helper()
+	s, err := Open(dir, nil, nil, o)
+	require.NoError(t, err)
+	return s
+}
+
+// observeAll feeds every trace and links the kept ones, as the indexer does.
+func observeAll(s *Store, tr *traffic) {
+	for _, t := range tr.traces {
+		s.Observe(t)
+		if tr.kept[t.ID] {
+			s.Link(t.ID, []string{"error"})
+		}
+	}
+}
+
+// requireExact checks the stored counts against the generated traffic.
+func requireExact(t *testing.T, s *Store, tr *traffic) {
+	t.Helper()
+	ctx := context.Background()
+	wantN, wantErr := tr.total()
+	all, err := s.Query(ctx, "", "", t0, t0.Add(2*time.Minute), 2*time.Minute)
+	require.NoError(t, err)
+	require.Len(t, all.Points, 1)
+	require.Equal(t, wantN, all.Points[0].Count)
+	require.Equal(t, wantErr, all.Points[0].Errors)
+	for k, c := range tr.count {
+		res, err := s.Query(ctx, k[0], k[1], t0, t0.Add(2*time.Minute), 2*time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, c, res.Points[0].Count, "%v", k)
+		require.Equal(t, tr.errs[k], res.Points[0].Errors, "%v", k)
+	}
+	steps, err := s.Query(ctx, "", "", t0, t0.Add(time.Minute), 10*time.Second)
+	require.NoError(t, err)
+	require.Len(t, steps.Points, 6)
+	for _, p := range steps.Points {
+		require.Equal(t, tr.perBucket[p.Start.UnixNano()/int64(10*time.Second)], p.Count, "step %s", p.Start)
+	}
+}
+
+func TestExactCountsIncludeDroppedTraces(t *testing.T) {
+	tr := genTraffic(3000, 1)
+	s := open(t, t.TempDir(), testOptions())
+	defer func() { require.NoError(t, s.Close()) }()
+	observeAll(s, tr)
+	require.NoError(t, s.Flush(context.Background()))
+	requireExact(t, s, tr)
+
+	// Linked trace IDs: only kept traces, errors first then slowest, capped.
+	res, err := s.Query(context.Background(), "", "", t0, t0.Add(time.Minute), 10*time.Second)
+	require.NoError(t, err)
+	for _, p := range res.Points {
+		require.NotEmpty(t, p.Traces)
+		require.LessOrEqual(t, len(p.Traces), 20)
+		for i, ref := range p.Traces {
+			require.True(t, tr.kept[ref.ID], "dropped trace %s linked", ref.ID)
+			if i > 0 {
+				prev := p.Traces[i-1]
+				require.True(t, prev.Error && !ref.Error || prev.Error == ref.Error && prev.Duration >= ref.Duration, "order at %d", i)
+			}
+		}
+		require.True(t, p.Traces[0].Error)
+	}
+
+	// Cumulative totals match and carry exemplars of kept traces only.
+	_, totals := s.Totals()
+	var n uint64
+	exemplars := 0
+	for _, st := range totals {
+		n += st.Count
+		for _, e := range st.Exemplars {
+			if e != nil {
+				exemplars++
+				require.True(t, tr.kept[e.TraceID])
+			}
+		}
+	}
+	wantN, _ := tr.total()
+	require.Equal(t, wantN, n)
+	require.Positive(t, exemplars)
+}
+
+func TestQuantileWithinBound(t *testing.T) {
+	tr := genTraffic(4000, 2)
+	s := open(t, t.TempDir(), testOptions())
+	defer func() { require.NoError(t, s.Close()) }()
+	observeAll(s, tr)
+	require.NoError(t, s.Flush(context.Background()))
+	res, err := s.Query(context.Background(), "", "", t0, t0.Add(time.Minute), time.Minute)
+	require.NoError(t, err)
+	sorted := slices.Clone(tr.durs)
+	slices.Sort(sorted)
+	for _, q := range []float64{0.5, 0.9, 0.99} {
+		truth := sorted[int(math.Ceil(q*float64(len(sorted))))-1]
+		got := res.Points[0].Quantile(q)
+		require.GreaterOrEqual(t, float64(got), float64(truth)/BucketFactor, "q%v got %s true %s", q, got, truth)
+		require.LessOrEqual(t, float64(got), float64(truth)*BucketFactor, "q%v got %s true %s", q, got, truth)
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	f := func(durs []time.Duration, q float64) {
+		t.Helper()
+		var h [NumBuckets]uint64
+		for _, d := range durs {
+			h[bucketOf(d)]++
+		}
+		got := Quantile(h[:], q)
+		s := slices.Clone(durs)
+		slices.Sort(s)
+		truth := s[int(math.Ceil(q*float64(len(s))))-1]
+		if truth < time.Millisecond {
+			require.InDelta(t, float64(truth), float64(got), float64(time.Millisecond))
+			return
+		}
+		if truth > Bounds()[len(Bounds())-1] {
+			require.Equal(t, Bounds()[len(Bounds())-1], got)
+			return
+		}
+		require.InEpsilon(t, float64(truth), float64(got), BucketFactor-1, "got %s true %s", got, truth)
+	}
+	f([]time.Duration{5 * time.Millisecond}, 0.5)
+	f([]time.Duration{500 * time.Microsecond, 700 * time.Microsecond}, 0.99)
+	f([]time.Duration{time.Millisecond, time.Second, time.Minute}, 0.5)
+	f([]time.Duration{2 * time.Minute, 3 * time.Minute}, 0.9)
+	f([]time.Duration{10 * time.Millisecond, 10 * time.Millisecond, 11 * time.Millisecond, 12 * time.Millisecond}, 0.5)
+	require.Zero(t, Quantile(make([]uint64, NumBuckets), 0.5))
+	require.Len(t, Bounds(), NumBuckets-1)
+	require.Equal(t, time.Millisecond, Bounds()[0])
+	require.Greater(t, Bounds()[len(Bounds())-1], time.Minute)
+}
+
+// crash stops the store the way kill -9 would: nothing pending is flushed.
+func crash(t *testing.T, s *Store) {
+	t.Helper()
+	close(s.stop)
+	s.wg.Wait()
+	require.NoError(t, s.db.Close())
+}
+
+func TestReplayIsIdempotent(t *testing.T) {
+	tr := genTraffic(2000, 3)
+	dir := t.TempDir()
+	o := testOptions()
+	o.FlushInterval = time.Hour // flush only when told
+	s := open(t, dir, o)
+	half := len(tr.traces) / 2
+	for _, tc := range tr.traces[:half] {
+		s.Observe(tc)
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	// Observed but never flushed: lost in the crash, so they must be replayed.
+	for _, tc := range tr.traces[half : half+300] {
+		s.Observe(tc)
+	}
+	crash(t, s)
+
+	// Kafka replays from the last commit: everything after some earlier
+	// point, reassembled differently — tails of traces, then whole traces.
+	s = open(t, dir, o)
+	for _, tc := range tr.traces[half-200 : half] {
+		s.Observe(&span.Trace{ID: tc.ID, Spans: tc.Spans[len(tc.Spans)/2:]})
+	}
+	observeAll(s, &traffic{traces: tr.traces[half-400:], kept: tr.kept})
+	require.NoError(t, s.Close())
+
+	s = open(t, dir, o)
+	defer func() { require.NoError(t, s.Close()) }()
+	requireExact(t, s, tr)
+	// A second full replay after a clean restart changes nothing either.
+	observeAll(s, tr)
+	require.NoError(t, s.Flush(context.Background()))
+	requireExact(t, s, tr)
+}
+
+// crashChild runs in a child process: it observes the traffic with a fast
+// flusher until the parent kills it with SIGKILL.
+func crashChild(dir string) {
+	o := testOptions()
+	o.FlushInterval = 5 * time.Millisecond
+	s, err := Open(dir, nil, nil, o)
+	if err != nil {
+		os.Exit(2)
+	}
+	tr := genTraffic(3000, 4)
+	for i, tc := range tr.traces {
+		s.Observe(tc)
+		if i%100 == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if i == 500 {
+			_ = os.WriteFile(dir+".started", nil, 0o600)
+		}
+	}
+	select {} // wait for the kill
+}
+
+func TestKill9ThenReplay(t *testing.T) {
+	dir := t.TempDir() + "/red"
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "RED_CRASH_CHILD="+dir)
+	require.NoError(t, cmd.Start())
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(dir + ".started"); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "child did not start")
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(30 * time.Millisecond) // mid-stream, mid-flush
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+
+	tr := genTraffic(3000, 4)
+	reg := prometheus.NewRegistry()
+	s, err := Open(dir, nil, reg, testOptions())
+	require.NoError(t, err)
+	defer func() { require.NoError(t, s.Close()) }()
+	// Part was counted before the kill; the replay covers all of it.
+	before, err := s.Query(context.Background(), "", "", t0, t0.Add(2*time.Minute), 2*time.Minute)
+	require.NoError(t, err)
+	wantN, _ := tr.total()
+	require.Positive(t, before.Points[0].Count)
+	require.Less(t, before.Points[0].Count, wantN)
+	observeAll(s, tr)
+	require.NoError(t, s.Flush(context.Background()))
+	requireExact(t, s, tr)
+	require.Equal(t, float64(before.Points[0].Count), counterValue(t, s.m.spans.WithLabelValues("duplicate")))
+}
+
+func TestRetention(t *testing.T) {
+	o := testOptions()
+	o.Retention = time.Second
+	s := open(t, t.TempDir(), o)
+	defer func() { require.NoError(t, s.Close()) }()
+	tr := genTraffic(50, 5)
+	observeAll(s, tr)
+	require.NoError(t, s.Flush(context.Background()))
+	q := func() Point {
+		res, err := s.Query(context.Background(), "", "", t0, t0.Add(time.Minute), time.Minute)
+		require.NoError(t, err)
+		return res.Points[0]
+	}
+	require.Positive(t, q().Count)
+	require.NotEmpty(t, q().Traces)
+	time.Sleep(2100 * time.Millisecond)
+	require.Zero(t, q().Count)
+	require.Empty(t, q().Traces)
+}
+
+func TestCardinalityOverflow(t *testing.T) {
+	o := testOptions()
+	o.MaxSeriesPerBucket = 3
+	reg := prometheus.NewRegistry()
+	s, err := Open(t.TempDir(), nil, reg, o)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, s.Close()) }()
+	res := resource("svc")
+	for i := range 10 {
+		id := span.TraceID{15: byte(i + 1)}
+		s.Observe(&span.Trace{ID: id, Spans: []span.Span{{Resource: res, Span: &tracepb.Span{
+			TraceId: id[:], SpanId: []byte{7: 1}, Name: string(rune('a' + i)),
+			StartTimeUnixNano: uint64(t0.UnixNano()), EndTimeUnixNano: uint64(t0.Add(time.Millisecond).UnixNano()),
+		}}}})
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	all, err := s.Query(context.Background(), "svc", "", t0, t0.Add(10*time.Second), 0)
+	require.NoError(t, err)
+	require.Equal(t, uint64(10), all.Points[0].Count)
+	other, err := s.Query(context.Background(), "svc", OtherOperation, t0, t0.Add(10*time.Second), 0)
+	require.NoError(t, err)
+	require.Equal(t, uint64(7), other.Points[0].Count)
+	require.Equal(t, 7.0, counterValue(t, s.m.overflow))
+	_, totals := s.Totals()
+	require.Len(t, totals, 4)
+}
+
+func TestReopenWithOtherWidthFails(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, testOptions())
+	require.NoError(t, s.Close())
+	o := testOptions()
+	o.BucketWidth = time.Minute
+	_, err := Open(dir, nil, nil, o)
+	require.ErrorContains(t, err, "bucket width")
+}
+
+func TestBadQueries(t *testing.T) {
+	s := open(t, t.TempDir(), testOptions())
+	defer func() { require.NoError(t, s.Close()) }()
+	for _, c := range []struct {
+		start, end time.Time
+		step       time.Duration
+	}{
+		{t0, t0, 0},
+		{t0.Add(time.Hour), t0, 0},
+		{t0, t0.Add(time.Hour), -time.Second},
+		{t0, t0.Add(1000 * time.Hour), 10 * time.Second},
+	} {
+		_, err := s.Query(context.Background(), "", "", c.start, c.end, c.step)
+		require.ErrorIs(t, err, ErrBadQuery)
+	}
+	// Steps round up to whole buckets and start aligns down.
+	res, err := s.Query(context.Background(), "", "", t0.Add(3*time.Second), t0.Add(time.Minute), 15*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 20*time.Second, res.Step)
+	require.Equal(t, t0, res.Start.UTC())
+	require.Len(t, res.Points, 3)
+}
+
+func TestValidate(t *testing.T) {
+	require.NoError(t, DefaultOptions().Validate())
+	bad := DefaultOptions()
+	bad.BucketWidth = 1500 * time.Millisecond
+	bad.MaxSeriesPerBucket = 0
+	err := bad.Validate()
+	require.ErrorContains(t, err, "bucket width")
+	require.ErrorContains(t, err, "max series")
+}
+
+func TestLinkBounds(t *testing.T) {
+	o := testOptions()
+	o.MaxTracesAwaitingLink = 2
+	o.MaxTraceIDsPerSeries = 3
+	s := open(t, t.TempDir(), o)
+	defer func() { require.NoError(t, s.Close()) }()
+	res := resource("svc")
+	var ids []span.TraceID
+	for i := range 6 {
+		id := span.TraceID{15: byte(i + 1)}
+		ids = append(ids, id)
+		s.Observe(&span.Trace{ID: id, Spans: []span.Span{{Resource: res, Span: &tracepb.Span{
+			TraceId: id[:], SpanId: []byte{7: 1}, Name: "op",
+			StartTimeUnixNano: uint64(t0.UnixNano()), EndTimeUnixNano: uint64(t0.Add(time.Duration(i+1) * time.Millisecond).UnixNano()),
+		}}}})
+		s.Link(id, nil)
+		require.NoError(t, s.Flush(context.Background()))
+	}
+	// A trace forgotten before its Link is not linked.
+	s.Observe(&span.Trace{ID: span.TraceID{15: 99}, Spans: []span.Span{{Resource: res, Span: &tracepb.Span{SpanId: []byte{7: 1}, Name: "op", StartTimeUnixNano: uint64(t0.UnixNano())}}}})
+	s.Observe(&span.Trace{ID: span.TraceID{15: 98}})
+	s.Observe(&span.Trace{ID: span.TraceID{15: 97}})
+	s.Link(span.TraceID{15: 99}, nil)
+	require.Equal(t, 1.0, counterValue(t, s.m.links.WithLabelValues("missed")))
+	require.NoError(t, s.Flush(context.Background()))
+	q, err := s.Query(context.Background(), "svc", "op", t0, t0.Add(10*time.Second), 0)
+	require.NoError(t, err)
+	var got []span.TraceID
+	for _, r := range q.Points[0].Traces {
+		got = append(got, r.ID)
+	}
+	// The three slowest of six, slowest first; evicted links were deleted.
+	require.Equal(t, []span.TraceID{ids[5], ids[4], ids[3]}, got)
+	n := 0
+	require.NoError(t, scanAllLinks(s, func() { n++ }))
+	require.Equal(t, 3, n)
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
+func scanAllLinks(s *Store, fn func()) error {
+	txn := s.db.NewTransaction(false)
+	defer txn.Discard()
+	return scan(context.Background(), txn, prefixLink, 0, math.MaxInt64, func(int64, Series, []byte, []byte) error { fn(); return nil })
+}
+
+func FuzzDecode(f *testing.F) {
+	a := agg{count: 3, errors: 1, sum: 12345}
+	a.hist[2] = 3
+	f.Add(a.appendTo(nil))
+	f.Add(rowKey(10, Series{Service: "s", Operation: "o"}))
+	f.Add(linkRef{err: true, dur: 99}.value())
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var x agg
+		if decodeAgg(b, &x) == nil {
+			require.Equal(t, b, x.appendTo(nil))
+		}
+		if bucket, sr, rest, err := decodeRowKey(b); err == nil {
+			k := rowKey(bucket, sr)
+			require.Equal(t, b[:len(b)-len(rest)][1:], k[1:])
+		}
+		_, _ = decodeLink(make([]byte, 16), b)
+	})
+}
+
+func BenchmarkObserve(b *testing.B) {
+	tr := genTraffic(2000, 6)
+	var spans int
+	for _, t := range tr.traces {
+		spans += len(t.Spans)
+	}
+	s, err := Open(b.TempDir(), nil, nil, DefaultOptions())
+	require.NoError(b, err)
+	defer func() { require.NoError(b, s.Close()) }()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	n := 0
+	for i := 0; b.Loop(); i++ {
+		t := tr.traces[i%len(tr.traces)]
+		// A fresh trace ID each round so de-duplication does not skip it.
+		id := t.ID
+		id[14] = byte(i / len(tr.traces))
+		id[13] = byte(i / len(tr.traces) >> 8)
+		s.Observe(&span.Trace{ID: id, Spans: t.Spans})
+		n += len(t.Spans)
+	}
+	require.NoError(b, s.Flush(context.Background()))
+	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "spans/s")
+}

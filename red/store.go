@@ -1,0 +1,897 @@
+package red
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
+	"github.com/threadline/threadline/span"
+)
+
+// maxLinkSlots bounds the (bucket, series) top-K link lists remembered to
+// cap the trace IDs written per slot; a forgotten slot can gain up to K more
+// link keys, which queries cap again.
+const maxLinkSlots = 20000
+
+// maxBucketCounts bounds the cached per-bucket series counts; a dropped
+// count is recounted from Badger (a key-only scan of one bucket).
+const maxBucketCounts = 4096
+
+// Store counts RED metrics from every observed span and persists them in its
+// own Badger database. Its methods are safe for concurrent use.
+type Store struct {
+	db     *badger.DB
+	opts   Options
+	width  int64
+	logger *slog.Logger
+	m      *metrics
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when pending spans drop or the store closes
+	pending  []observation
+	nPending int // spans in pending
+	links    []pendingLink
+	awaiting map[span.TraceID]*memo
+	ring     []ringEntry
+	ringNext int
+	gen      uint64
+	closed   bool
+
+	// flushMu serialises flushes and guards the caches below, which only
+	// flushes touch.
+	flushMu     sync.Mutex
+	seriesCount map[int64]int         // bucket → series rows stored
+	slots       map[slotKey][]linkRef // (bucket, series) → links stored
+	slotRing    []slotKey             // FIFO bound on slots
+	slotNext    int
+
+	cumMu    sync.Mutex
+	cum      map[Series]*SeriesTotals
+	cumNamed int // series in cum other than __other__ ones
+	started  time.Time
+
+	wake      chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// observation is one Observe call: a trace's spans reduced to what counting needs.
+type observation struct {
+	trace span.TraceID
+	spans []spanObs
+	done  func()
+}
+
+type spanObs struct {
+	id     uint64 // span ID, or a hash of the span when it has none
+	series Series
+	bucket int64
+	dur    int64
+	err    bool
+}
+
+// memo remembers, per (series, bucket) a trace touched, its slowest span, so
+// that Link can attach the trace to those buckets and to exemplars.
+type memo struct {
+	gen     uint64
+	entries []memoEntry
+}
+
+type memoEntry struct {
+	series Series
+	bucket int64
+	dur    int64
+	end    int64
+	err    bool
+}
+
+type ringEntry struct {
+	id  span.TraceID
+	gen uint64
+}
+
+type pendingLink struct {
+	trace   span.TraceID
+	entries []memoEntry
+}
+
+type slotKey struct {
+	bucket int64
+	series Series
+}
+
+type rowID = slotKey
+
+type metrics struct {
+	spans         *prometheus.CounterVec
+	overflow      prometheus.Counter
+	links         *prometheus.CounterVec
+	flushLatency  prometheus.Histogram
+	flushErrors   prometheus.Counter
+	pendingSpans  prometheus.GaugeFunc
+	forgotten     prometheus.Counter
+	corruptValues prometheus.Counter
+}
+
+// Open opens (or creates) the RED store in dir and starts its flusher. reg
+// may be nil to skip metrics registration. A failed open closes what it opened.
+func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Options) (st *Store, err error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("open RED store: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := badger.Open(opts.badgerOptions(dir, badgerLogger{logger.With("component", "red-badger")}))
+	if err != nil {
+		return nil, fmt.Errorf("open RED store %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			if cerr := db.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("close RED store after failed open: %w", cerr))
+			}
+		}
+	}()
+	s := &Store{
+		db:          db,
+		opts:        opts,
+		width:       int64(opts.BucketWidth),
+		logger:      logger,
+		awaiting:    map[span.TraceID]*memo{},
+		ring:        make([]ringEntry, opts.MaxTracesAwaitingLink),
+		seriesCount: map[int64]int{},
+		slots:       map[slotKey][]linkRef{},
+		slotRing:    make([]slotKey, maxLinkSlots),
+		cum:         map[Series]*SeriesTotals{},
+		started:     time.Now(),
+		wake:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+	}
+	s.cond = sync.NewCond(&s.mu)
+	if err := s.checkWidth(); err != nil {
+		return nil, fmt.Errorf("open RED store %s: %w", dir, err)
+	}
+	if err := s.registerMetrics(reg); err != nil {
+		return nil, fmt.Errorf("open RED store %s: %w", dir, err)
+	}
+	s.wg.Add(1)
+	go s.loop()
+	return s, nil
+}
+
+// checkWidth records the bucket width on first open and refuses another one
+// later: rows of different widths cannot be told apart.
+func (s *Store) checkWidth() error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(metaWidthKey)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return txn.Set(metaWidthKey, binary.BigEndian.AppendUint64(nil, uint64(s.width)))
+		}
+		if err != nil {
+			return fmt.Errorf("read bucket width: %w", err)
+		}
+		return item.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("bucket width record: %w", errCorrupt)
+			}
+			if got := time.Duration(binary.BigEndian.Uint64(v)); got != s.opts.BucketWidth {
+				return fmt.Errorf("store was created with bucket width %s, not %s; use the original width or a new directory", got, s.opts.BucketWidth)
+			}
+			return nil
+		})
+	})
+}
+
+func (s *Store) registerMetrics(reg prometheus.Registerer) error {
+	s.m = &metrics{
+		spans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_red_spans_total",
+			Help: "Spans seen by RED counting: counted, or duplicate (already counted, e.g. replayed after a crash).",
+		}, []string{"result"}),
+		overflow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_red_overflow_spans_total",
+			Help: "Spans counted under operation __other__ because their bucket reached the series limit.",
+		}),
+		links: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_red_links_total",
+			Help: "Kept traces linked to RED buckets (linked), or whose Link came after they were forgotten (missed).",
+		}, []string{"result"}),
+		flushLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "threadline_red_flush_duration_seconds",
+			Help:    "Time to make observed spans durable.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		flushErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_red_flush_errors_total",
+			Help: "Failed RED flushes; their spans stay pending and are retried.",
+		}),
+		pendingSpans: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "threadline_red_pending_spans",
+			Help: "Spans observed but not yet durable.",
+		}, func() float64 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return float64(s.nPending)
+		}),
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_red_traces_forgotten_total",
+			Help: "Traces forgotten before a keep decision linked them (dropped traces mostly).",
+		}),
+		corruptValues: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_red_corrupt_records_total",
+			Help: "Stored RED records that did not decode and were skipped or replaced.",
+		}),
+	}
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{s.m.spans, s.m.overflow, s.m.links, s.m.flushLatency, s.m.flushErrors, s.m.pendingSpans, s.m.forgotten, s.m.corruptValues} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register RED metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// Observe counts every span of t (see ObserveDurable).
+func (s *Store) Observe(t *span.Trace) { s.ObserveDurable(t, nil) }
+
+// ObserveDurable counts every span of t into its (service, operation, kind,
+// status) series and the bucket of its start time, and remembers the trace
+// until Link. done, when not nil, is called once the counts are durable
+// (after the flush that persisted them); the indexer holds the trace's Kafka
+// offsets until then. Spans already counted (same trace and span ID) are
+// skipped, so observing a trace or part of it again is harmless. Observe
+// blocks while MaxPendingSpans spans await a flush.
+func (s *Store) ObserveDurable(t *span.Trace, done func()) {
+	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), done: done}
+	var entries []memoEntry
+	for _, sp := range t.Spans {
+		so, end := s.reduce(sp)
+		o.spans = append(o.spans, so)
+		entries = mergeMemo(entries, memoEntry{series: so.series, bucket: so.bucket, dur: so.dur, end: end, err: so.err})
+	}
+	s.mu.Lock()
+	for s.nPending >= s.opts.MaxPendingSpans && !s.closed {
+		s.poke()
+		s.cond.Wait()
+	}
+	if s.closed {
+		s.mu.Unlock()
+		s.logger.Error("RED observe after close; spans not counted", "trace", t.ID.String(), "spans", len(t.Spans))
+		return
+	}
+	s.pending = append(s.pending, o)
+	s.nPending += len(o.spans)
+	if m := s.awaiting[t.ID]; m != nil {
+		for _, e := range entries {
+			m.entries = mergeMemo(m.entries, e)
+		}
+	} else {
+		s.remember(t.ID, entries)
+	}
+	s.mu.Unlock()
+}
+
+// remember stores a trace's memo, forgetting the oldest beyond the bound.
+// Called with mu held.
+func (s *Store) remember(id span.TraceID, entries []memoEntry) {
+	old := s.ring[s.ringNext]
+	if m := s.awaiting[old.id]; m != nil && m.gen == old.gen {
+		delete(s.awaiting, old.id)
+		s.m.forgotten.Inc()
+	}
+	s.gen++
+	s.awaiting[id] = &memo{gen: s.gen, entries: entries}
+	s.ring[s.ringNext] = ringEntry{id: id, gen: s.gen}
+	s.ringNext = (s.ringNext + 1) % len(s.ring)
+}
+
+func mergeMemo(entries []memoEntry, e memoEntry) []memoEntry {
+	for i := range entries {
+		x := &entries[i]
+		if x.series == e.series && x.bucket == e.bucket {
+			x.err = x.err || e.err
+			if e.dur > x.dur {
+				x.dur, x.end = e.dur, e.end
+			}
+			return entries
+		}
+	}
+	return append(entries, e)
+}
+
+// reduce extracts what counting needs from one span, and its end time.
+func (s *Store) reduce(sp span.Span) (spanObs, int64) {
+	start, end := clampTime(sp.GetStartTimeUnixNano()), clampTime(sp.GetEndTimeUnixNano())
+	so := spanObs{
+		id: spanKey(sp),
+		series: Series{
+			Service:   sp.ServiceName(),
+			Operation: sp.GetName(),
+			Kind:      sp.GetKind(),
+			Status:    sp.GetStatus().GetCode(),
+		},
+		bucket: start - start%s.width,
+		dur:    max(end-start, 0),
+		err:    sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR,
+	}
+	return so, end
+}
+
+func clampTime(ns uint64) int64 { return int64(min(ns, math.MaxInt64)) }
+
+// spanKey identifies a span within its trace for de-duplication: its span
+// ID, or, for a span without a valid one, a hash of what identifies it.
+func spanKey(sp span.Span) uint64 {
+	if id := sp.GetSpanId(); len(id) == 8 {
+		if v := binary.BigEndian.Uint64(id); v != 0 {
+			return v
+		}
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(sp.GetName()))
+	var b [24]byte
+	binary.BigEndian.PutUint64(b[0:], sp.GetStartTimeUnixNano())
+	binary.BigEndian.PutUint64(b[8:], sp.GetEndTimeUnixNano())
+	_, _ = h.Write(b[:16])
+	_, _ = h.Write(sp.GetParentSpanId())
+	return h.Sum64()
+}
+
+// Link attaches a kept trace to the buckets its observed spans fell into
+// (errors first, then slowest, at most MaxTraceIDsPerSeries per bucket and
+// series) and makes it the exemplar of its latency buckets in the
+// Prometheus exposition. Call it after Observe; a trace observed more than
+// MaxTracesAwaitingLink traces ago is forgotten and its Link counted as
+// missed. The reasons are not stored: the span store records them.
+func (s *Store) Link(id span.TraceID, _ []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.awaiting[id]
+	if m == nil {
+		s.m.links.WithLabelValues("missed").Inc()
+		return
+	}
+	delete(s.awaiting, id)
+	s.links = append(s.links, pendingLink{trace: id, entries: m.entries})
+	s.m.links.WithLabelValues("linked").Inc()
+}
+
+// poke asks the flusher for an early flush.
+func (s *Store) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) loop() {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.opts.FlushInterval)
+	defer tick.Stop()
+	gc := time.NewTicker(5 * time.Minute)
+	defer gc.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		case <-s.wake:
+		case <-gc.C:
+			// Values live in the LSM; this only reclaims the rare large
+			// span-ID set that went to the value log.
+			for s.db.RunValueLogGC(0.5) == nil {
+			}
+			continue
+		}
+		if err := s.flush(); err != nil {
+			s.logger.Error("RED flush failed; retrying", "err", err)
+		}
+	}
+}
+
+// Flush makes everything observed and linked before the call durable.
+func (s *Store) Flush(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("flush RED store: %w", err)
+	}
+	if err := s.flush(); err != nil {
+		return fmt.Errorf("flush RED store: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.mu.Lock()
+	batch, links := s.pending, s.links
+	s.pending, s.links = nil, nil
+	s.mu.Unlock()
+	if len(batch) == 0 && len(links) == 0 {
+		return nil
+	}
+	start := time.Now()
+	rest, err := s.flushObservations(batch)
+	if err == nil {
+		err = s.flushLinks(links)
+		links = nil
+	}
+	if err != nil {
+		s.m.flushErrors.Inc()
+		s.mu.Lock()
+		s.pending = append(rest, s.pending...)
+		s.links = append(links, s.links...)
+		s.mu.Unlock()
+		return err
+	}
+	s.m.flushLatency.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// flushObservations persists batch in transactions of at most chunk spans,
+// halving the chunk when Badger finds a transaction too big. It returns the
+// observations not yet durable.
+func (s *Store) flushObservations(batch []observation) ([]observation, error) {
+	chunk := 20000
+	for len(batch) > 0 {
+		j, n := 0, 0
+		for j < len(batch) && (j == 0 || n+len(batch[j].spans) <= chunk) {
+			n += len(batch[j].spans)
+			j++
+		}
+		res, err := s.applyChunk(batch[:j])
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			if j > 1 {
+				chunk = max(n/2, 1)
+				continue
+			}
+			if len(batch[0].spans) > 1 {
+				// One huge trace: split it; done runs with the second half.
+				o := batch[0]
+				h := len(o.spans) / 2
+				first := observation{trace: o.trace, spans: o.spans[:h]}
+				second := observation{trace: o.trace, spans: o.spans[h:], done: o.done}
+				batch = append([]observation{first, second}, batch[1:]...)
+				continue
+			}
+		}
+		if err != nil {
+			return batch, err
+		}
+		s.afterChunk(res)
+		s.mu.Lock()
+		s.nPending -= n
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		for _, o := range batch[:j] {
+			if o.done != nil {
+				o.done()
+			}
+		}
+		batch = batch[j:]
+	}
+	return nil, nil
+}
+
+// chunkResult is what one committed transaction added.
+type chunkResult struct {
+	rows        map[rowID]*agg
+	counts      map[int64]int // bucket → series rows after the commit
+	counted     int
+	duplicates  int
+	overflowed  int
+	corruptSeen int
+}
+
+// applyChunk counts observations not counted before, in one transaction
+// that also records their span IDs: the counts and the record that they were
+// made commit together, which is what makes replay harmless.
+func (s *Store) applyChunk(obs []observation) (chunkResult, error) {
+	var res chunkResult
+	err := s.db.Update(func(txn *badger.Txn) error {
+		res = chunkResult{rows: map[rowID]*agg{}, counts: map[int64]int{}}
+		sets := map[span.TraceID]*idSet{}
+		deltas := map[rowID]*agg{}
+		for _, o := range obs {
+			set := sets[o.trace]
+			if set == nil {
+				var err error
+				if set, err = s.loadIDs(txn, o.trace, &res); err != nil {
+					return err
+				}
+				sets[o.trace] = set
+			}
+			for _, sp := range o.spans {
+				if !set.add(sp.id) {
+					res.duplicates++
+					continue
+				}
+				res.counted++
+				rid := rowID{sp.bucket, sp.series}
+				d := deltas[rid]
+				if d == nil {
+					d = &agg{}
+					deltas[rid] = d
+				}
+				d.count++
+				if sp.err {
+					d.errors++
+				}
+				d.sum += uint64(sp.dur)
+				d.hist[bucketOf(time.Duration(sp.dur))]++
+			}
+		}
+		for id, set := range sets {
+			if !set.dirty {
+				continue
+			}
+			if err := txn.SetEntry(badger.NewEntry(dedupeKey(id), set.bytes()).WithTTL(s.opts.ReplayWindow)); err != nil {
+				return fmt.Errorf("record counted spans: %w", err)
+			}
+		}
+		for rid, d := range deltas {
+			if err := s.addRow(txn, rid, d, &res); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return res, err
+}
+
+// addRow adds d to the stored row of rid, admitting a new series only while
+// its bucket is under the series limit and redirecting it to the __other__
+// operation otherwise.
+func (s *Store) addRow(txn *badger.Txn, rid rowID, d *agg, res *chunkResult) error {
+	cur, found, err := s.getRow(txn, rid, res)
+	if err != nil {
+		return err
+	}
+	if !found {
+		n, err := s.bucketSeries(txn, rid.bucket, res)
+		if err != nil {
+			return err
+		}
+		if n >= s.opts.MaxSeriesPerBucket && rid.series.Operation != OtherOperation {
+			res.overflowed += int(d.count)
+			rid.series = rid.series.overflow()
+			if cur, found, err = s.getRow(txn, rid, res); err != nil {
+				return err
+			}
+		}
+		if !found {
+			// Overflow rows are admitted beyond the limit: there is at most
+			// one per (service, kind, status).
+			res.counts[rid.bucket] = n + 1
+		}
+	}
+	cur.add(d)
+	if err := txn.SetEntry(badger.NewEntry(rowKey(rid.bucket, rid.series), cur.appendTo(nil)).WithTTL(s.opts.Retention)); err != nil {
+		return fmt.Errorf("write RED row: %w", err)
+	}
+	r := res.rows[rid]
+	if r == nil {
+		r = &agg{}
+		res.rows[rid] = r
+	}
+	r.add(d)
+	return nil
+}
+
+func (s *Store) getRow(txn *badger.Txn, rid rowID, res *chunkResult) (agg, bool, error) {
+	var a agg
+	item, err := txn.Get(rowKey(rid.bucket, rid.series))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return a, false, nil
+	}
+	if err != nil {
+		return a, false, fmt.Errorf("read RED row: %w", err)
+	}
+	err = item.Value(func(v []byte) error { return decodeAgg(v, &a) })
+	if errors.Is(err, errCorrupt) {
+		// A corrupt row cannot be added to; start it again rather than
+		// block every later flush on it.
+		res.corruptSeen++
+		return agg{}, true, nil
+	}
+	if err != nil {
+		return a, false, fmt.Errorf("read RED row: %w", err)
+	}
+	return a, true, nil
+}
+
+// bucketSeries returns how many series rows bucket holds, counting them
+// from Badger the first time.
+func (s *Store) bucketSeries(txn *badger.Txn, bucket int64, res *chunkResult) (int, error) {
+	if n, ok := res.counts[bucket]; ok {
+		return n, nil
+	}
+	if n, ok := s.seriesCount[bucket]; ok {
+		return n, nil
+	}
+	prefix := appendTime([]byte{prefixRow}, bucket)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+	}
+	res.counts[bucket] = n
+	return n, nil
+}
+
+// loadIDs reads the span IDs already counted for trace id.
+func (s *Store) loadIDs(txn *badger.Txn, id span.TraceID, res *chunkResult) (*idSet, error) {
+	set := &idSet{}
+	item, err := txn.Get(dedupeKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return set, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read counted spans: %w", err)
+	}
+	err = item.Value(func(v []byte) error {
+		if len(v)%8 != 0 {
+			return errCorrupt
+		}
+		set.ids = make([]uint64, 0, len(v)/8+4)
+		for i := 0; i < len(v); i += 8 {
+			set.ids = append(set.ids, binary.BigEndian.Uint64(v[i:]))
+		}
+		return nil
+	})
+	if errors.Is(err, errCorrupt) {
+		res.corruptSeen++
+		return &idSet{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read counted spans: %w", err)
+	}
+	return set, nil
+}
+
+// afterChunk publishes a committed chunk to the caches, the cumulative
+// counters and the metrics.
+func (s *Store) afterChunk(res chunkResult) {
+	if len(s.seriesCount)+len(res.counts) > maxBucketCounts {
+		clear(s.seriesCount)
+	}
+	for b, n := range res.counts {
+		s.seriesCount[b] = n
+	}
+	s.cumMu.Lock()
+	for rid, d := range res.rows {
+		t := s.cumSeries(rid.series)
+		t.Count += d.count
+		t.Errors += d.errors
+		t.Sum += time.Duration(d.sum)
+		for i, c := range d.hist {
+			t.Hist[i] += c
+		}
+	}
+	s.cumMu.Unlock()
+	s.m.spans.WithLabelValues("counted").Add(float64(res.counted))
+	s.m.spans.WithLabelValues("duplicate").Add(float64(res.duplicates))
+	s.m.overflow.Add(float64(res.overflowed))
+	s.m.corruptValues.Add(float64(res.corruptSeen))
+}
+
+// cumSeries returns the cumulative totals of sr, or of its __other__ series
+// once MaxSeriesPerBucket series exist. Called with cumMu held.
+func (s *Store) cumSeries(sr Series) *SeriesTotals {
+	t := s.cum[sr]
+	if t == nil && sr.Operation != OtherOperation {
+		if s.cumNamed >= s.opts.MaxSeriesPerBucket {
+			sr = sr.overflow()
+			t = s.cum[sr]
+		} else {
+			s.cumNamed++
+		}
+	}
+	if t == nil {
+		t = &SeriesTotals{Series: sr}
+		s.cum[sr] = t
+	}
+	return t
+}
+
+// flushLinks writes the links of kept traces, keeping at most
+// MaxTraceIDsPerSeries per (bucket, series): a better link replaces (and
+// deletes) the worst one.
+func (s *Store) flushLinks(links []pendingLink) error {
+	if len(links) == 0 {
+		return nil
+	}
+	type exemplar struct {
+		series Series
+		e      Exemplar
+	}
+	var (
+		overlay   map[slotKey][]linkRef
+		exemplars []exemplar
+	)
+	for len(links) > 0 {
+		n := min(len(links), 2000)
+		err := s.db.Update(func(txn *badger.Txn) error {
+			overlay, exemplars = map[slotKey][]linkRef{}, exemplars[:0]
+			for _, l := range links[:n] {
+				for _, e := range l.entries {
+					sr := e.series
+					if _, found, err := s.getRow(txn, rowID{e.bucket, sr}, &chunkResult{}); err != nil {
+						return err
+					} else if !found {
+						sr = sr.overflow()
+					}
+					exemplars = append(exemplars, exemplar{sr, Exemplar{TraceID: l.trace, Duration: time.Duration(e.dur), Time: time.Unix(0, e.end)}})
+					if err := s.linkOne(txn, overlay, slotKey{e.bucket, sr}, linkRef{id: l.trace, err: e.err, dur: e.dur}); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if errors.Is(err, badger.ErrTxnTooBig) && n > 1 {
+			// Retry with fewer links per transaction.
+			links = append(links[:0:0], links...)
+			err = s.flushLinks(links[:n/2])
+			if err == nil {
+				err = s.flushLinks(links[n/2:])
+			}
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("write RED links: %w", err)
+		}
+		for k, refs := range overlay {
+			if _, ok := s.slots[k]; !ok {
+				old := s.slotRing[s.slotNext]
+				delete(s.slots, old)
+				s.slotRing[s.slotNext] = k
+				s.slotNext = (s.slotNext + 1) % len(s.slotRing)
+			}
+			s.slots[k] = refs
+		}
+		s.cumMu.Lock()
+		for _, x := range exemplars {
+			t := s.cum[x.series]
+			if t == nil {
+				// Counted before this process started (a replay): no
+				// cumulative series to carry the exemplar.
+				continue
+			}
+			i := bucketOf(x.e.Duration)
+			if cur := t.Exemplars[i]; cur == nil || !cur.Time.After(x.e.Time) {
+				ex := x.e
+				t.Exemplars[i] = &ex
+			}
+		}
+		s.cumMu.Unlock()
+		links = links[n:]
+	}
+	return nil
+}
+
+func (s *Store) linkOne(txn *badger.Txn, overlay map[slotKey][]linkRef, k slotKey, ref linkRef) error {
+	top, ok := overlay[k]
+	if !ok {
+		top = slices.Clone(s.slots[k])
+	}
+	for _, r := range top {
+		if r.id == ref.id {
+			overlay[k] = top
+			return nil
+		}
+	}
+	if len(top) >= s.opts.MaxTraceIDsPerSeries {
+		w := 0
+		for i := range top {
+			if top[w].better(top[i]) {
+				w = i
+			}
+		}
+		if !ref.better(top[w]) {
+			overlay[k] = top
+			return nil
+		}
+		if err := txn.Delete(linkKey(k.bucket, k.series, top[w].id)); err != nil {
+			return fmt.Errorf("delete RED link: %w", err)
+		}
+		top[w] = ref
+	} else {
+		top = append(top, ref)
+	}
+	overlay[k] = top
+	if err := txn.SetEntry(badger.NewEntry(linkKey(k.bucket, k.series, ref.id), ref.value()).WithTTL(s.opts.Retention)); err != nil {
+		return fmt.Errorf("write RED link: %w", err)
+	}
+	return nil
+}
+
+// Close flushes what is pending, stops the flusher and closes Badger.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		ferr := s.flush()
+		if ferr != nil {
+			ferr = fmt.Errorf("final RED flush: %w", ferr)
+		}
+		s.mu.Lock()
+		s.closed = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		var cerr error
+		if err := s.db.Close(); err != nil {
+			cerr = fmt.Errorf("close RED store: %w", err)
+		}
+		s.closeErr = errors.Join(ferr, cerr)
+	})
+	return s.closeErr
+}
+
+// idSet is the set of span IDs counted for one trace.
+type idSet struct {
+	ids   []uint64
+	index map[uint64]struct{} // built once the set is large
+	dirty bool
+}
+
+// add inserts id, reporting false when it was already present.
+func (s *idSet) add(id uint64) bool {
+	if s.index == nil && len(s.ids) > 32 {
+		s.index = make(map[uint64]struct{}, len(s.ids)*2)
+		for _, v := range s.ids {
+			s.index[v] = struct{}{}
+		}
+	}
+	if s.index != nil {
+		if _, ok := s.index[id]; ok {
+			return false
+		}
+		s.index[id] = struct{}{}
+	} else if slices.Contains(s.ids, id) {
+		return false
+	}
+	s.ids = append(s.ids, id)
+	s.dirty = true
+	return true
+}
+
+func (s *idSet) bytes() []byte {
+	b := make([]byte, 0, 8*len(s.ids))
+	for _, v := range s.ids {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+// badgerLogger routes Badger's log lines to slog; its INFO chatter becomes Debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.log(slog.LevelError, f, a) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.log(slog.LevelWarn, f, a) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.log(slog.LevelDebug, f, a) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.log(slog.LevelDebug, f, a) }
+
+func (b badgerLogger) log(level slog.Level, f string, a []any) {
+	if b.l.Enabled(context.Background(), level) {
+		b.l.Log(context.Background(), level, strings.TrimSpace(fmt.Sprintf(f, a...)))
+	}
+}

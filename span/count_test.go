@@ -1,0 +1,37 @@
+package span
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestCountSpans(t *testing.T) {
+	td := &tracepb.TracesData{}
+	want := 0
+	for r := range 3 {
+		rs := &tracepb.ResourceSpans{}
+		for s := range r + 1 {
+			ss := &tracepb.ScopeSpans{}
+			for range s + 2 {
+				ss.Spans = append(ss.Spans, &tracepb.Span{Name: "x", TraceId: make([]byte, 16)})
+				want++
+			}
+			rs.ScopeSpans = append(rs.ScopeSpans, ss)
+		}
+		td.ResourceSpans = append(td.ResourceSpans, rs)
+	}
+	b, err := proto.Marshal(td)
+	require.NoError(t, err)
+	n, err := CountSpans(b)
+	require.NoError(t, err)
+	require.Equal(t, want, n)
+
+	_, err = CountSpans(b[:len(b)-3])
+	require.ErrorIs(t, err, ErrMalformed)
+	n, err = CountSpans(nil)
+	require.NoError(t, err)
+	require.Zero(t, n)
+}

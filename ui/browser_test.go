@@ -1,0 +1,599 @@
+package ui
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/require"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/threadline/threadline/index"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+	"github.com/threadline/threadline/query"
+	"github.com/threadline/threadline/readapi"
+	"github.com/threadline/threadline/span"
+)
+
+// The browser tests drive a real headless Chromium against the real stack:
+// Badger index.Store → readapi gRPC server → query.API + UI over HTTP.
+
+const xssPayload = `<img src=x onerror="window.__pwned=1">`
+
+var (
+	errTraceID = mustID("0af7651916cd43dd8448eb211c80319c")
+	okTraceID  = mustID("4bf92f3577b34da6a3ce929d0e0e4736")
+	bigTraceID = mustID("00000000000000000000000000010000")
+	// The browser's clock is now; the fixtures sit a few minutes back so
+	// the UI's default "last 1h" search finds them.
+	base = time.Now().Add(-10 * time.Minute).Truncate(time.Second)
+)
+
+func mustID(s string) span.TraceID {
+	id, err := span.ParseTraceID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+func sidN(n int) []byte {
+	return []byte{0x5a, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+}
+
+func sidHex(n int) string { return fmt.Sprintf("%x", sidN(n)) }
+
+func sattr(k, v string) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+}
+
+func iattr(k string, v int64) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: v}}}
+}
+
+type fixSpan struct {
+	id, parent int
+	service    string
+	name       string
+	from, to   time.Duration
+	kind       tracepb.Span_SpanKind
+	err        string
+	attrs      []*commonpb.KeyValue
+}
+
+func buildTrace(id span.TraceID, at time.Time, specs []fixSpan) index.KeptTrace {
+	resources := map[string]*span.Resource{}
+	scope := &span.Scope{Scope: &commonpb.InstrumentationScope{Name: "noodle-shop", Version: "1.0"}}
+	kt := index.KeptTrace{Trace: span.Trace{ID: id}}
+	for i, f := range specs {
+		res, ok := resources[f.service]
+		if !ok {
+			res = &span.Resource{Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{
+				sattr("service.name", f.service), sattr("host.name", f.service+"-1")}}}
+			resources[f.service] = res
+		}
+		sp := &tracepb.Span{
+			TraceId: id[:], SpanId: sidN(f.id), Name: f.name, Kind: f.kind,
+			StartTimeUnixNano: uint64(at.Add(f.from).UnixNano()), EndTimeUnixNano: uint64(at.Add(f.to).UnixNano()),
+			Attributes: append([]*commonpb.KeyValue{iattr("threadline.logical_time", int64(i+1))}, f.attrs...),
+		}
+		if f.parent != 0 {
+			sp.ParentSpanId = sidN(f.parent)
+		}
+		if f.err != "" {
+			sp.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: f.err}
+			sp.Events = []*tracepb.Span_Event{{Name: "exception", TimeUnixNano: sp.EndTimeUnixNano,
+				Attributes: []*commonpb.KeyValue{sattr("exception.message", f.err)}}}
+		}
+		kt.Trace.Spans = append(kt.Trace.Spans, span.Span{Span: sp, Resource: res, Scope: scope})
+	}
+	return kt
+}
+
+// errSpans is the noodle-shop order from CONTEXT.md: the customer waited
+// three minutes, 2 min 55 s of it on the bank API behind payment.
+var errSpans = []fixSpan{
+	{1, 0, "order", "POST /orders", 0, 180 * time.Second, tracepb.Span_SPAN_KIND_SERVER, "", nil},
+	{2, 1, "member", "GetMember", 200 * time.Millisecond, 500 * time.Millisecond, tracepb.Span_SPAN_KIND_CLIENT, "", nil},
+	{3, 1, "inventory", "Reserve", 600 * time.Millisecond, 1200 * time.Millisecond, tracepb.Span_SPAN_KIND_CLIENT, "", nil},
+	{4, 1, "payment", "Charge", 1500 * time.Millisecond, 178 * time.Second, tracepb.Span_SPAN_KIND_CLIENT, "", nil},
+	{5, 4, "payment", "Charge", 1700 * time.Millisecond, 177800 * time.Millisecond, tracepb.Span_SPAN_KIND_SERVER, "",
+		[]*commonpb.KeyValue{iattr("threadline.clock_skew_ns", int64(2*time.Second))}},
+	{6, 5, "bank-api", "POST /authorize", 2 * time.Second, 177 * time.Second, tracepb.Span_SPAN_KIND_CLIENT, "bank API timeout",
+		[]*commonpb.KeyValue{sattr("peer.service", "bank")}},
+	{9, 1, "loyalty", "AddPoints", 1600 * time.Millisecond, 3 * time.Second, tracepb.Span_SPAN_KIND_CLIENT, "", nil},
+	{7, 1, "kitchen", "Cook", 178100 * time.Millisecond, 179500 * time.Millisecond, tracepb.Span_SPAN_KIND_INTERNAL, "", nil},
+	{8, 1, "notification", xssPayload, 179500 * time.Millisecond, 179900 * time.Millisecond, tracepb.Span_SPAN_KIND_PRODUCER, "",
+		[]*commonpb.KeyValue{sattr("note", xssPayload)}},
+}
+
+// bigSpans is a 10,000-span trace: a root, 99 children with 100 children each.
+func bigSpans() []fixSpan {
+	out := []fixSpan{{1, 0, "batch", "run", 0, 100 * time.Second, tracepb.Span_SPAN_KIND_SERVER, "", nil}}
+	n := 2
+	for c := range 99 {
+		cid := n
+		n++
+		from := time.Duration(c) * time.Second
+		out = append(out, fixSpan{cid, 1, "worker", fmt.Sprintf("chunk %d", c), from, from + 900*time.Millisecond, tracepb.Span_SPAN_KIND_INTERNAL, "", nil})
+		for g := range 100 {
+			gf := from + time.Duration(g)*8*time.Millisecond
+			out = append(out, fixSpan{n, cid, "db", fmt.Sprintf("row %d.%d", c, g), gf, gf + 5*time.Millisecond, tracepb.Span_SPAN_KIND_CLIENT, "", nil})
+			n++
+		}
+	}
+	return out
+}
+
+// fakeLogs stands in for the logs correlation API, which does not exist yet,
+// with its documented shape. Traces other than the error trace answer 404,
+// as a query service without a logs store does.
+func fakeLogs(w http.ResponseWriter, r *http.Request) {
+	if r.PathValue("id") != errTraceID.String() {
+		http.NotFound(w, r)
+		return
+	}
+	at := func(d time.Duration) string { return fmt.Sprint(base.Add(d).UnixNano()) }
+	type line map[string]any
+	logs := []line{
+		{"timeUnixNano": at(170 * time.Second), "severityText": "ERROR", "severityNumber": 17, "body": "authorize timed out after 175s", "spanID": sidHex(6), "serviceName": "bank-api"},
+		{"timeUnixNano": at(100 * time.Millisecond), "severityText": "INFO", "severityNumber": 9, "body": "order received", "spanID": sidHex(1), "serviceName": "order"},
+		{"timeUnixNano": at(3 * time.Second), "severityText": "DEBUG", "severityNumber": 5, "body": "calling bank " + xssPayload, "spanID": sidHex(6), "serviceName": "bank-api"},
+		{"timeUnixNano": at(400 * time.Millisecond), "severityText": "WARN", "severityNumber": 13, "body": "member cache miss", "spanID": sidHex(2), "serviceName": "member"},
+	}
+	for _, l := range logs {
+		l["traceID"] = errTraceID.String()
+		l["attributes"] = map[string]any{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"logs": logs})
+}
+
+// fakeMetrics stands in for the RED metrics and alerts APIs, which do not
+// exist yet, for service=order only; any other request is the 404 of a query
+// service without them.
+func fakeMetrics(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("service") != "order" && r.URL.Path != "/api/v1/alerts" {
+		http.NotFound(w, r)
+		return
+	}
+	start := base.Add(-5 * time.Minute).Unix()
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/api/v1/alerts" {
+		_ = json.NewEncoder(w).Encode(map[string]any{"alerts": []map[string]any{{
+			"id": "a1", "name": "OrderLatencyHigh", "state": "firing", "t": start + 300,
+			"labels": map[string]string{"service": "order"}, "traceIDs": []string{errTraceID.String()}}}})
+		return
+	}
+	var series []map[string]any
+	for i := range 10 {
+		pt := map[string]any{"t": start + int64(i*60), "rate": 2.0 + float64(i%3), "errorRate": 0.0, "p50": 120.0, "p90": 300.0, "p99": 900.0, "traceIDs": []string{}}
+		if i == 5 {
+			pt["errorRate"], pt["p99"], pt["traceIDs"] = 0.5, 180000.0, []string{errTraceID.String()}
+		}
+		series = append(series, pt)
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"series": series})
+}
+
+func startStack(t *testing.T, traces []index.KeptTrace) string {
+	t.Helper()
+	logger := slog.New(slog.DiscardHandler)
+	st, err := index.Open(t.TempDir(), logger, nil, index.DefaultOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, st.Close()) })
+	require.NoError(t, st.WriteTraces(context.Background(), traces))
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gs := grpc.NewServer()
+	readerpb.RegisterReaderServer(gs, readapi.New(st, logger))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(); gs.Stop(); <-done })
+
+	api := query.New(query.DefaultConfig(), []readerpb.ReaderClient{readerpb.NewReaderClient(conn)}, logger, nil)
+	mux := http.NewServeMux()
+	api.Register(mux)
+	mux.HandleFunc("GET /api/v1/traces/{id}/logs", fakeLogs)
+	mux.HandleFunc("GET /api/v1/metrics/red", fakeMetrics)
+	mux.HandleFunc("GET /api/v1/alerts", fakeMetrics)
+	New(DefaultConfig(), logger).Register(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func chromiumPath() string {
+	if p := os.Getenv("THREADLINE_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+type browser struct {
+	t    *testing.T
+	ctx  context.Context
+	base string
+	dir  string
+}
+
+func newBrowser(t *testing.T, baseURL string) *browser {
+	t.Helper()
+	path := chromiumPath()
+	if path == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium not found; install it (apt-get install -y chromium) or set THREADLINE_CHROMIUM")
+		}
+		t.Skip("chromium not found; set THREADLINE_CHROMIUM or install chromium to run the browser tests")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 720),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelB := chromedp.NewContext(actx)
+	ctx, cancelT := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(func() { cancelT(); cancelB(); cancelA() })
+	require.NoError(t, chromedp.Do(ctx, chromedp.EmulateViewport(1280, 720)))
+	dir := os.Getenv("THREADLINE_SCREENSHOTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	return &browser{t: t, ctx: ctx, base: baseURL, dir: dir}
+}
+
+func (b *browser) run(actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	require.NoError(b.t, chromedp.Do(b.ctx, actions...))
+}
+
+// eval runs js and decodes its JSON value into out.
+func (b *browser) eval(js string, out any) {
+	b.t.Helper()
+	raw, err := chromedp.Run(b.ctx, chromedp.Evaluate[json.RawMessage](js))
+	require.NoError(b.t, err, js)
+	require.NoError(b.t, json.Unmarshal(raw, out), js)
+}
+
+// execJS runs js for its effect.
+func execJS(js string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		_, err := chromedp.Evaluate[json.RawMessage]("("+js+", null)")(ctx, t)
+		return chromedp.Void{}, err
+	}
+}
+
+func (b *browser) screenshot(name string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
+	require.NoError(b.t, err)
+	require.NoError(b.t, os.WriteFile(filepath.Join(b.dir, name+".png"), png, 0o644))
+}
+
+// waitJS polls a boolean expression.
+func (b *browser) waitJS(expr string) {
+	b.t.Helper()
+	_, err := chromedp.Run(b.ctx, chromedp.Poll[json.RawMessage](expr, chromedp.WithPollingTimeout(15*time.Second)))
+	require.NoError(b.t, err, expr)
+}
+
+type rowInfo struct {
+	ID       string  `json:"id"`
+	Index    int     `json:"index"`
+	Depth    int     `json:"depth"`
+	Left     float64 `json:"left"`
+	Width    float64 `json:"width"`
+	Selected bool    `json:"selected"`
+	Error    bool    `json:"error"`
+	Text     string  `json:"text"`
+	CP       int     `json:"cp"`
+}
+
+const rowsJS = `[...document.querySelectorAll('.span-row')].map(r => {
+  const cell = r.querySelector('.timeline-cell').getBoundingClientRect();
+  const bar = r.querySelector('.bar').getBoundingClientRect();
+  return {id: r.dataset.spanId, index: +r.dataset.index, depth: +r.dataset.depth,
+    left: (bar.left - cell.left) / cell.width, width: bar.width / cell.width,
+    selected: r.classList.contains('selected'), error: r.classList.contains('error'),
+    text: r.querySelector('.name-cell').textContent, cp: r.querySelectorAll('.cp').length};
+}).sort((a, b) => a.index - b.index)`
+
+func TestBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser tests are not short")
+	}
+	okSpans := []fixSpan{
+		{1, 0, "order", "GET /menu", 0, 120 * time.Millisecond, tracepb.Span_SPAN_KIND_SERVER, "", nil},
+		{2, 1, "inventory", "List", 10 * time.Millisecond, 90 * time.Millisecond, tracepb.Span_SPAN_KIND_CLIENT, "", nil},
+	}
+	errTrace := buildTrace(errTraceID, base, errSpans)
+	errTrace.Reasons = []string{"error", "latency_topn"}
+	okTrace := buildTrace(okTraceID, base.Add(time.Minute), okSpans)
+	okTrace.Reasons = []string{"baseline"}
+	bigTrace := buildTrace(bigTraceID, base.Add(-time.Minute), bigSpans())
+	bigTrace.Reasons = []string{"latency_topn"}
+	url := startStack(t, []index.KeptTrace{errTrace, okTrace, bigTrace})
+	b := newBrowser(t, url)
+	start := time.Now()
+
+	t.Run("search to waterfall to logs", func(t *testing.T) {
+		b.t = t
+		b.run(chromedp.Navigate(url+"/search?errorsOnly=true"),
+			chromedp.WaitVisible(chromedp.CSS(`#results .result-row`)))
+		var ids []string
+		b.eval(`[...document.querySelectorAll('#results .result-row')].map(r => r.dataset.traceId)`, &ids)
+		require.Equal(t, []string{errTraceID.String()}, ids)
+		var checked bool
+		b.eval(`document.getElementById('f-errors').checked`, &checked)
+		require.True(t, checked, "URL state restores the form")
+		var dots int
+		b.eval(`document.querySelectorAll('#scatter circle.dot.error').length`, &dots)
+		require.Equal(t, 1, dots)
+		b.screenshot("search")
+
+		// Open the trace from the list.
+		b.run(chromedp.Click(chromedp.CSS(`#results .trace-link`)),
+			chromedp.WaitVisible(chromedp.CSS(`.trace-view[data-ready="1"] .span-row`)))
+		var path string
+		b.eval(`location.pathname`, &path)
+		require.Equal(t, "/trace/"+errTraceID.String(), path)
+
+		var rows []rowInfo
+		b.eval(rowsJS, &rows)
+		require.Len(t, rows, len(errSpans))
+		// Tree order: the root, then each child subtree in start order.
+		wantOrder := []int{1, 2, 3, 4, 5, 6, 9, 7, 8}
+		wantDepth := []int{0, 1, 1, 1, 2, 3, 1, 1, 1}
+		byID := map[int]fixSpan{}
+		for _, f := range errSpans {
+			byID[f.id] = f
+		}
+		total := float64(180 * time.Second)
+		for i, r := range rows {
+			f := byID[wantOrder[i]]
+			require.Equal(t, sidHex(f.id), r.ID, "row %d", i)
+			require.Equal(t, wantDepth[i], r.Depth, "row %d", i)
+			require.InDelta(t, float64(f.from)/total, r.Left, 0.004, "bar left of %s", f.name)
+			if w := float64(f.to-f.from) / total; w > 0.01 {
+				require.InDelta(t, w, r.Width, 0.004, "bar width of %s", f.name)
+			}
+			if i > 0 {
+				require.GreaterOrEqual(t, r.Left, rows[0].Left)
+			}
+		}
+		// The slow bank call is the widest non-root bar, marked as an error,
+		// and on the critical path.
+		require.True(t, rows[5].Error)
+		require.Greater(t, rows[5].Width, 0.95)
+		require.Positive(t, rows[5].CP)
+		require.Contains(t, rows[5].Text, "bank-api")
+		require.Contains(t, rows[4].Text, "skew +2.00 s", "skew offset badge")
+		require.Positive(t, rows[1].CP, "the sequential member call is critical")
+		require.Zero(t, rows[6].CP, "AddPoints runs beside the payment: not critical")
+
+		// The XSS payload in a span name and attribute stays text.
+		require.Contains(t, rows[8].Text, xssPayload)
+		var imgs int
+		b.eval(`document.querySelectorAll('img').length`, &imgs)
+		require.Zero(t, imgs)
+		b.screenshot("trace-error")
+
+		// Select the bank span: details and its log lines.
+		b.run(chromedp.Click(chromedp.CSS(`.span-row[data-span-id="`+sidHex(6)+`"] .op`)),
+			chromedp.WaitVisible(chromedp.CSS(`#details-status`)))
+		var details struct {
+			Title, Status, Search string
+			Logs                  []string
+		}
+		b.waitJS(`document.querySelectorAll('#log-lines .log-line').length === 2`)
+		b.eval(`({title: document.getElementById('details-title').textContent,
+			status: document.getElementById('details-status').textContent,
+			search: location.search,
+			logs: [...document.querySelectorAll('#log-lines .log-line .log-body')].map(e => e.textContent)})`, &details)
+		require.Equal(t, "POST /authorize", details.Title)
+		require.Equal(t, "ERROR", details.Status)
+		require.Equal(t, "?span="+sidHex(6), details.Search)
+		// Time order, and the payload in a log body is text too.
+		require.Equal(t, []string{"calling bank " + xssPayload, "authorize timed out after 175s"}, details.Logs)
+		var attrs string
+		b.eval(`document.querySelector('#span-details table.attrs').textContent`, &attrs)
+		require.Contains(t, attrs, "peer.service")
+		b.screenshot("trace-error-selected")
+
+		// Level filter.
+		b.run(chromedp.SetValue(chromedp.CSS(`#log-level`), "17"),
+			execJS(`document.getElementById('log-level').dispatchEvent(new Event('change'))`))
+		b.waitJS(`document.querySelectorAll('#log-lines .log-line').length === 1`)
+
+		// All spans' lines; a line jumps to its span.
+		b.run(chromedp.SetValue(chromedp.CSS(`#log-level`), "0"),
+			execJS(`document.getElementById('log-level').dispatchEvent(new Event('change'))`),
+			chromedp.Click(chromedp.CSS(`#log-only-span`)))
+		b.waitJS(`document.querySelectorAll('#log-lines .log-line').length === 4`)
+		var bodies []string
+		b.eval(`[...document.querySelectorAll('#log-lines .log-body')].map(e => e.textContent)`, &bodies)
+		require.Equal(t, "order received", bodies[0])
+		require.Equal(t, "member cache miss", bodies[1])
+		b.run(chromedp.Click(chromedp.CSS(`#log-lines .log-line[data-span-id="` + sidHex(2) + `"]`)))
+		b.waitJS(`document.querySelector('.span-row.selected') && document.querySelector('.span-row.selected').dataset.spanId === '` + sidHex(2) + `'`)
+		b.waitJS(`document.getElementById('details-title').textContent === 'GetMember'`)
+
+		// Keyboard: j moves down the tree, Enter collapses.
+		b.run(chromedp.KeyEvent("j"))
+		b.waitJS(`document.querySelector('.span-row.selected').dataset.spanId === '` + sidHex(3) + `'`)
+		b.run(chromedp.KeyEvent("j"), chromedp.KeyEvent("\r"))
+		b.waitJS(`document.querySelectorAll('.span-row').length === 7`)
+		b.run(chromedp.KeyEvent("\r"))
+		b.waitJS(`document.querySelectorAll('.span-row').length === 9`)
+
+		var pwned bool
+		b.eval(`window.__pwned === 1`, &pwned)
+		require.False(t, pwned, "the payload ran")
+	})
+
+	t.Run("deep link, raw times and logical order", func(t *testing.T) {
+		b.t = t
+		b.run(chromedp.Navigate(url+"/trace/"+errTraceID.String()+"?span="+sidHex(5)+"&raw=1&theme=dark"),
+			chromedp.WaitVisible(chromedp.CSS(`#details-skew`)))
+		var got struct {
+			Selected, Skew, Theme string
+			Raw                   bool
+		}
+		b.eval(`({selected: document.querySelector('.span-row.selected').dataset.spanId,
+			skew: document.getElementById('details-skew').textContent,
+			theme: document.documentElement.dataset.theme,
+			raw: document.getElementById('t-raw').checked})`, &got)
+		require.Equal(t, sidHex(5), got.Selected)
+		require.Contains(t, got.Skew, "+2.00 s")
+		require.Contains(t, got.Skew, "NOT applied")
+		require.Equal(t, "dark", got.Theme)
+		require.True(t, got.Raw)
+		var rows []rowInfo
+		b.eval(rowsJS, &rows)
+		// Raw: the payment server span is shifted back by its 2 s offset, to
+		// 300 ms before the root: the skew the indexer repaired.
+		require.Equal(t, sidHex(5), rows[4].ID)
+		require.InDelta(t, 0, rows[4].Left, 0.001)
+		require.InDelta(t, 0.3/180.3, rows[0].Left, 0.001)
+		b.screenshot("trace-raw-dark")
+
+		b.run(chromedp.SetValue(chromedp.CSS(`#t-order`), "logical"),
+			execJS(`document.getElementById('t-order').dispatchEvent(new Event('change'))`))
+		b.waitJS(`document.querySelectorAll('.span-row .logical').length === 9`)
+		var search string
+		b.eval(`location.search`, &search)
+		require.Contains(t, search, "order=logical")
+	})
+
+	t.Run("embed mode", func(t *testing.T) {
+		b.t = t
+		b.run(chromedp.Navigate(url+"/trace/"+okTraceID.String()+"?embed=1"),
+			chromedp.WaitVisible(chromedp.CSS(`.trace-view[data-ready="1"] .span-row`)))
+		var got struct {
+			NavHidden, BackHidden bool
+			Rows                  int
+			LogsNote              string
+		}
+		b.waitJS(`!!document.getElementById('logs-none')`)
+		b.eval(`({navHidden: document.getElementById('nav').offsetParent === null,
+			backHidden: document.querySelector('.back').offsetParent === null,
+			rows: document.querySelectorAll('.span-row').length,
+			logsNote: document.getElementById('logs-none').textContent})`, &got)
+		require.True(t, got.NavHidden)
+		require.True(t, got.BackHidden)
+		require.Equal(t, 2, got.Rows)
+		require.Contains(t, got.LogsNote, "No logs store yet")
+		b.screenshot("trace-embed")
+
+		// Navigation inside the embed keeps embed mode.
+		b.run(chromedp.Navigate(url+"/metrics-view?embed=1"), chromedp.WaitVisible(chromedp.CSS(`#metrics-unavailable`)))
+		var msg string
+		var navHidden bool
+		b.eval(`document.getElementById('metrics-unavailable').textContent`, &msg)
+		b.eval(`document.getElementById('nav').offsetParent === null`, &navHidden)
+		require.Contains(t, msg, "Metrics not available yet")
+		require.True(t, navHidden)
+	})
+
+	t.Run("metric to traces", func(t *testing.T) {
+		b.t = t
+		b.run(chromedp.Navigate(url+"/metrics-view?service=order&range=1h"),
+			chromedp.WaitVisible(chromedp.CSS(`#charts .chart-svg`)))
+		var got struct {
+			Charts, Alerts int
+		}
+		b.eval(`({charts: document.querySelectorAll('#charts figure').length,
+			alerts: document.querySelectorAll('#charts .alert-mark.firing').length})`, &got)
+		require.Equal(t, 3, got.Charts)
+		require.Equal(t, 3, got.Alerts, "the firing alert is marked on every chart")
+		// Click the p99 spike: the trace behind it is listed and opens.
+		b.run(execJS(`document.querySelector('#charts figure:nth-of-type(3) circle.pt.s2.has-traces').dispatchEvent(new MouseEvent('click', {bubbles: true}))`))
+		b.waitJS(`!!document.querySelector('#point-traces a')`)
+		b.screenshot("metrics")
+		b.run(chromedp.Click(chromedp.CSS(`#point-traces a`)),
+			chromedp.WaitVisible(chromedp.CSS(`.trace-view[data-ready="1"] .span-row`)))
+		var path string
+		b.eval(`location.pathname`, &path)
+		require.Equal(t, "/trace/"+errTraceID.String(), path)
+	})
+
+	t.Run("service map", func(t *testing.T) {
+		b.t = t
+		b.run(chromedp.Navigate(url+"/map?range=1h"), chromedp.WaitVisible(chromedp.CSS(`#service-map svg`)))
+		var nodes []string
+		b.eval(`[...document.querySelectorAll('#service-map .node-label')].map(e => e.textContent)`, &nodes)
+		require.Subset(t, nodes, []string{"order", "payment", "bank-api", "kitchen", "worker", "db"})
+		b.screenshot("map")
+	})
+
+	t.Run("10k spans", func(t *testing.T) {
+		b.t = t
+		began := time.Now()
+		b.run(chromedp.Navigate(url+"/trace/"+bigTraceID.String()),
+			chromedp.WaitVisible(chromedp.CSS(`.trace-view[data-ready="1"] .span-row`)))
+		loaded := time.Since(began)
+		var n struct {
+			DOMRows, Spans int
+			Minimap        bool
+		}
+		b.eval(`({domRows: document.querySelectorAll('.span-row').length,
+			spans: +document.querySelector('.trace-view').dataset.spanCount,
+			minimap: document.querySelector('.minimap').offsetParent !== null})`, &n)
+		require.Equal(t, 10000, n.Spans)
+		require.Less(t, n.DOMRows, 100)
+		require.True(t, n.Minimap)
+		b.screenshot("trace-10k")
+
+		// Scroll to the bottom: the last span in tree order is rendered.
+		last := sidHex(10000)
+		scrolled := time.Now()
+		b.run(execJS(`(() => { const s = document.getElementById('rows-scroll'); s.scrollTop = s.scrollHeight; })()`))
+		b.waitJS(`!!document.querySelector('.span-row[data-span-id="` + last + `"]')`)
+		scrollTook := time.Since(scrolled)
+		b.eval(`document.querySelectorAll('.span-row').length`, &n.DOMRows)
+		require.Less(t, n.DOMRows, 100)
+		b.screenshot("trace-10k-bottom")
+		t.Logf("10k-span trace: load+first paint %v, scroll to bottom rendered in %v, %d rows in the DOM", loaded, scrollTook, n.DOMRows)
+
+		// Collapse all shrinks the tree to the root and its 99 children.
+		b.run(chromedp.Click(chromedp.CSS(`#t-collapse`)))
+		b.waitJS(`document.getElementById('rows-spacer').offsetHeight === 100 * 26`)
+	})
+	t.Logf("browser flows took %v", time.Since(start))
+}
