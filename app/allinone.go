@@ -87,6 +87,7 @@ func (a *AllInOne) closeEarly() {
 	if a.indexer != nil {
 		a.indexer.consumer.Close()
 		a.indexer.grpc.Stop()
+		_ = a.indexer.red.Close()
 		_ = a.indexer.store.Close()
 	}
 	if a.query != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/threadline/threadline/indexer"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/readapi"
+	"github.com/threadline/threadline/red"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
@@ -36,6 +37,7 @@ type IndexerConfig struct {
 	Consumer bus.ConsumerConfig
 	Indexer  indexer.Config
 	Store    index.Options
+	RED      red.Options
 }
 
 // DefaultIndexerConfig returns the packages' defaults.
@@ -49,6 +51,7 @@ func DefaultIndexerConfig() IndexerConfig {
 		Consumer: bus.DefaultConsumerConfig(),
 		Indexer:  indexer.DefaultConfig(),
 		Store:    index.DefaultOptions(),
+		RED:      red.DefaultOptions(),
 	}
 }
 
@@ -65,12 +68,14 @@ func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
 	}
 	c.Indexer.RegisterFlags(fs)
 	c.Store.RegisterFlags(fs)
+	c.RED.RegisterFlags(fs)
 }
 
 // Indexer consumes spans, decides and stores traces, and serves reads.
 type Indexer struct {
 	cfg      IndexerConfig
 	store    *index.Store
+	red      *red.Store
 	ix       *indexer.Indexer
 	consumer *bus.Consumer
 	grpc     *grpc.Server
@@ -100,8 +105,17 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 			err = errors.Join(err, store.Close())
 		}
 	}()
+	redStore, err := red.Open(filepath.Join(cfg.DataDir, "red"), logger.With("component", "red"), h.Registry(), cfg.RED)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, redStore.Close())
+		}
+	}()
 	stages := []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}}
-	ix, err := indexer.New(cfg.Indexer, store, stages, decider, logger.With("component", "indexer"), h.Registry())
+	ix, err := indexer.New(cfg.Indexer, store, stages, decider, redStore, logger.With("component", "indexer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +129,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil, fmt.Errorf("listen indexer read API on %s: %w", cfg.GRPCAddr, err)
 	}
 	srv := grpc.NewServer(grpc.MaxSendMsgSize(256 << 20))
-	readerpb.RegisterReaderServer(srv, readapi.New(store, logger.With("component", "readapi")))
+	readerpb.RegisterReaderServer(srv, readapi.New(store, logger.With("component", "readapi"), readapi.WithRED(redStore)))
 	h.AddLocal("store", store.Writable)
 	h.AddLocal("kafka_partitions", func(context.Context) error {
 		if consumer.Assigned() == 0 {
@@ -124,7 +138,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil
 	})
 	h.AddDependency("kafka", consumer.Ping)
-	return &Indexer{cfg: cfg, store: store, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
+	return &Indexer{cfg: cfg, store: store, red: redStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
 }
 
 // ReadAddr is the bound address of the read API.
@@ -145,6 +159,9 @@ func (i *Indexer) Run(ctx context.Context) error {
 	consErr := i.consumer.Run(ctx)
 	stopIx()
 	ixErr := <-ixDone // returns once every buffered trace is decided and written
+	// Closing the metrics store flushes its counts, which releases the last
+	// records they held: only then is the final commit complete.
+	redErr := i.red.Close()
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	i.consumer.CommitNow(cctx)
@@ -154,7 +171,7 @@ func (i *Indexer) Run(ctx context.Context) error {
 	if errors.Is(grpcErr, grpc.ErrServerStopped) {
 		grpcErr = nil
 	}
-	return errors.Join(consErr, ixErr, grpcErr, i.store.Close())
+	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close())
 }
 
 // skewStage runs clock-skew repair as a pipeline stage; its warnings are

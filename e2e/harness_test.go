@@ -23,7 +23,10 @@ import (
 	"github.com/threadline/threadline/health"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// Bleve starts its analysis workers at package init, for the process.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker"))
+}
 
 // allInOne is an in-process all-in-one on loopback ports chosen by the kernel.
 type allInOne struct {

@@ -41,6 +41,21 @@ func readLV(b []byte) (string, []byte, bool) {
 	return string(b[w : w+int(n)]), b[w+int(n):], true
 }
 
+// binaryAppendLV is appendLV for a byte slice.
+func binaryAppendLV(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+// readLVBytes is readLV without copying; the result aliases b.
+func readLVBytes(b []byte) ([]byte, []byte, bool) {
+	n, w := binary.Uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return nil, nil, false
+	}
+	return b[w : w+int(n)], b[w+int(n):], true
+}
+
 func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 
 func appendU64(dst []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(dst, v) }
@@ -108,51 +123,181 @@ func decodeScope(b []byte) (*span.Scope, error) {
 	return &span.Scope{Scope: ss.Scope, SchemaURL: ss.SchemaUrl}, nil
 }
 
-// appendSpanValue encodes a span value: version, resource hash, scope hash,
-// then the OTLP span without trace_id and span_id, which are in the key.
-func appendSpanValue(dst []byte, sp *tracepb.Span, resHash, scopeHash uint64) ([]byte, error) {
-	// A shallow copy is enough to drop the ID fields without touching the
-	// caller's message.
-	stripped := &tracepb.Span{
-		TraceState:             sp.TraceState,
-		ParentSpanId:           sp.ParentSpanId,
-		Flags:                  sp.Flags,
-		Name:                   sp.Name,
-		Kind:                   sp.Kind,
-		StartTimeUnixNano:      sp.StartTimeUnixNano,
-		EndTimeUnixNano:        sp.EndTimeUnixNano,
-		Attributes:             sp.Attributes,
-		DroppedAttributesCount: sp.DroppedAttributesCount,
-		Events:                 sp.Events,
-		DroppedEventsCount:     sp.DroppedEventsCount,
-		Links:                  sp.Links,
-		DroppedLinksCount:      sp.DroppedLinksCount,
-		Status:                 sp.Status,
-	}
-	dst = append(dst, valueVersion)
-	dst = appendU64(dst, resHash)
-	dst = appendU64(dst, scopeHash)
-	dst, err := deterministic.MarshalAppend(dst, stripped)
+// spanMarshal needs no Deterministic flag: spans hold no maps, so the
+// encoding of equal spans is already byte-identical.
+var spanMarshal = proto.MarshalOptions{}
+
+// appendSpanBody appends the OTLP encoding of sp without trace_id and
+// span_id (both are in the chunk key and entry). stripped is scratch
+// reused across calls, so encoding a span allocates nothing of its own.
+func appendSpanBody(dst []byte, sp, stripped *tracepb.Span) ([]byte, error) {
+	stripped.TraceState = sp.TraceState
+	stripped.ParentSpanId = sp.ParentSpanId
+	stripped.Flags = sp.Flags
+	stripped.Name = sp.Name
+	stripped.Kind = sp.Kind
+	stripped.StartTimeUnixNano = sp.StartTimeUnixNano
+	stripped.EndTimeUnixNano = sp.EndTimeUnixNano
+	stripped.Attributes = sp.Attributes
+	stripped.DroppedAttributesCount = sp.DroppedAttributesCount
+	stripped.Events = sp.Events
+	stripped.DroppedEventsCount = sp.DroppedEventsCount
+	stripped.Links = sp.Links
+	stripped.DroppedLinksCount = sp.DroppedLinksCount
+	stripped.Status = sp.Status
+	dst, err := spanMarshal.MarshalAppend(dst, stripped)
 	if err != nil {
 		return nil, fmt.Errorf("marshal span: %w", err)
 	}
 	return dst, nil
 }
 
-// decodeSpanValue reverses appendSpanValue, restoring the IDs from the key.
-func decodeSpanValue(b []byte, tid span.TraceID, sid span.SpanID) (*tracepb.Span, uint64, uint64, error) {
-	if len(b) < 17 || b[0] != valueVersion {
-		return nil, 0, 0, fmt.Errorf("span %s: %w: bad header", sid, ErrCorrupt)
+// chunkEntry is one span of a chunk: its ID, the hashes of its resource
+// and scope, and its encoded body.
+type chunkEntry struct {
+	sid        span.SpanID
+	res, scope uint64
+	body       []byte
+}
+
+// appendChunk encodes a chunk value: version, the distinct blob hashes the
+// spans name, then per span its ID, blob indexes and length-prefixed body.
+// Naming each hash once keeps 16 bytes per span out of the value.
+func appendChunk(dst []byte, entries []chunkEntry) []byte {
+	var hashes []uint64
+	index := func(h uint64) uint64 {
+		if i := slices.Index(hashes, h); i >= 0 {
+			return uint64(i)
+		}
+		hashes = append(hashes, h)
+		return uint64(len(hashes) - 1)
 	}
-	resHash := binary.BigEndian.Uint64(b[1:9])
-	scopeHash := binary.BigEndian.Uint64(b[9:17])
+	type refs struct{ res, scope uint64 }
+	idx := make([]refs, len(entries))
+	for i, e := range entries {
+		idx[i] = refs{index(e.res), index(e.scope)}
+	}
+	dst = append(dst, valueVersion)
+	dst = binary.AppendUvarint(dst, uint64(len(hashes)))
+	for _, h := range hashes {
+		dst = appendU64(dst, h)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(entries)))
+	for i, e := range entries {
+		dst = append(dst, e.sid[:]...)
+		dst = binary.AppendUvarint(dst, idx[i].res)
+		dst = binary.AppendUvarint(dst, idx[i].scope)
+		dst = binary.AppendUvarint(dst, uint64(len(e.body)))
+		dst = append(dst, e.body...)
+	}
+	return dst
+}
+
+// walkChunk calls fn for every span of a chunk value, in stored order; body
+// aliases b. Callers that only need the span IDs never parse a body.
+func walkChunk(b []byte, fn func(e chunkEntry) error) error {
+	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
+	if len(b) == 0 || b[0] != valueVersion {
+		return bad("bad header")
+	}
+	b = b[1:]
+	uv := func() (uint64, bool) {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return 0, false
+		}
+		b = b[n:]
+		return v, true
+	}
+	nh, ok := uv()
+	if !ok || nh > uint64(len(b))/8 {
+		return bad("blob table")
+	}
+	hashes := make([]uint64, nh)
+	for i := range hashes {
+		hashes[i] = beUint64(b)
+		b = b[8:]
+	}
+	ns, ok := uv()
+	if !ok || ns > uint64(len(b))/9 {
+		return bad("span count")
+	}
+	for range ns {
+		if len(b) < 8 {
+			return bad("truncated span")
+		}
+		e := chunkEntry{sid: span.SpanID(b[:8])}
+		b = b[8:]
+		ri, ok1 := uv()
+		si, ok2 := uv()
+		n, ok3 := uv()
+		if !ok1 || !ok2 || !ok3 || ri >= nh || si >= nh || n > uint64(len(b)) {
+			return bad("truncated span")
+		}
+		e.res, e.scope, e.body = hashes[ri], hashes[si], b[:n]
+		b = b[n:]
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if len(b) != 0 {
+		return bad("trailing bytes")
+	}
+	return nil
+}
+
+// decodeSpanBody reverses appendSpanBody, restoring the IDs.
+func decodeSpanBody(b []byte, tid span.TraceID, sid span.SpanID) (*tracepb.Span, error) {
 	sp := &tracepb.Span{}
-	if err := proto.Unmarshal(b[17:], sp); err != nil {
-		return nil, 0, 0, fmt.Errorf("span %s: %w: %w", sid, ErrCorrupt, err)
+	if err := proto.Unmarshal(b, sp); err != nil {
+		return nil, fmt.Errorf("span %s: %w: %w", sid, ErrCorrupt, err)
 	}
 	sp.TraceId = slices.Clone(tid[:])
 	sp.SpanId = slices.Clone(sid[:])
-	return sp, resHash, scopeHash, nil
+	return sp, nil
+}
+
+// chunkID names a chunk by the sorted IDs of its spans, so writing the same
+// spans again (a replay with the same grouping) rewrites the same key.
+func chunkID(sorted []chunkEntry) uint64 {
+	h := fnv.New64a()
+	for _, e := range sorted {
+		_, _ = h.Write(e.sid[:])
+	}
+	return h.Sum64()
+}
+
+// appendFragment encodes a posting fragment value: version, then the seqs
+// in descending order as uvarint distances from the previous one, starting
+// at the fragment's maximum (which is in the key, so the first distance is
+// 0). seqs must be sorted descending.
+func appendFragment(dst []byte, seqs []uint64) []byte {
+	dst = append(dst, valueVersion)
+	prev := seqs[0]
+	for _, s := range seqs {
+		dst = binary.AppendUvarint(dst, prev-s)
+		prev = s
+	}
+	return dst
+}
+
+// decodeFragment appends the seqs of a fragment whose maximum is maxSeq.
+func decodeFragment(dst []uint64, b []byte, maxSeq uint64) ([]uint64, error) {
+	if len(b) < 2 || b[0] != valueVersion {
+		return dst, fmt.Errorf("posting fragment: %w: bad header", ErrCorrupt)
+	}
+	b = b[1:]
+	prev := maxSeq
+	for len(b) > 0 {
+		d, n := binary.Uvarint(b)
+		if n <= 0 || d > prev {
+			return dst, fmt.Errorf("posting fragment: %w: bad distance", ErrCorrupt)
+		}
+		b = b[n:]
+		prev -= d
+		dst = append(dst, prev)
+	}
+	return dst, nil
 }
 
 // summary is the per-trace record merged on every write of the trace.
@@ -376,6 +521,22 @@ func attrString(v *commonpb.AnyValue) (string, bool) {
 		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64), true
 	}
 	return "", false
+}
+
+// appendAttrString appends what attrString returns without allocating a
+// string for numbers.
+func appendAttrString(dst []byte, v *commonpb.AnyValue) ([]byte, bool) {
+	switch x := v.GetValue().(type) {
+	case *commonpb.AnyValue_StringValue:
+		return append(dst, x.StringValue...), true
+	case *commonpb.AnyValue_IntValue:
+		return strconv.AppendInt(dst, x.IntValue, 10), true
+	case *commonpb.AnyValue_BoolValue:
+		return strconv.AppendBool(dst, x.BoolValue), true
+	case *commonpb.AnyValue_DoubleValue:
+		return strconv.AppendFloat(dst, x.DoubleValue, 'g', -1, 64), true
+	}
+	return dst, false
 }
 
 // Status values of the "status" intrinsic.

@@ -1,10 +1,13 @@
 package index
 
 import (
+	"cmp"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"github.com/threadline/threadline/span"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -28,35 +31,70 @@ func FuzzDecodeSummary(f *testing.F) {
 	})
 }
 
-func FuzzDecodeSpanValue(f *testing.F) {
+func chunkOf(t testing.TB, kt KeptTrace) []byte {
+	var entries []chunkEntry
+	for i, sp := range kt.Trace.Spans {
+		body, err := appendSpanBody(nil, sp.Span, &tracepb.Span{})
+		require.NoError(t, err)
+		entries = append(entries, chunkEntry{sid: span.SpanID(sp.SpanId), res: uint64(11 + i%2), scope: 22, body: body})
+	}
+	return appendChunk(nil, entries)
+}
+
+func FuzzWalkChunk(f *testing.F) {
 	tr := fixture()[1].Trace
-	v, err := appendSpanValue(nil, tr.Spans[1].Span, 1, 2)
-	require.NoError(f, err)
-	f.Add(v)
+	f.Add(chunkOf(f, fixture()[1]))
 	f.Add([]byte{valueVersion})
+	f.Add([]byte{valueVersion, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Add([]byte("\xffgarbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		sid := span.SpanID{7: 1}
-		sp, _, _, err := decodeSpanValue(b, tr.ID, sid)
+		err := walkChunk(b, func(e chunkEntry) error {
+			sp, err := decodeSpanBody(e.body, tr.ID, e.sid)
+			if err == nil {
+				require.Equal(t, e.sid[:], sp.SpanId)
+				require.Equal(t, tr.ID[:], sp.TraceId)
+			}
+			return err
+		})
+		if err != nil {
+			require.ErrorIs(t, err, ErrCorrupt)
+		}
+	})
+}
+
+func FuzzDecodeFragment(f *testing.F) {
+	f.Add(appendFragment(nil, []uint64{100, 90, 90, 3}), uint64(100))
+	f.Add([]byte{valueVersion}, uint64(0))
+	f.Add([]byte{valueVersion, 0xff}, uint64(5))
+	f.Fuzz(func(t *testing.T, b []byte, maxSeq uint64) {
+		seqs, err := decodeFragment(nil, b, maxSeq)
 		if err != nil {
 			require.ErrorIs(t, err, ErrCorrupt)
 			return
 		}
-		require.Equal(t, sid[:], sp.SpanId)
-		require.Equal(t, tr.ID[:], sp.TraceId)
+		require.True(t, slices.IsSortedFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) }))
+		if len(seqs) > 0 && seqs[0] == maxSeq {
+			again, err := decodeFragment(nil, appendFragment(nil, seqs), maxSeq)
+			require.NoError(t, err)
+			require.Equal(t, seqs, again)
+		}
 	})
 }
 
-func TestSpanValueRoundTrip(t *testing.T) {
+func TestChunkRoundTrip(t *testing.T) {
 	for _, kt := range fixture() {
-		for _, sp := range kt.Trace.Spans {
-			v, err := appendSpanValue(nil, sp.Span, 11, 22)
-			require.NoError(t, err)
-			got, rh, sh, err := decodeSpanValue(v, kt.Trace.ID, span.SpanID(sp.SpanId))
-			require.NoError(t, err)
-			require.Equal(t, uint64(11), rh)
-			require.Equal(t, uint64(22), sh)
-			require.True(t, proto.Equal(sp.Span, got))
+		var got []*tracepb.Span
+		var hashes []uint64
+		require.NoError(t, walkChunk(chunkOf(t, kt), func(e chunkEntry) error {
+			sp, err := decodeSpanBody(e.body, kt.Trace.ID, e.sid)
+			got = append(got, sp)
+			hashes = append(hashes, e.res, e.scope)
+			return err
+		}))
+		require.Len(t, got, len(kt.Trace.Spans))
+		for i, sp := range kt.Trace.Spans {
+			require.True(t, proto.Equal(sp.Span, got[i]))
+			require.Equal(t, []uint64{uint64(11 + i%2), 22}, hashes[2*i:2*i+2])
 		}
 	}
 }

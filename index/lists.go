@@ -74,18 +74,16 @@ func (c *listCache) load(group string, key []byte, writtenAt time.Time) {
 
 // forget drops the keys a failed write admitted, so a later write admits
 // them again.
-func (c *listCache) forget(traces []preparedTrace) {
+func (c *listCache) forget(entries []listEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, pt := range traces {
-		for _, l := range pt.lists {
-			k := string(l.key)
-			if g, ok := c.byKey[k]; ok {
-				delete(c.written, k)
-				delete(c.byKey, k)
-				if c.groups[g]--; c.groups[g] <= 0 {
-					delete(c.groups, g)
-				}
+	for _, l := range entries {
+		k := string(l.key)
+		if g, ok := c.byKey[k]; ok {
+			delete(c.written, k)
+			delete(c.byKey, k)
+			if c.groups[g]--; c.groups[g] <= 0 {
+				delete(c.groups, g)
 			}
 		}
 	}

@@ -42,6 +42,9 @@ type Options struct {
 	NumCompactors int
 	// ValueLogFileSize caps one value-log file. Default 64 MiB.
 	ValueLogFileSize int64
+	// Compression is the SSTable block compression: "zstd" (level 1) or
+	// "snappy". Default "zstd"; see FORMAT.md for the measured trade-off.
+	Compression string
 	// GCInterval is how often value-log GC runs. Default 5 minutes.
 	GCInterval time.Duration
 	// MaxTagKeys caps the distinct attribute keys remembered for the tag
@@ -52,6 +55,11 @@ type Options struct {
 	MaxTagValuesPerKey int
 	// MaxServices caps the distinct services remembered. Default 1000.
 	MaxServices int
+	// MaxIndexedValuesPerKey is the number of distinct values an attribute
+	// key may have and still get postings. A key that exceeds it (IDs,
+	// URLs with IDs, timestamps) stops being indexed for good; search
+	// checks such tags against stored spans instead. Default 200.
+	MaxIndexedValuesPerKey int
 }
 
 // DefaultOptions returns the defaults documented on each field.
@@ -65,10 +73,13 @@ func DefaultOptions() Options {
 		BlockSize:          64 << 10,
 		NumCompactors:      2,
 		ValueLogFileSize:   64 << 20,
+		Compression:        "zstd",
 		GCInterval:         5 * time.Minute,
 		MaxTagKeys:         500,
 		MaxTagValuesPerKey: 1000,
 		MaxServices:        1000,
+
+		MaxIndexedValuesPerKey: 200,
 	}
 }
 
@@ -84,9 +95,11 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.BlockSize, "store.block-size", o.BlockSize, "Uncompressed bytes per SSTable block; larger compresses better.")
 	fs.IntVar(&o.NumCompactors, "store.num-compactors", o.NumCompactors, "Concurrent Badger compactions (at least 2).")
 	fs.Int64Var(&o.ValueLogFileSize, "store.value-log-file-size", o.ValueLogFileSize, "Bytes per Badger value-log file.")
+	fs.StringVar(&o.Compression, "store.compression", o.Compression, "SSTable block compression: zstd (smaller) or snappy (less CPU).")
 	fs.DurationVar(&o.GCInterval, "store.gc-interval", o.GCInterval, "How often value-log garbage collection runs.")
 	fs.IntVar(&o.MaxTagKeys, "store.max-tag-keys", o.MaxTagKeys, "Distinct attribute keys remembered for the tag-name API.")
 	fs.IntVar(&o.MaxTagValuesPerKey, "store.max-tag-values", o.MaxTagValuesPerKey, "Distinct values remembered per attribute key (and operations per service).")
+	fs.IntVar(&o.MaxIndexedValuesPerKey, "store.max-indexed-values", o.MaxIndexedValuesPerKey, "Distinct values an attribute key may have and still be indexed; keys above it are searched by checking stored spans.")
 	fs.IntVar(&o.MaxServices, "store.max-services", o.MaxServices, "Distinct services remembered for the services API.")
 }
 
@@ -120,11 +133,14 @@ func (o Options) Validate() error {
 	if o.ValueLogFileSize < 1<<20 || o.ValueLogFileSize >= 2<<30 {
 		errs = append(errs, fmt.Errorf("store value-log file size %d must be between 1 MiB and 2 GiB", o.ValueLogFileSize))
 	}
+	if o.Compression != "zstd" && o.Compression != "snappy" {
+		errs = append(errs, fmt.Errorf("store compression %q is not zstd or snappy", o.Compression))
+	}
 	if o.GCInterval <= 0 {
 		errs = append(errs, errors.New("store value-log GC interval must be positive"))
 	}
-	if o.MaxTagKeys < 1 || o.MaxTagValuesPerKey < 1 || o.MaxServices < 1 {
-		errs = append(errs, errors.New("store tag-key, tag-value and service caps must each be at least 1"))
+	if o.MaxTagKeys < 1 || o.MaxTagValuesPerKey < 1 || o.MaxServices < 1 || o.MaxIndexedValuesPerKey < 1 {
+		errs = append(errs, errors.New("store tag-key, tag-value, indexed-value and service caps must each be at least 1"))
 	}
 	return errors.Join(errs...)
 }
@@ -132,6 +148,10 @@ func (o Options) Validate() error {
 // badgerOptions maps Options onto Badger's, keeping small values in the LSM
 // (where ZSTD compresses them) rather than the value log.
 func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options {
+	compression := options.ZSTD
+	if o.Compression == "snappy" {
+		compression = options.Snappy
+	}
 	return badger.DefaultOptions(dir).
 		WithLogger(logger).
 		WithSyncWrites(o.SyncWrites).
@@ -144,7 +164,7 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		WithBlockSize(o.BlockSize).
 		WithNumCompactors(o.NumCompactors).
 		WithValueLogFileSize(o.ValueLogFileSize).
-		WithCompression(options.ZSTD).
+		WithCompression(compression).
 		WithZSTDCompressionLevel(1).
 		// Spans are a few hundred bytes; only pathological ones (huge
 		// attribute blobs) go to the value log.

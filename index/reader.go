@@ -39,10 +39,12 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 	return st, found, nil
 }
 
-// readTrace reads the summary and spans of one trace in a single prefix
-// scan, then the resources and scopes they name. A resource or scope that
-// is missing (it can only have expired early, e.g. after the retention was
-// shortened) leaves its spans with an empty one and adds a warning.
+// readTrace reads the summary and span chunks of one trace in a single
+// prefix scan, then the resources and scopes they name. A span repeated in
+// several chunks (a replay that regrouped spans) is returned once. A
+// resource or scope that is missing (it can only have expired early, e.g.
+// after the retention was shortened) leaves its spans with an empty one and
+// adds a warning.
 func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Span, *summary, error) {
 	prefix := traceKey(id, 0)[:17]
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 16})
@@ -52,6 +54,7 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 		sum   *summary
 		spans []span.Span
 		refs  []ref
+		seen  map[span.SpanID]bool
 	)
 	for it.Rewind(); it.Valid(); it.Next() {
 		if err := ctx.Err(); err != nil {
@@ -70,13 +73,23 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 					return err
 				}
 				sum = &d
-			case sub == subSpan && len(rest) == 8:
-				sp, rh, sh, err := decodeSpanValue(v, id, span.SpanID(rest))
-				if err != nil {
-					return err
-				}
-				spans = append(spans, span.Span{Span: sp})
-				refs = append(refs, ref{rh, sh})
+			case sub == subChunk && len(rest) == 8:
+				return walkChunk(v, func(e chunkEntry) error {
+					if seen[e.sid] {
+						return nil
+					}
+					if seen == nil {
+						seen = map[span.SpanID]bool{}
+					}
+					seen[e.sid] = true
+					sp, err := decodeSpanBody(e.body, id, e.sid)
+					if err != nil {
+						return err
+					}
+					spans = append(spans, span.Span{Span: sp})
+					refs = append(refs, ref{e.res, e.scope})
+					return nil
+				})
 			}
 			return nil
 		})

@@ -53,7 +53,9 @@ type compiledQuery struct {
 	needSpan bool // some condition can only be checked on stored spans
 }
 
-func compileQuery(q *readerpb.SearchRequest) (*compiledQuery, error) {
+// compileQuery turns a request into postings and checks. isHigh reports
+// attribute keys that are not indexed (high-cardinality).
+func compileQuery(q *readerpb.SearchRequest, isHigh func(string) bool) (*compiledQuery, error) {
 	if q == nil {
 		q = &readerpb.SearchRequest{}
 	}
@@ -104,7 +106,7 @@ func compileQuery(q *readerpb.SearchRequest) (*compiledQuery, error) {
 			}
 			ps = append(ps, ranked{4, statusPosting(v)})
 		default:
-			if len(v) <= maxIndexedValue {
+			if len(v) <= maxIndexedValue && !isHigh(k) {
 				ps = append(ps, ranked{1, attrPosting(k, v)})
 			} else {
 				cq.needSpan = true
@@ -143,13 +145,14 @@ func compileQuery(q *readerpb.SearchRequest) (*compiledQuery, error) {
 // values) — against its stored spans. It stops after limit matches or
 // searchMaxCandidates candidates.
 func (s *Store) Search(ctx context.Context, q *readerpb.SearchRequest) ([]*readerpb.TraceSummary, error) {
-	cq, err := compileQuery(q)
+	cq, err := compileQuery(q, s.card.isHigh)
 	if err != nil {
 		return nil, err
 	}
 	var out []*readerpb.TraceSummary
 	err = s.db.View(func(txn *badger.Txn) error {
 		srch := &searcher{ctx: ctx, txn: txn, q: cq, seen: map[uint64]bool{}}
+		defer srch.close()
 		err := srch.run()
 		out = srch.out
 		return err
@@ -168,6 +171,7 @@ type searcher struct {
 	txn      *badger.Txn
 	q        *compiledQuery
 	seen     map[uint64]bool
+	others   []*postingStream // the postings after the driver, advanced in step with it
 	examined int
 	out      []*readerpb.TraceSummary
 	collect  bool // keep going past limit (the caller sorts and trims)
@@ -213,47 +217,167 @@ func (s *searcher) seqBounds() (lo, hi uint64) {
 	return lo, hi
 }
 
-// scanPosting walks one posting list newest first.
+func (s *searcher) close() {
+	for _, o := range s.others {
+		o.close()
+	}
+}
+
+// scanPosting walks one posting list newest first; the other postings are
+// checked by advancing their streams to each candidate (a merge join: the
+// candidates come newest first).
 func (s *searcher) scanPosting(prefix []byte) error {
 	lo, hi := s.seqBounds()
-	return s.reverseScan(prefix, hi, func(seq uint64, _ uint64) (bool, error) {
-		if seq < lo {
-			return false, nil
+	for _, p := range s.q.postings[1:] {
+		s.others = append(s.others, newPostingStream(s.txn, p, hi))
+	}
+	ps := newPostingStream(s.txn, prefix, hi)
+	defer ps.close()
+	for {
+		seq, ok, err := ps.next()
+		if err != nil || !ok || seq < lo {
+			return err
 		}
-		return true, s.visit(seq)
-	})
+		if seq > hi {
+			continue
+		}
+		if err := s.visit(seq); err != nil {
+			return err
+		}
+	}
 }
 
 // scanStart walks every trace by start time (the 0x03 keys), newest first.
 func (s *searcher) scanStart() error {
-	return s.scanPosting([]byte{prefixSeq})
-}
-
-// reverseScan iterates keys prefix|[u64]|seq or prefix|seq backwards from
-// the key bound hi, calling fn with the seq and (for two-number keys) the
-// number before it.
-func (s *searcher) reverseScan(prefix []byte, hi uint64, fn func(seq, num uint64) (bool, error)) error {
+	lo, hi := s.seqBounds()
+	prefix := []byte{prefixSeq}
 	it := s.txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: prefix})
 	defer it.Close()
-	seek := appendU64(slices.Clip(prefix), hi)
-	seek = append(seek, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-	for it.Seek(seek); it.Valid(); it.Next() {
-		rest := it.Item().Key()[len(prefix):]
-		var seq, num uint64
-		switch len(rest) {
-		case 8:
-			seq = beUint64(rest)
-		case 16:
-			num, seq = beUint64(rest), beUint64(rest[8:])
-		default:
+	for it.Seek(append(appendU64(prefix, hi), 0xff)); it.Valid(); it.Next() {
+		rest := it.Item().Key()[1:]
+		if len(rest) != 8 {
 			continue
 		}
-		more, err := fn(seq, num)
-		if err != nil || !more {
+		seq := beUint64(rest)
+		if seq < lo {
+			return nil
+		}
+		if err := s.visit(seq); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// postingStream reads one posting list (its fragments, see writer.go) as
+// a stream of seqs, newest first. Fragments are visited in descending
+// maxseq order; as one may overlap the next (a batch of late traces), seqs
+// wait in buf until no fragment not yet read can hold a larger one.
+// Repeated seqs (replays) may come out more than once.
+type postingStream struct {
+	it     *badger.Iterator
+	prefix []byte
+	buf    []uint64 // read, not yet passed; ascending, so the next is last
+	err    error
+}
+
+func newPostingStream(txn *badger.Txn, prefix []byte, hi uint64) *postingStream {
+	p := &postingStream{
+		it:     txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: prefix}),
+		prefix: prefix,
+	}
+	p.seek(hi)
+	return p
+}
+
+func (p *postingStream) close() { p.it.Close() }
+
+// seek positions at the first fragment that can hold a seq ≤ hi.
+func (p *postingStream) seek(hi uint64) {
+	bound := uint64(math.MaxUint64)
+	if hi < bound-fragWindow {
+		bound = hi + fragWindow
+	}
+	k := appendU64(slices.Clip(p.prefix), bound)
+	p.it.Seek(append(k, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+}
+
+// peek returns the maxseq of the next fragment not yet read.
+func (p *postingStream) peek() (uint64, bool) {
+	for ; p.it.Valid(); p.it.Next() {
+		if rest := p.it.Item().Key()[len(p.prefix):]; len(rest) == 16 {
+			return beUint64(rest), true
+		}
+	}
+	return 0, false
+}
+
+// load reads the next fragment into buf.
+func (p *postingStream) load(maxSeq uint64) error {
+	n := len(p.buf)
+	err := p.it.Item().Value(func(v []byte) error {
+		var err error
+		p.buf, err = decodeFragment(p.buf, v, maxSeq)
+		return err
+	})
+	p.it.Next()
+	if err != nil {
+		return fmt.Errorf("posting %x: %w", p.prefix, err)
+	}
+	if n > 0 {
+		slices.Sort(p.buf)
+	} else {
+		slices.Reverse(p.buf) // a fragment is stored descending
+	}
+	return nil
+}
+
+// next returns the largest seq not yet returned.
+func (p *postingStream) next() (uint64, bool, error) {
+	for {
+		m, more := p.peek()
+		if more && (len(p.buf) == 0 || p.buf[len(p.buf)-1] < m) {
+			if err := p.load(m); err != nil {
+				return 0, false, err
+			}
+			continue
+		}
+		if len(p.buf) == 0 {
+			return 0, false, nil
+		}
+		top := p.buf[len(p.buf)-1]
+		for len(p.buf) > 0 && p.buf[len(p.buf)-1] == top {
+			p.buf = p.buf[:len(p.buf)-1]
+		}
+		return top, true, nil
+	}
+}
+
+// contains reports whether the list holds seq. Successive calls must ask
+// for descending seqs: everything above seq is dropped.
+func (p *postingStream) contains(seq uint64) (bool, error) {
+	drop := func() {
+		for len(p.buf) > 0 && p.buf[len(p.buf)-1] > seq {
+			p.buf = p.buf[:len(p.buf)-1]
+		}
+	}
+	drop()
+	for {
+		m, more := p.peek()
+		if !more || m < seq {
+			break
+		}
+		if seq < math.MaxUint64-fragWindow && m > seq+fragWindow {
+			// Skip fragments that end before seq could start.
+			p.seek(seq)
+			continue
+		}
+		if err := p.load(m); err != nil {
+			return false, err
+		}
+		drop()
+	}
+	return len(p.buf) > 0 && p.buf[len(p.buf)-1] == seq, nil
 }
 
 // durationCandidates collects the traces whose indexed duration is within
@@ -299,8 +423,8 @@ func (s *searcher) visit(seq uint64) error {
 			return err
 		}
 	}
-	for _, p := range s.q.postings[min(1, len(s.q.postings)):] {
-		ok, err := s.exists(appendU64(slices.Clip(p), seq))
+	for _, o := range s.others {
+		ok, err := o.contains(seq)
 		if err != nil || !ok {
 			return err
 		}
@@ -353,17 +477,6 @@ func (s *searcher) visit(seq uint64) error {
 		return errSearchDone
 	}
 	return nil
-}
-
-func (s *searcher) exists(key []byte) (bool, error) {
-	_, err := s.txn.Get(key)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("check posting: %w", err)
-	}
-	return true, nil
 }
 
 func (s *searcher) summaryMatches(sum *summary) bool {

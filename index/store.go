@@ -51,6 +51,7 @@ type Store struct {
 	metrics *metrics
 	lists   *listCache
 	blobs   *blobCache
+	card    *cardinality
 	writeMu sync.Mutex // serialises commits, see writeTraces
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
@@ -98,6 +99,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		opts:   opts,
 		lists:  newListCache(opts.Retention),
 		blobs:  &blobCache{refresh: opts.Retention / 2, written: map[uint64]time.Time{}},
+		card:   newCardinality(opts.MaxIndexedValuesPerKey, opts.Retention),
 		stop:   make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
@@ -181,11 +183,22 @@ func (s *Store) DiskBytes() int64 {
 	return dirSize(s.dir, ".sst") + dirSize(s.dir, ".vlog")
 }
 
-// load restores the list cache from disk, so the caps hold across
-// restarts and known values are not rewritten.
+// load restores the list cache and the high-cardinality marks from disk,
+// so the caps hold across restarts, known values are not rewritten and
+// keys that stopped being indexed stay unindexed.
 func (s *Store) load() error {
 	return s.db.View(func(txn *badger.Txn) error {
 		now := time.Now()
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixHighCard}})
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			at := now
+			if exp := item.ExpiresAt(); exp > 0 && s.opts.Retention > 0 {
+				at = time.Unix(int64(exp), 0).Add(-s.blobTTL())
+			}
+			s.card.load(string(item.Key()[1:]), at)
+		}
+		it.Close()
 		for _, p := range []byte{prefixSvcList, prefixOpList, prefixTagName, prefixTagValue} {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{p}})
 			for it.Rewind(); it.Valid(); it.Next() {

@@ -3,40 +3,54 @@ package index
 // Key layout. Every key carries the retention TTL. Integers are big-endian so
 // that byte order is numeric order (and, for timestamps, time order); strings
 // are length-prefixed (uvarint length, then bytes) so that a prefix scan for
-// one value never runs into a longer value sharing its bytes. Index keys
-// have empty values; the key is the whole fact.
+// one value never runs into a longer value sharing its bytes.
 //
-//	0x01 tid[16] 'a'            -> trace summary (seq, times, root, counts, reasons, services, warnings)
-//	0x01 tid[16] 's' sid[8]     -> span: version, resource hash, scope hash, OTLP Span without IDs
-//	0x02 'c' hash[8]            -> instrumentation scope (OTLP ScopeSpans without spans)
-//	0x02 'r' hash[8]            -> resource (OTLP ResourceSpans without scope spans)
-//	0x03 seq[8]                 -> tid[16]; also the trace-start index (see seq)
-//	0x10 lv(service) seq[8]                 service posting
-//	0x11 lv(service) lv(span name) seq[8]   operation posting (one span has both)
-//	0x12 lv(span name) seq[8]               span-name posting
-//	0x13 lv(status) seq[8]                  status posting: "error", "ok", "unset"
-//	0x14 lv(key) lv(value) seq[8]           attribute posting (span or resource attribute)
-//	0x15 duration[8] seq[8]                 trace-duration index (nanoseconds)
-//	0x20 service                            service list
-//	0x21 lv(service) kind[1] span name      operation list (kind is the OTLP enum value)
-//	0x22 'r'|'s' key                        tag names, resource or span scope
-//	0x23 lv(key) value                      tag values
-//	0x7f "health"                           readiness probe scratch key
+//	0x01 tid[16] 'a'                 -> trace summary (seq, times, root, counts, reasons, services, warnings)
+//	0x01 tid[16] 'c' chunk[8]        -> span chunk: spans of one write, see below
+//	0x02 'c' hash[8]                 -> instrumentation scope (OTLP ScopeSpans without spans)
+//	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
+//	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
+//	0x10 lv(service) F               -> service posting fragment
+//	0x11 lv(service) lv(span name) F -> operation posting fragment (one span has both)
+//	0x12 lv(span name) F             -> span-name posting fragment
+//	0x13 lv(status) F                -> status posting fragment: "error", "ok", "unset"
+//	0x14 lv(key) lv(value) F         -> attribute posting fragment (span or resource attribute)
+//	0x15 duration[8] seq[8]          trace-duration index (nanoseconds)
+//	0x20 service                     service list
+//	0x21 lv(service) kind[1] name    operation list (kind is the OTLP enum value)
+//	0x22 'r'|'s' key                 tag names, resource or span scope
+//	0x23 lv(key) value               tag values
+//	0x24 key                         high-cardinality attribute key: no 0x14 postings (cardinality.go)
+//	0x7f "health"                    readiness probe scratch key
+//
+// where F is maxseq[8] frag[8].
+//
+// Keys, not bytes, are what a write costs in Badger (memtable inserts, WAL
+// entries, compaction merges), so the layout keeps them few: about one per
+// span. A write stores each trace's spans as one chunk (more only past
+// maxChunkSpans or maxChunkBytes), named by the FNV-64 of its sorted span
+// IDs: a replay with the same grouping rewrites the same key, and one that
+// regroups spans adds chunks that repeat spans, which reads merge by span
+// ID: regrouping costs space, never correctness.
+//
+// Postings are written per batch, not per trace: a posting fragment holds
+// the seqs of every trace of one write that has the value (delta-encoded,
+// newest first); maxseq is the largest and frag the FNV-64 of the value,
+// so a replay of the same batch rewrites the same keys. A value shared by
+// a whole batch (a service, http.method=GET) costs one key per batch. A
+// fragment spans at most fragWindow of seq, so search, walking fragments
+// newest maxseq first, can seek to a time and merge overlapping fragments
+// into one newest-first stream (search.go).
 //
 // seq is the trace's reference in every index: its start time (earliest
 // span of the first write) in Unix milliseconds, shifted left 12 bits, plus
-// the first of the 4096 low values that no other trace holds. Millisecond
-// resolution (rather than nanoseconds) takes a byte of entropy out of every
-// posting key. It is assigned once, so late spans
-// of a trace land on the same posting keys (writes stay idempotent however
-// a replay regroups spans) and a posting exists at most once per trace
-// however many spans carry the value. Because seq is a start time, each
-// posting list and the 0x03 keys are time-ordered: search scans them in
-// reverse (newest first) and seeks straight to a time range, and
-// consecutive postings differ only in their low bytes, which the block
-// compressor shrinks to a few bytes per key. Values longer than
-// maxIndexedValue bytes are not indexed; search checks them against the
-// stored spans.
+// the first of the 4096 low values that no other trace holds. It is
+// assigned once, so late spans of a trace land in postings with the same
+// seq, and search dedupes repeated seqs. Because seq is a start time,
+// posting fragments and the 0x03 keys are time-ordered: search scans them
+// in reverse (newest first) and seeks straight to a time range. Values
+// longer than maxIndexedValue bytes, and keys marked high-cardinality, are
+// not indexed; search checks them against the stored spans.
 //
 // Resources and scopes are stored once per distinct content (hash of the
 // encoding), not per span or trace: a resource carries a dozen attributes
@@ -49,9 +63,12 @@ package index
 // against the summary and drops such stale keys.
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sync"
 	"time"
@@ -75,10 +92,11 @@ const (
 	prefixOpList     byte = 0x21
 	prefixTagName    byte = 0x22
 	prefixTagValue   byte = 0x23
+	prefixHighCard   byte = 0x24
 	prefixHealth     byte = 0x7f
 
 	subSummary byte = 'a'
-	subSpan    byte = 's'
+	subChunk   byte = 'c'
 
 	blobScope    byte = 'c'
 	blobResource byte = 'r'
@@ -91,8 +109,21 @@ const (
 	// are rarely searched for exactly and would bloat the index.
 	maxIndexedValue = 64
 
-	// maxConflictRetries bounds retries when a concurrent write of the same
-	// trace invalidated the summary this write read.
+	// maxChunkSpans and maxChunkBytes split a big write of one trace into
+	// several chunks, keeping values in the LSM (below the value threshold)
+	// and reads of one chunk small. The split follows span-ID order, so the
+	// same spans always split the same way.
+	maxChunkSpans = 256
+	maxChunkBytes = 32 << 10
+
+	// fragWindow is the widest seq range of one posting fragment (10 s of
+	// trace starts); maxFragSeqs caps its length.
+	fragWindow  = 10_000 << 12
+	maxFragSeqs = 4096
+
+	// maxConflictRetries bounds retries when a concurrent transaction
+	// conflicted with this one (commits are serialised and conflict
+	// detection is off, so this is a backstop).
 	maxConflictRetries = 10
 )
 
@@ -105,13 +136,13 @@ func traceKey(id span.TraceID, sub byte) []byte {
 
 func blobKey(kind byte, hash uint64) []byte { return appendU64([]byte{prefixBlob, kind}, hash) }
 
-func spanKey(id span.TraceID, sid span.SpanID) []byte {
-	return append(traceKey(id, subSpan), sid[:]...)
+func chunkKey(id span.TraceID, chunk uint64) []byte {
+	return appendU64(traceKey(id, subChunk), chunk)
 }
 
 func seqKey(seq uint64) []byte { return appendU64([]byte{prefixSeq}, seq) }
 
-// Posting prefixes; the seq is appended to make the key.
+// Posting prefixes; a fragment key appends maxseq and the fragment hash.
 func svcPosting(service string) []byte { return appendLV([]byte{prefixSvcPost}, service) }
 func opPosting(service, name string) []byte {
 	return appendLV(appendLV([]byte{prefixOpPost}, service), name)
@@ -133,6 +164,7 @@ func tagNameKey(scope byte, key string) []byte {
 func tagValueKey(key, value string) []byte {
 	return append(appendLV([]byte{prefixTagValue}, key), value...)
 }
+func highCardKey(key string) []byte { return append([]byte{prefixHighCard}, key...) }
 
 type kv struct{ k, v []byte }
 
@@ -141,11 +173,11 @@ type kv struct{ k, v []byte }
 type preparedTrace struct {
 	id       span.TraceID
 	delta    summary // times, root, services, reasons, warnings of these spans
-	spans    []kv
-	spanErr  []bool
-	blobs    []kv     // resources and scopes not written lately, written before the spans that name them
-	postings [][]byte // posting prefixes, deduplicated; seq appended at commit
-	lists    []listEntry
+	chunks   []kv
+	spanIDs  []span.SpanID // distinct
+	spanErr  []bool        // per spanIDs entry
+	blobs    []kv          // resources and scopes not written lately, written before the chunks that name them
+	postings []int32       // indexes into the batch's postings, distinct
 }
 
 type listEntry struct {
@@ -154,12 +186,13 @@ type listEntry struct {
 }
 
 // WriteTraces stores kept traces. It MAY be called again with the same or
-// overlapping spans (a replay, or late spans of an already-kept trace): span
-// keys are rewritten in place, and the trace summary is read, merged and
-// rewritten, so counts stay exact and times, root, reasons and services
-// accumulate. A batch is written in as few transactions as Badger allows;
-// when it returns an error, a prefix of the batch MAY be stored, and calling
-// again with the same batch MUST be safe and completes it.
+// overlapping spans (a replay, or late spans of an already-kept trace):
+// spans already stored are not counted again, and the trace summary is
+// read, merged and rewritten, so counts stay exact and times, root, reasons
+// and services accumulate. A batch is written in as few transactions as
+// Badger allows; when it returns an error, a prefix of the batch MAY be
+// stored, and calling again with the same batch MUST be safe and completes
+// it.
 func (s *Store) WriteTraces(ctx context.Context, traces []KeptTrace) error {
 	start := time.Now()
 	nSpans, err := s.writeTraces(ctx, traces)
@@ -176,24 +209,24 @@ func (s *Store) WriteTraces(ctx context.Context, traces []KeptTrace) error {
 func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error) {
 	prepared := make([]preparedTrace, 0, len(traces))
 	nSpans := 0
+	p := newPreparer(s)
 	for i := range traces {
-		pt, err := s.prepare(&traces[i])
+		pt, err := p.prepare(&traces[i])
 		if err != nil {
-			s.lists.forget(append(prepared, pt))
+			s.lists.forget(p.lists)
 			return 0, err
 		}
-		nSpans += len(pt.spans)
+		nSpans += len(pt.spanIDs)
 		prepared = append(prepared, pt)
 	}
 	// Commits are serialised: concurrent read-modify-writes of one hot
-	// trace otherwise invalidate each other until retries run out, and
+	// trace would otherwise need conflict detection and retries, and
 	// Badger applies writes one batch at a time anyway. prepare, the
-	// CPU-heavy part, stays parallel. Conflict detection remains as the
-	// backstop (e.g. the health probe).
+	// CPU-heavy part, stays parallel.
 	s.writeMu.Lock()
 	var err error
 	for attempt := 0; attempt <= maxConflictRetries; attempt++ {
-		if err = s.commit(ctx, prepared); !errors.Is(err, badger.ErrConflict) {
+		if err = s.commit(ctx, prepared, p); !errors.Is(err, badger.ErrConflict) {
 			break
 		}
 	}
@@ -201,7 +234,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 	if err != nil {
 		// The list keys admitted for this batch may not be on disk; let a
 		// later write admit them again.
-		s.lists.forget(prepared)
+		s.lists.forget(p.lists)
 		return 0, err
 	}
 	now := time.Now()
@@ -213,44 +246,154 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 	return nSpans, nil
 }
 
-// prepare encodes one trace's spans, resources, scopes, postings and list
-// entries. Spans repeated within the batch are written once.
-func (s *Store) prepare(kt *KeptTrace) (preparedTrace, error) {
+// preparer prepares the traces of one batch. It interns what the batch's
+// spans repeat (attribute values, services, operations), so a repeated value
+// costs one map lookup per occurrence, and its posting key and list
+// admissions are built once per batch rather than once per span or trace.
+type preparer struct {
+	s   *Store
+	now time.Time
+
+	intern   map[string]int32 // tagged key (see prepare) -> posting index, or -1
+	postings [][]byte         // the batch's distinct posting prefixes
+	postLast []int32          // per posting: the last trace (number) that holds it
+	lists    []listEntry      // list keys admitted for the batch
+	// intrinsics are the postings of a (kind, service, name, status), which
+	// intern maps to an index here.
+	intrinsics [][4]int32
+	trace    int32            // number of the trace being prepared, from 1
+	high     map[string]bool  // high-cardinality keys when the batch started
+
+	buf, val, bodies []byte // scratch
+	stripped         tracepb.Span
+	resHash          map[*span.Resource]uint64
+	resPostings      map[*span.Resource][]int32
+	scHash           map[*span.Scope]uint64
+}
+
+func newPreparer(s *Store) *preparer {
+	return &preparer{
+		s:           s,
+		now:         time.Now(),
+		intern:      make(map[string]int32, 256),
+		resHash:     map[*span.Resource]uint64{},
+		resPostings: map[*span.Resource][]int32{},
+		scHash:      map[*span.Scope]uint64{},
+		high:        s.card.snapshot(),
+	}
+}
+
+func (p *preparer) addList(group string, key []byte, limit int) {
+	if p.s.lists.admit(group, key, limit, p.now) {
+		p.lists = append(p.lists, listEntry{group: group, key: key})
+	}
+}
+
+// posting interns a posting prefix and returns its index.
+func (p *preparer) posting(prefix []byte) int32 {
+	p.buf = append(append(p.buf[:0], 'p'), prefix...)
+	if i, ok := p.intern[string(p.buf)]; ok {
+		return i
+	}
+	i := int32(len(p.postings))
+	p.intern[string(p.buf)] = i
+	p.postings = append(p.postings, prefix)
+	p.postLast = append(p.postLast, 0)
+	return i
+}
+
+// use adds posting i to the trace unless the trace has it.
+func (p *preparer) use(pt *preparedTrace, i int32) {
+	if i >= 0 && p.postLast[i] != p.trace {
+		p.postLast[i] = p.trace
+		pt.postings = append(pt.postings, i)
+	}
+}
+
+// tagName admits an attribute key to the tag-name list the first time the
+// batch sees it.
+func (p *preparer) tagName(scope byte, key string) {
+	p.buf = append(append(p.buf[:0], 'n', scope), key...)
+	if _, ok := p.intern[string(p.buf)]; !ok {
+		p.intern[string(p.buf)] = -1
+		p.addList("n", tagNameKey(scope, key), p.s.opts.MaxTagKeys)
+	}
+}
+
+// attr returns the posting of one attribute (-1 for a value too long to
+// index), handling its tag name and value lists the first time the batch
+// sees it.
+func (p *preparer) attr(scope byte, key string, value []byte) int32 {
+	if len(value) > maxIndexedValue {
+		p.tagName(scope, key)
+		return -1
+	}
+	p.buf = binaryAppendLV(appendLV(append(p.buf[:0], 'a', scope), key), value)
+	if i, ok := p.intern[string(p.buf)]; ok {
+		return i
+	}
+	if p.high[key] {
+		// Not indexed, so not interned either: a high-cardinality key has
+		// a new value in nearly every trace. Its tag-value list stops
+		// growing once it is marked.
+		p.tagName(scope, key)
+		return -1
+	}
+	tagged := string(p.buf)
+	p.tagName(scope, key)
+	i := p.posting(binaryAppendLV(appendLV([]byte{prefixAttrPost}, key), value))
+	if p.s.lists.known(tagNameKey(scopeSpan, key)) || p.s.lists.known(tagNameKey(scopeResource, key)) {
+		p.addList("v"+key, tagValueKey(key, string(value)), p.s.opts.MaxTagValuesPerKey)
+	}
+	p.intern[tagged] = i
+	return i
+}
+
+// intrinsic returns the postings of a span's service, operation, name and
+// status, handling the service and operation lists the first time the
+// batch sees them.
+func (p *preparer) intrinsic(svc string, kind tracepb.Span_SpanKind, name, status string) [4]int32 {
+	p.buf = appendLV(appendLV(append(p.buf[:0], 'o', byte(kind)), svc), name)
+	p.buf = append(p.buf, status...)
+	if i, ok := p.intern[string(p.buf)]; ok {
+		return p.intrinsics[i]
+	}
+	key := string(p.buf)
+	if p.addList("s", svcListKey(svc), p.s.opts.MaxServices); p.s.lists.known(svcListKey(svc)) {
+		p.addList("o"+svc, opListKey(svc, kind, name), p.s.opts.MaxTagValuesPerKey)
+	}
+	out := [4]int32{
+		p.posting(svcPosting(svc)),
+		p.posting(opPosting(svc, name)),
+		p.posting(namePosting(name)),
+		p.posting(statusPosting(status)),
+	}
+	p.intern[key] = int32(len(p.intrinsics))
+	p.intrinsics = append(p.intrinsics, out)
+	return out
+}
+
+// prepare encodes one trace's chunks, resources, scopes and postings.
+// Spans repeated within the trace are written once.
+func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
+	s := p.s
+	p.trace++
 	pt := preparedTrace{id: kt.Trace.ID}
 	if kt.Trace.ID.IsZero() {
 		return pt, fmt.Errorf("write trace: %w", span.ErrZeroID)
 	}
 	pt.delta.Reasons = unionStrings(nil, kt.Reasons...)
 	pt.delta.Warnings = unionStrings(nil, kt.Warnings...)
-	now := time.Now()
-	postings := map[string]struct{}{}
-	addPosting := func(p []byte) {
-		if _, ok := postings[string(p)]; !ok {
-			postings[string(p)] = struct{}{}
-			pt.postings = append(pt.postings, p)
-		}
-	}
-	addList := func(group string, key []byte, limit int) {
-		if s.lists.admit(group, key, limit, now) {
-			pt.lists = append(pt.lists, listEntry{group: group, key: key})
-		}
-	}
-	addAttr := func(scope byte, key, value string) {
-		addList("n", tagNameKey(scope, key), s.opts.MaxTagKeys)
-		if len(value) > maxIndexedValue {
-			return
-		}
-		addPosting(attrPosting(key, value))
-		if s.lists.known(tagNameKey(scopeSpan, key)) || s.lists.known(tagNameKey(scopeResource, key)) {
-			addList("v"+key, tagValueKey(key, value), s.opts.MaxTagValuesPerKey)
-		}
-	}
+	pt.postings = make([]int32, 0, 32)
 
-	type blobRef struct{ res, scope uint64 }
-	resHashes := map[*span.Resource]uint64{}
-	scopeHashes := map[*span.Scope]uint64{}
-	seenBlob := map[blobRef]bool{}
-	seenSpan := map[span.SpanID]bool{}
+	type ref struct {
+		e     chunkEntry
+		start int
+		isErr bool
+	}
+	refs := make([]ref, 0, len(kt.Trace.Spans))
+	p.bodies = p.bodies[:0]
+	var doneRes, doneScope []uint64
 	for _, sp := range kt.Trace.Spans {
 		if sp.Span == nil {
 			continue
@@ -259,89 +402,131 @@ func (s *Store) prepare(kt *KeptTrace) (preparedTrace, error) {
 		if err != nil {
 			return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 		}
-		if seenSpan[sid] {
+		if slices.ContainsFunc(refs, func(r ref) bool { return r.e.sid == sid }) {
 			continue
 		}
-		seenSpan[sid] = true
-
-		resHash, ok := resHashes[sp.Resource]
+		resHash, ok := p.resHash[sp.Resource]
 		if !ok {
 			b, err := encodeResource(sp.Resource)
 			if err != nil {
 				return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 			}
 			resHash = blobHash(b)
-			resHashes[sp.Resource] = resHash
-			if !seenBlob[blobRef{res: resHash}] {
-				seenBlob[blobRef{res: resHash}] = true
-				if !s.blobs.fresh(resHash, now) {
-					pt.blobs = append(pt.blobs, kv{blobKey(blobResource, resHash), b})
-				}
-				if sp.Resource != nil {
-					for _, a := range sp.Resource.Resource.GetAttributes() {
-						v, ok := attrString(a.GetValue())
-						if !ok {
-							continue
-						}
-						if a.GetKey() == "service.name" {
-							// The service posting and list answer this key.
-							addList("n", tagNameKey(scopeResource, a.GetKey()), s.opts.MaxTagKeys)
-							continue
-						}
-						addAttr(scopeResource, a.GetKey(), v)
+			p.resHash[sp.Resource] = resHash
+			var posts []int32
+			if sp.Resource != nil {
+				for _, a := range sp.Resource.Resource.GetAttributes() {
+					var ok bool
+					if p.val, ok = appendAttrString(p.val[:0], a.GetValue()); !ok {
+						continue
 					}
+					if a.GetKey() == "service.name" {
+						// The service posting and list answer this key.
+						p.tagName(scopeResource, a.GetKey())
+						continue
+					}
+					posts = append(posts, p.attr(scopeResource, a.GetKey(), p.val))
 				}
 			}
+			p.resPostings[sp.Resource] = posts
 		}
-		scopeHash, ok := scopeHashes[sp.Scope]
+		if !slices.Contains(doneRes, resHash) {
+			doneRes = append(doneRes, resHash)
+			if !s.blobs.fresh(resHash, p.now) {
+				b, err := encodeResource(sp.Resource)
+				if err != nil {
+					return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
+				}
+				pt.blobs = append(pt.blobs, kv{blobKey(blobResource, resHash), b})
+			}
+		}
+		for _, i := range p.resPostings[sp.Resource] {
+			p.use(&pt, i)
+		}
+		scopeHash, ok := p.scHash[sp.Scope]
 		if !ok {
 			b, err := encodeScope(sp.Scope)
 			if err != nil {
 				return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 			}
 			scopeHash = blobHash(b)
-			scopeHashes[sp.Scope] = scopeHash
-			if !seenBlob[blobRef{scope: scopeHash}] {
-				seenBlob[blobRef{scope: scopeHash}] = true
-				if !s.blobs.fresh(scopeHash, now) {
-					pt.blobs = append(pt.blobs, kv{blobKey(blobScope, scopeHash), b})
+			p.scHash[sp.Scope] = scopeHash
+		}
+		if !slices.Contains(doneScope, scopeHash) {
+			doneScope = append(doneScope, scopeHash)
+			if !s.blobs.fresh(scopeHash, p.now) {
+				b, err := encodeScope(sp.Scope)
+				if err != nil {
+					return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 				}
+				pt.blobs = append(pt.blobs, kv{blobKey(blobScope, scopeHash), b})
 			}
 		}
 
-		val, err := appendSpanValue(nil, sp.Span, resHash, scopeHash)
-		if err != nil {
+		start := len(p.bodies)
+		if p.bodies, err = appendSpanBody(p.bodies, sp.Span, &p.stripped); err != nil {
 			return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 		}
-		pt.spans = append(pt.spans, kv{spanKey(pt.id, sid), val})
-		pt.spanErr = append(pt.spanErr, sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR)
+		refs = append(refs, ref{
+			e:     chunkEntry{sid: sid, res: resHash, scope: scopeHash},
+			start: start,
+			isErr: sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR,
+		})
 		pt.delta.addSpan(sp)
 
-		svc := sp.ServiceName()
-		addPosting(svcPosting(svc))
-		addPosting(opPosting(svc, sp.GetName()))
-		addPosting(namePosting(sp.GetName()))
-		addPosting(statusPosting(statusString(sp.Span)))
-		if addList("s", svcListKey(svc), s.opts.MaxServices); s.lists.known(svcListKey(svc)) {
-			addList("o"+svc, opListKey(svc, sp.GetKind(), sp.GetName()), s.opts.MaxTagValuesPerKey)
+		for _, i := range p.intrinsic(sp.ServiceName(), sp.GetKind(), sp.GetName(), statusString(sp.Span)) {
+			p.use(&pt, i)
 		}
 		for _, a := range sp.GetAttributes() {
-			if v, ok := attrString(a.GetValue()); ok {
-				addAttr(scopeSpan, a.GetKey(), v)
+			var ok bool
+			if p.val, ok = appendAttrString(p.val[:0], a.GetValue()); ok {
+				p.use(&pt, p.attr(scopeSpan, a.GetKey(), p.val))
 			}
 		}
+	}
+
+	// Bodies were appended to one buffer; slice them now that it no longer
+	// moves.
+	for i := range refs {
+		end := len(p.bodies)
+		if i+1 < len(refs) {
+			end = refs[i+1].start
+		}
+		refs[i].e.body = p.bodies[refs[i].start:end]
+	}
+	slices.SortFunc(refs, func(a, b ref) int { return bytes.Compare(a.e.sid[:], b.e.sid[:]) })
+	pt.spanIDs = make([]span.SpanID, len(refs))
+	pt.spanErr = make([]bool, len(refs))
+	entries := make([]chunkEntry, len(refs))
+	for i, r := range refs {
+		pt.spanIDs[i], pt.spanErr[i], entries[i] = r.e.sid, r.isErr, r.e
+	}
+	for len(entries) > 0 {
+		n, size := 0, 0
+		for n < len(entries) && n < maxChunkSpans && (n == 0 || size+len(entries[n].body) <= maxChunkBytes) {
+			size += len(entries[n].body)
+			n++
+		}
+		pt.chunks = append(pt.chunks, kv{chunkKey(pt.id, chunkID(entries[:n])), appendChunk(make([]byte, 0, size+32*n+64), entries[:n])})
+		entries = entries[n:]
 	}
 	return pt, nil
 }
 
 // commit writes prepared traces, reading and merging each summary in the
-// same transaction that writes it so Badger's conflict detection catches a
-// concurrent writer of the same trace. A transaction that grows too big is
-// committed and a new one continues with the entry that did not fit. Each
-// trace's summary is its first entry, so a summary on disk always counts
-// every span of that trace already on disk: a retry after a partial commit
-// neither loses nor double-counts spans.
-func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error) {
+// same transaction that writes it. A transaction that grows too big is
+// committed and a new one continues with the entry that did not fit.
+//
+// Per trace the summary is the last entry, after the chunks, seq and
+// duration keys, so a summary on disk never counts a span that is not: a
+// retry after a partial commit finds the chunks it wrote (and counts their
+// spans once) or, if the summary did not make it, starts the trace afresh
+// (an orphaned seq key points at a summary with another seq and search
+// ignores it). The posting fragments of the batch come after every trace,
+// so a partial commit leaves traces that are not yet searchable rather
+// than postings of traces not yet stored; the retry writes the same
+// fragments again.
+func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *preparer) (err error) {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	setTTL := func(k, v []byte, ttl time.Duration) error {
@@ -364,6 +549,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 	}
 	set := func(k, v []byte) error { return setTTL(k, v, s.opts.Retention) }
 
+	// Per batch posting: the seqs of the traces holding it.
+	frags := make([][]uint64, len(batch.postings))
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write traces: %w", err)
@@ -374,72 +561,142 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace) (err error
 		if err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
-		newSpans, newErrs := uint64(0), uint64(0)
-		for j, sp := range pt.spans {
-			isNew := true
-			if found {
-				// Only a trace written before can already hold the span.
-				_, err := txn.Get(sp.k)
-				switch {
-				case err == nil:
-					isNew = false
-				case !errors.Is(err, badger.ErrKeyNotFound):
-					return fmt.Errorf("write trace %s: check span: %w", pt.id, err)
-				}
+		var stored map[span.SpanID]bool
+		if found {
+			// Only a trace written before can already hold the spans.
+			if stored, err = storedSpanIDs(txn, pt.id); err != nil {
+				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
-			if isNew {
-				newSpans++
-				if pt.spanErr[j] {
-					newErrs++
-				}
-			}
-		}
-		if !found {
+		} else {
 			seq, err := s.allocSeq(txn, seqForTime(pt.delta.MinStart))
 			if err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 			merged = summary{Seq: seq}
 		}
+		for j, sid := range pt.spanIDs {
+			if !stored[sid] {
+				merged.SpanCount++
+				if pt.spanErr[j] {
+					merged.ErrorCount++
+				}
+			}
+		}
 		merged.merge(&pt.delta)
-		merged.SpanCount += newSpans
-		merged.ErrorCount += newErrs
 
-		if err := set(sumKey, merged.appendTo(nil)); err != nil {
-			return fmt.Errorf("write trace %s: %w", pt.id, err)
-		}
-		if err := set(seqKey(merged.Seq), slices.Clone(pt.id[:])); err != nil {
-			return fmt.Errorf("write trace %s: %w", pt.id, err)
-		}
 		for _, b := range pt.blobs {
 			if err := setTTL(b.k, b.v, s.blobTTL()); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
-		for _, sp := range pt.spans {
-			if err := set(sp.k, sp.v); err != nil {
+		for _, c := range pt.chunks {
+			if err := set(c.k, c.v); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
-		for _, p := range pt.postings {
-			if err := set(appendU64(slices.Clip(p), merged.Seq), nil); err != nil {
-				return fmt.Errorf("write trace %s: %w", pt.id, err)
-			}
+		if err := set(seqKey(merged.Seq), slices.Clone(pt.id[:])); err != nil {
+			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		durKey := appendU64(appendU64([]byte{prefixDuration}, merged.Duration()), merged.Seq)
 		if err := set(durKey, nil); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
-		for _, l := range pt.lists {
-			if err := set(l.key, nil); err != nil {
-				return fmt.Errorf("write trace %s: %w", pt.id, err)
+		if err := set(sumKey, merged.appendTo(nil)); err != nil {
+			return fmt.Errorf("write trace %s: %w", pt.id, err)
+		}
+		for _, p := range pt.postings {
+			frags[p] = append(frags[p], merged.Seq)
+		}
+	}
+	for _, l := range batch.lists {
+		if err := set(l.key, nil); err != nil {
+			return fmt.Errorf("write lists: %w", err)
+		}
+	}
+
+	// Attribute postings of high-cardinality keys are dropped here, under
+	// writeMu, so the counting needs no lock of its own per posting.
+	index, done := s.card.indexer()
+	for i, p := range batch.postings {
+		if p[0] != prefixAttrPost || len(frags[i]) == 0 {
+			continue
+		}
+		key, rest, ok1 := readLVBytes(p[1:])
+		value, _, ok2 := readLVBytes(rest)
+		if ok1 && ok2 && !index(key, value) {
+			frags[i] = nil
+		}
+	}
+	done()
+	now := time.Now()
+	marks := s.card.due(now)
+	for _, k := range marks {
+		if err := setTTL(highCardKey(k), nil, s.blobTTL()); err != nil {
+			return fmt.Errorf("mark high-cardinality key %q: %w", k, err)
+		}
+	}
+	// Fragments are written in key order: the memtable insert is cheaper
+	// when neighbouring keys arrive together, and it makes the write
+	// deterministic.
+	order := make([]int, len(frags))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(batch.postings[a], batch.postings[b]) })
+	var val []byte
+	for _, i := range order {
+		p, seqs := batch.postings[i], frags[i]
+		slices.SortFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) })
+		seqs = slices.Compact(seqs)
+		for len(seqs) > 0 {
+			n := 1
+			for n < len(seqs) && n < maxFragSeqs && seqs[0]-seqs[n] <= fragWindow {
+				n++
 			}
+			val = appendFragment(val[:0], seqs[:n])
+			k := make([]byte, 0, len(p)+16)
+			k = append(k, p...)
+			k = appendU64(k, seqs[0])
+			k = appendU64(k, fragmentID(val))
+			if err := set(k, slices.Clone(val)); err != nil {
+				return fmt.Errorf("write postings: %w", err)
+			}
+			seqs = seqs[n:]
 		}
 	}
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("commit batch: %w", err)
 	}
+	s.card.written(marks, now)
 	return nil
+}
+
+// fragmentID names a posting fragment by its content.
+func fragmentID(val []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(val)
+	return h.Sum64()
+}
+
+// storedSpanIDs returns the IDs of the spans stored for a trace, reading
+// only the chunk headers.
+func storedSpanIDs(txn *badger.Txn, id span.TraceID) (map[span.SpanID]bool, error) {
+	prefix := traceKey(id, subChunk)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	out := map[span.SpanID]bool{}
+	for it.Rewind(); it.Valid(); it.Next() {
+		err := it.Item().Value(func(v []byte) error {
+			return walkChunk(v, func(e chunkEntry) error {
+				out[e.sid] = true
+				return nil
+			})
+		})
+		if err != nil {
+			return nil, fmt.Errorf("check stored spans: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // maxSeqProbes bounds the search for a free seq: 16 milliseconds' worth.
@@ -469,9 +726,9 @@ func (s *Store) allocSeq(txn *badger.Txn, base uint64) (uint64, error) {
 	return seq, err
 }
 
-// freeSeq returns the first seq from start on that no trace holds. The
-// reads join the transaction's read set, so two writers racing for one seq
-// conflict and one retries.
+// freeSeq returns the first seq from start on that no trace holds. Commits
+// are serialised (writeMu), so no other writer can take it before this
+// transaction commits.
 func freeSeq(txn *badger.Txn, start, limit uint64) (uint64, error) {
 	for seq := start; seq < limit; seq++ {
 		_, err := txn.Get(seqKey(seq))

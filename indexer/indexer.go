@@ -1,14 +1,17 @@
 package indexer
 
 import (
+	"bytes"
 	"container/list"
 	"context"
+	"encoding/hex"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/index"
@@ -43,30 +46,50 @@ type Decider interface {
 	Flush() []sampling.Decision
 }
 
+// Observer derives metrics from every span before sampling (RED metrics).
+// Each span must be observed exactly once; done runs once the counts are
+// durable, and the indexer holds the spans' Kafka records until then.
+type Observer interface {
+	ObserveDurable(t *span.Trace, done func())
+	// Link records that a trace was kept, so metric buckets point at it.
+	Link(id span.TraceID, reasons []string)
+}
+
+// chunk is part of one trace as it arrived: an encoded OTLP TracesData.
+// Buffers hold chunks rather than decoded spans because a decoded span costs
+// several times its wire size in memory; spans are decoded once, when the
+// trace is decided (or, for late spans, when they are written).
+type chunk struct {
+	data     []byte
+	spans    int
+	observed bool // its spans were already given to the Observer
+}
+
 // Indexer assembles, decides and writes traces. It implements bus.RecordHandler.
 type Indexer struct {
 	cfg     Config
 	store   TraceWriter
 	stages  []Stage
 	decider Decider
+	obs     Observer
 	log     *slog.Logger
 	m       *metrics
 
 	mu        sync.Mutex
-	traces    map[span.TraceID]*pending
-	byQuiet   *list.List // *pending, least recently updated first
-	byAge     *list.List // *pending, oldest first
-	spans     int        // spans buffered across traces
-	full      []*pending // traces that reached MaxSpansPerTrace
+	traces    map[span.TraceID]*pending // assembling
+	byQuiet   *list.List                // *pending, least recently updated first
+	byAge     *list.List                // *pending, oldest first
+	spans     int                       // spans of assembling traces
+	full      []*pending                // traces that reached MaxSpansPerTrace
 	held      map[span.TraceID]*heldTrace
 	heldSpans int
+	decisions *decisionCache
 
 	// Event-time watermark for the decider: the newest root start offered,
 	// less the time a trace of that age may still be assembling. Only the
 	// decide goroutine touches these.
 	maxStart  time.Time
 	lastOffer time.Time
-	decisions *decisionCache
 
 	writes chan writeJob
 	wake   chan struct{}
@@ -75,7 +98,8 @@ type Indexer struct {
 type pending struct {
 	id        span.TraceID
 	part      partKey
-	spans     []span.Span
+	chunks    []chunk
+	nspans    int
 	tickets   []*bus.Ticket
 	first     time.Time
 	last      time.Time
@@ -88,25 +112,34 @@ type partKey struct {
 	part  int32
 }
 
-// heldTrace is a complete trace the decider has not decided yet.
+// heldTrace is a complete trace being decided, or held by the decider until
+// its window closes. Spans arriving meanwhile join its chunks.
 type heldTrace struct {
-	trace    span.Trace
+	deciding bool // popped, not yet offered: spans join without the cap
+	chunks   []chunk
+	nspans   int
 	warnings []string
 	tickets  []*bus.Ticket
 }
 
+// writeJob is a kept trace for the writer: spans already decoded, plus chunks
+// still encoded (late spans), decoded by the writer.
 type writeJob struct {
-	trace   index.KeptTrace
-	tickets []*bus.Ticket
+	id       span.TraceID
+	spans    []span.Span
+	chunks   []chunk
+	reasons  []string
+	warnings []string
+	tickets  []*bus.Ticket
 }
 
 // New returns an indexer writing kept traces to store.
-func New(cfg Config, store TraceWriter, stages []Stage, decider Decider, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
+func New(cfg Config, store TraceWriter, stages []Stage, decider Decider, obs Observer, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	ix := &Indexer{
-		cfg: cfg, store: store, stages: stages, decider: decider, log: logger,
+		cfg: cfg, store: store, stages: stages, decider: decider, obs: obs, log: logger,
 		traces:    map[span.TraceID]*pending{},
 		held:      map[span.TraceID]*heldTrace{},
 		byQuiet:   list.New(),
@@ -123,10 +156,9 @@ func New(cfg Config, store TraceWriter, stages []Stage, decider Decider, logger 
 	return ix, nil
 }
 
-// HandleRecords decodes records and buffers their spans by trace.
-// When the buffer is over its bounds it waits for the decider to shed the
-// oldest traces before taking the next record, so the bounds hold however
-// fast records arrive.
+// HandleRecords buffers records by trace. When the buffer is over its bounds
+// it waits for the decider to shed the oldest traces before taking the next
+// record, so the bounds hold however fast records arrive.
 func (ix *Indexer) HandleRecords(ctx context.Context, recs []*kgo.Record, tickets []*bus.Ticket) {
 	for i, r := range recs {
 		ix.handleRecord(r, tickets[i])
@@ -145,72 +177,151 @@ func (ix *Indexer) overBounds() bool {
 }
 
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
-	spans, err := span.DecodeTraces(r.Value)
-	if err != nil {
-		// A record that cannot be decoded never will be: skip it rather than
-		// block the partition, and count it so it is seen.
-		ix.m.badRecords.Inc()
-		ix.log.Warn("skipping undecodable record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+	now := time.Now()
+	pk := partKey{r.Topic, r.Partition}
+	// Records keyed by the hex trace ID (ours, and the OTel Collector's with
+	// partition_traces_by_id) hold one trace: buffer them as they are.
+	if id, ok := keyTraceID(r.Key); ok {
+		n, err := span.CountSpans(r.Value)
+		if err != nil {
+			ix.badRecord(r, err)
+			return
+		}
+		ix.add(id, pk, chunk{data: bytes.Clone(r.Value), spans: n}, t, now)
 		return
 	}
-	now := time.Now()
-	// Records written by us carry one trace; others may mix several.
-	for len(spans) > 0 {
-		id, ok := traceIDOf(spans[0])
-		n := 1
-		for n < len(spans) && sameTrace(spans[n], id) {
-			n++
-		}
-		group := spans[:n]
-		spans = spans[n:]
-		if !ok {
-			ix.m.badSpans.Add(float64(len(group)))
+	// Other records may mix traces: decode, regroup, re-encode.
+	spans, err := span.DecodeTraces(r.Value)
+	if err != nil {
+		ix.badRecord(r, err)
+		return
+	}
+	groups := map[span.TraceID][]span.Span{}
+	var order []span.TraceID
+	for _, s := range spans {
+		id, err := span.TraceIDFromBytes(s.GetTraceId())
+		if err != nil {
+			ix.m.badSpans.Inc()
 			continue
 		}
-		ix.add(id, partKey{r.Topic, r.Partition}, group, t, now)
+		if _, ok := groups[id]; !ok {
+			order = append(order, id)
+		}
+		groups[id] = append(groups[id], s)
+	}
+	for _, id := range order {
+		data, err := proto.Marshal(span.ToTracesData(groups[id]))
+		if err != nil {
+			ix.badRecord(r, err)
+			return
+		}
+		ix.add(id, pk, chunk{data: data, spans: len(groups[id])}, t, now)
 	}
 }
 
-func traceIDOf(s span.Span) (span.TraceID, bool) {
-	id, err := span.TraceIDFromBytes(s.GetTraceId())
-	return id, err == nil
+func (ix *Indexer) badRecord(r *kgo.Record, err error) {
+	// A record that cannot be decoded never will be: skip it rather than
+	// block the partition, and count it so it is seen.
+	ix.m.badRecords.Inc()
+	ix.log.Warn("skipping undecodable record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
 }
 
-func sameTrace(s span.Span, id span.TraceID) bool {
-	b := s.GetTraceId()
-	return len(b) == 16 && span.TraceID(b) == id
+// keyTraceID reads a record key that is a 32-digit hex trace ID.
+func keyTraceID(key []byte) (span.TraceID, bool) {
+	var id span.TraceID
+	if len(key) != 32 {
+		return id, false
+	}
+	if _, err := hex.Decode(id[:], key); err != nil || id.IsZero() {
+		return id, false
+	}
+	return id, true
 }
 
-// add buffers spans of one trace, or routes them by an earlier decision.
-func (ix *Indexer) add(id span.TraceID, pk partKey, spans []span.Span, t *bus.Ticket, now time.Time) {
+// decodeChunks decodes a trace's chunks, keeping only spans of that trace (a
+// record keyed by one trace ID that carries others is counted, not trusted).
+func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk, into []span.Span) []span.Span {
+	for _, c := range chunks {
+		spans, err := span.DecodeTraces(c.data)
+		if err != nil {
+			ix.m.badRecords.Inc()
+			ix.log.Warn("skipping undecodable spans", "trace_id", id.String(), "err", err)
+			continue
+		}
+		for _, s := range spans {
+			if b := s.GetTraceId(); len(b) != 16 || span.TraceID(b) != id {
+				ix.m.badSpans.Inc()
+				continue
+			}
+			into = append(into, s)
+		}
+	}
+	return into
+}
+
+// observe hands spans to the Observer, holding their records until the
+// counts are durable.
+func (ix *Indexer) observe(id span.TraceID, spans []span.Span, tickets []*bus.Ticket) {
+	if ix.obs == nil || len(spans) == 0 {
+		return
+	}
+	for _, tk := range tickets {
+		tk.Acquire()
+	}
+	ix.obs.ObserveDurable(&span.Trace{ID: id, Spans: spans}, func() {
+		for _, tk := range tickets {
+			tk.Release()
+		}
+	})
+}
+
+// observeChunks decodes and observes the chunks not yet observed.
+func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus.Ticket) {
+	var fresh []chunk
+	for _, c := range chunks {
+		if !c.observed {
+			fresh = append(fresh, c)
+		}
+	}
+	if len(fresh) > 0 {
+		ix.observe(id, ix.decodeChunks(id, fresh, nil), tickets)
+	}
+}
+
+// add buffers a chunk of one trace, or routes it by an earlier decision.
+func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now time.Time) {
 	ix.mu.Lock()
 	if h := ix.held[id]; h != nil {
 		// Complete but undecided: the spans join it and follow its decision,
 		// up to the per-trace cap; past it they are shed (counted) so a
 		// runaway trace held in a top-N heap cannot grow memory without bound.
-		if room := ix.cfg.MaxSpansPerTrace - len(h.trace.Spans); room < len(spans) {
-			ix.m.shedSpans.Add(float64(len(spans) - max(room, 0)))
-			spans = spans[:max(room, 0)]
+		if !h.deciding && h.nspans+c.spans > ix.cfg.MaxSpansPerTrace {
+			ix.mu.Unlock()
+			ix.m.shedSpans.Add(float64(c.spans))
+			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t}) // metrics still count them
+			return
 		}
-		h.trace.Spans = append(h.trace.Spans, spans...)
-		ix.heldSpans += len(spans)
+		h.chunks = append(h.chunks, c)
+		h.nspans += c.spans
+		ix.heldSpans += c.spans
 		if h.tickets[len(h.tickets)-1] != t {
 			t.Acquire()
 			h.tickets = append(h.tickets, t)
 		}
 		ix.mu.Unlock()
-		ix.m.lateSpans.WithLabelValues("held").Add(float64(len(spans)))
+		ix.m.lateSpans.WithLabelValues("held").Add(float64(c.spans))
 		return
 	}
 	if d, ok := ix.decisions.get(id); ok && ix.traces[id] == nil {
 		ix.mu.Unlock()
 		if d == nil {
-			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(len(spans)))
+			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(c.spans))
+			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t})
 			return
 		}
-		ix.m.lateSpans.WithLabelValues("written").Add(float64(len(spans)))
+		ix.m.lateSpans.WithLabelValues("written").Add(float64(c.spans))
 		t.Acquire()
-		ix.writes <- writeJob{trace: index.KeptTrace{Trace: span.Trace{ID: id, Spans: spans}, Reasons: d}, tickets: []*bus.Ticket{t}}
+		ix.writes <- writeJob{id: id, chunks: []chunk{c}, reasons: d, tickets: []*bus.Ticket{t}}
 		return
 	}
 	p := ix.traces[id]
@@ -223,13 +334,14 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, spans []span.Span, t *bus.Ti
 		ix.byQuiet.MoveToBack(p.quietElem)
 	}
 	p.last = now
-	p.spans = append(p.spans, spans...)
-	ix.spans += len(spans)
+	p.chunks = append(p.chunks, c)
+	p.nspans += c.spans
+	ix.spans += c.spans
 	if len(p.tickets) == 0 || p.tickets[len(p.tickets)-1] != t {
 		t.Acquire()
 		p.tickets = append(p.tickets, t)
 	}
-	full := len(p.spans) >= ix.cfg.MaxSpansPerTrace && len(p.spans)-len(spans) < ix.cfg.MaxSpansPerTrace
+	full := p.nspans >= ix.cfg.MaxSpansPerTrace && p.nspans-c.spans < ix.cfg.MaxSpansPerTrace
 	if full {
 		ix.full = append(ix.full, p)
 	}
@@ -264,7 +376,7 @@ func (ix *Indexer) PartitionsGone(parts map[string][]int32) {
 	}
 	ix.full = ix.full[:0]
 	for _, p := range ix.traces {
-		if len(p.spans) >= ix.cfg.MaxSpansPerTrace {
+		if p.nspans >= ix.cfg.MaxSpansPerTrace {
 			ix.full = append(ix.full, p)
 		}
 	}
@@ -274,20 +386,15 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 	delete(ix.traces, id)
 	ix.byAge.Remove(p.ageElem)
 	ix.byQuiet.Remove(p.quietElem)
-	ix.spans -= len(p.spans)
+	ix.spans -= p.nspans
 }
 
 // Run decides and writes traces until ctx is done, then decides every trace
 // still buffered and writes it (graceful shutdown flushes what it holds).
 // Call it before the consumer starts; it returns once everything is written.
 func (ix *Indexer) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	wg.Add(1)
 	writeErr := make(chan error, 1)
-	go func() {
-		defer wg.Done()
-		writeErr <- ix.writeLoop()
-	}()
+	go func() { writeErr <- ix.writeLoop() }()
 	tick := time.NewTicker(tickFor(ix.cfg.DecisionWait))
 	defer tick.Stop()
 	for {
@@ -296,7 +403,6 @@ func (ix *Indexer) Run(ctx context.Context) error {
 			ix.decide(time.Now(), true)
 			ix.apply(ix.decider.Flush())
 			close(ix.writes)
-			wg.Wait()
 			return <-writeErr
 		case now := <-tick.C:
 			ix.decide(now, false)
@@ -307,6 +413,9 @@ func (ix *Indexer) Run(ctx context.Context) error {
 	}
 }
 
+// decideBatch is how many traces are moved from assembling to deciding at once.
+const decideBatch = 256
+
 func tickFor(wait time.Duration) time.Duration {
 	return min(max(wait/20, 10*time.Millisecond), 250*time.Millisecond)
 }
@@ -315,24 +424,28 @@ func tickFor(wait time.Duration) time.Duration {
 // through the stages and the sampler.
 func (ix *Indexer) decide(now time.Time, all bool) {
 	for {
-		due := ix.popDue(now, all, 256)
+		due := ix.popDue(now, all, decideBatch)
 		if len(due) == 0 {
 			return
 		}
-		for _, p := range due {
-			ix.decideOne(p)
+		for _, id := range due {
+			ix.decideOne(id)
 		}
 	}
 }
 
-func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []*pending {
+// popDue moves due traces from assembling to held (being decided), under one
+// lock so a span arriving meanwhile joins the held trace.
+func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []span.TraceID {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	var due []*pending
+	var due []span.TraceID
 	take := func(p *pending, why string) {
 		ix.removeLocked(p.id, p)
+		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, tickets: p.tickets}
+		ix.heldSpans += p.nspans
 		ix.m.decided.WithLabelValues(why).Inc()
-		due = append(due, p)
+		due = append(due, p.id)
 	}
 	for len(due) < maxN {
 		if e := ix.byQuiet.Front(); e != nil && (all || now.Sub(e.Value.(*pending).last) >= ix.cfg.DecisionWait) {
@@ -364,22 +477,52 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []*pending {
 	return due
 }
 
-func (ix *Indexer) decideOne(p *pending) {
-	t := span.Trace{ID: p.id, Spans: p.spans}
+// decideOne decodes a trace, runs the stages and offers it to the decider.
+// A trace the decider holds is re-encoded (skew-adjusted) until decided.
+func (ix *Indexer) decideOne(id span.TraceID) {
+	ix.mu.Lock()
+	h := ix.held[id]
+	chunks := h.chunks
+	h.chunks = nil
+	ix.mu.Unlock()
+
+	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks, nil)}
 	var warnings []string
 	for _, s := range ix.stages {
 		warnings = append(warnings, s.Process(&t)...)
 	}
+	ix.observe(id, t.Spans, h.tickets)
 	info := sampling.Info(&t)
-	ix.mu.Lock()
-	ix.held[p.id] = &heldTrace{trace: t, warnings: warnings, tickets: p.tickets}
-	ix.heldSpans += len(t.Spans)
-	ix.mu.Unlock()
 	if info.Start.After(ix.maxStart) {
 		ix.maxStart = info.Start
 	}
 	ix.lastOffer = time.Now()
-	ix.apply(ix.decider.Offer(info))
+	ds := ix.decider.Offer(info)
+	mine := -1
+	for i, d := range ds {
+		if d.ID == id {
+			mine = i
+		}
+	}
+	if mine < 0 {
+		data, err := proto.Marshal(span.ToTracesData(t.Spans))
+		ix.mu.Lock()
+		if err == nil {
+			h.chunks = append([]chunk{{data: data, spans: len(t.Spans), observed: true}}, h.chunks...)
+		} else { // cannot happen for decoded spans; keep the originals
+			for i := range chunks {
+				chunks[i].observed = true
+			}
+			h.chunks = append(chunks, h.chunks...)
+		}
+		h.warnings = warnings
+		h.deciding = false
+		ix.mu.Unlock()
+	} else {
+		ix.finish(id, t.Spans, ds[mine].Reasons, warnings)
+		ds = append(ds[:mine], ds[mine+1:]...)
+	}
+	ix.apply(ds)
 }
 
 // advance moves the decider's watermark. It follows event time — the newest
@@ -399,32 +542,44 @@ func (ix *Indexer) advance(now time.Time) {
 	ix.apply(ix.decider.Advance(wm))
 }
 
-// apply carries out decisions: kept traces go to the writer, dropped ones
-// release their records.
+// apply carries out decisions for held traces.
 func (ix *Indexer) apply(ds []sampling.Decision) {
 	for _, d := range ds {
-		ix.mu.Lock()
-		h := ix.held[d.ID]
-		delete(ix.held, d.ID)
-		if h != nil {
-			ix.heldSpans -= len(h.trace.Spans)
-			ix.decisions.put(d.ID, d.Reasons)
-		}
-		ix.mu.Unlock()
-		if h == nil {
-			ix.log.Warn("decision for a trace that is not held", "trace_id", d.ID.String())
-			continue
-		}
-		if !d.Keep() {
-			ix.m.traces.WithLabelValues("dropped").Inc()
-			for _, tk := range h.tickets {
-				tk.Release()
-			}
-			continue
-		}
-		ix.m.traces.WithLabelValues("kept").Inc()
-		ix.writes <- writeJob{trace: index.KeptTrace{Trace: h.trace, Reasons: d.Reasons, Warnings: h.warnings}, tickets: h.tickets}
+		ix.finish(d.ID, nil, d.Reasons, nil)
 	}
+}
+
+// finish ends a held trace: kept, it goes to the writer with spans (decoded)
+// and whatever chunks it still holds; dropped, its records are released.
+func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings []string) {
+	ix.mu.Lock()
+	h := ix.held[id]
+	if h != nil {
+		delete(ix.held, id)
+		ix.heldSpans -= h.nspans
+		ix.decisions.put(id, reasons)
+	}
+	ix.mu.Unlock()
+	if h == nil {
+		ix.log.Warn("decision for a trace that is not held", "trace_id", id.String())
+		return
+	}
+	if len(reasons) == 0 {
+		ix.m.traces.WithLabelValues("dropped").Inc()
+		ix.observeChunks(id, h.chunks, h.tickets)
+		for _, tk := range h.tickets {
+			tk.Release()
+		}
+		return
+	}
+	ix.m.traces.WithLabelValues("kept").Inc()
+	if ix.obs != nil {
+		ix.obs.Link(id, reasons)
+	}
+	if warnings == nil {
+		warnings = h.warnings
+	}
+	ix.writes <- writeJob{id: id, spans: spans, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets}
 }
 
 // writeLoop batches kept traces into store writes. A failed write is retried
@@ -483,9 +638,17 @@ func (ix *Indexer) writeLoop() error {
 		if len(batch) == 0 {
 			timer.Reset(20 * time.Millisecond)
 		}
-		batch = append(batch, job.trace)
+		spans := job.spans
+		for _, c := range job.chunks {
+			decoded := ix.decodeChunks(job.id, []chunk{c}, nil)
+			if !c.observed {
+				ix.observe(job.id, decoded, job.tickets)
+			}
+			spans = append(spans, decoded...)
+		}
+		batch = append(batch, index.KeptTrace{Trace: span.Trace{ID: job.id, Spans: spans}, Reasons: job.reasons, Warnings: job.warnings})
 		tickets = append(tickets, job.tickets...)
-		nspans += len(job.trace.Trace.Spans)
+		nspans += len(spans)
 		if nspans >= ix.cfg.WriteBatchSpans {
 			flush()
 		}

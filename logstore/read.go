@@ -99,8 +99,8 @@ func (s *Store) TraceLogProtos(ctx context.Context, traceID span.TraceID, spanID
 }
 
 // Search runs a Bleve query string over bodies and attributes (a bare word
-// searches both; attr.<key>:value one attribute; service_name:, level:,
-// trace_id: the keywords) and returns up to limit lines in [start, end],
+// searches the body and attribute values; attr:"key=value" one attribute
+// exactly; service_name:, level:, trace_id:, span_id: the keywords) and returns up to limit lines in [start, end],
 // newest first. An empty q matches every line.
 func (s *Store) Search(ctx context.Context, q string, start, end time.Time, limit int) ([]Entry, error) {
 	pes, err := s.SearchProtos(ctx, q, start, end, limit)

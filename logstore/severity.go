@@ -1,94 +1,30 @@
 package logstore
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
-
 	otlplogs "go.opentelemetry.io/proto/otlp/logs/v1"
+
+	"github.com/threadline/threadline/logstore/loglevel"
 )
 
-// OTLP severity numbers of the first value of each level's range
-// (TRACE 1-4, DEBUG 5-8, INFO 9-12, WARN 13-16, ERROR 17-20, FATAL 21-24).
+// OTLP severity numbers at the bottom of each level's range.
 const (
-	SeverityTrace int32 = 1
-	SeverityDebug int32 = 5
-	SeverityInfo  int32 = 9
-	SeverityWarn  int32 = 13
-	SeverityError int32 = 17
-	SeverityFatal int32 = 21
+	SeverityTrace = loglevel.Trace
+	SeverityDebug = loglevel.Debug
+	SeverityInfo  = loglevel.Info
+	SeverityWarn  = loglevel.Warn
+	SeverityError = loglevel.Error
+	SeverityFatal = loglevel.Fatal
 )
 
-var levelNames = [...]string{"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
+// ParseLevel maps a level name (trace, debug, info, warn, error, fatal and
+// common aliases) or a severity number 1-24 to an OTLP severity number.
+func ParseLevel(s string) (int32, error) { return loglevel.Parse(s) }
 
-// ParseLevel maps a level name (any case; WARNING, ERR, CRITICAL, PANIC and
-// the numbered forms WARN2 accepted) or a severity number 1-24 to the OTLP
-// severity number at the bottom of that level's range.
-func ParseLevel(s string) (int32, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	if n, err := strconv.Atoi(t); err == nil {
-		if n < 1 || n > 24 {
-			return 0, fmt.Errorf("severity number %d out of range 1-24", n)
-		}
-		return int32(n), nil
-	}
-	// OTLP's short names carry a 2-4 suffix within the level (WARN2).
-	if len(t) > 1 && t[len(t)-1] >= '2' && t[len(t)-1] <= '4' {
-		t = t[:len(t)-1]
-	}
-	switch t {
-	case "TRACE":
-		return SeverityTrace, nil
-	case "DEBUG", "DBG":
-		return SeverityDebug, nil
-	case "INFO", "INFORMATION", "NOTICE":
-		return SeverityInfo, nil
-	case "WARN", "WARNING":
-		return SeverityWarn, nil
-	case "ERROR", "ERR":
-		return SeverityError, nil
-	case "FATAL", "CRITICAL", "CRIT", "PANIC", "EMERG", "ALERT":
-		return SeverityFatal, nil
-	}
-	return 0, fmt.Errorf("unknown log level %q: want trace, debug, info, warn, error or fatal", truncate(s))
-}
-
-// LevelName is the upper-case level of a severity number; "UNSPECIFIED" for
-// 0 and out-of-range numbers.
-func LevelName(sev int32) string {
-	if sev < 1 || sev > 24 {
-		return "UNSPECIFIED"
-	}
-	return levelNames[(sev-1)/4]
-}
-
-// levelLabel is the lower-case level as Loki and Grafana label it.
-func levelLabel(sev int32) string {
-	if sev < 1 || sev > 24 {
-		return "unknown"
-	}
-	return strings.ToLower(levelNames[(sev-1)/4])
-}
+// LevelName is the upper-case level of a severity number.
+func LevelName(sev int32) string { return loglevel.Name(sev) }
 
 // Severity is the severity number a record is filed under: its own, else
-// parsed from its severity text, else INFO. Many emitters (stdout scrapers,
-// old SDKs) set only the text or nothing; treating an unlabelled line as
-// INFO keeps it out of WARN+ filters without dropping it where INFO is kept.
-func Severity(rec *otlplogs.LogRecord) int32 {
-	if n := int32(rec.GetSeverityNumber()); n >= 1 && n <= 24 {
-		return n
-	}
-	if t := rec.GetSeverityText(); t != "" {
-		if n, err := ParseLevel(t); err == nil {
-			return n
-		}
-	}
-	return SeverityInfo
-}
+// parsed from its text, else INFO.
+func Severity(rec *otlplogs.LogRecord) int32 { return loglevel.Of(rec) }
 
-func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
-	}
-	return s
-}
+func levelLabel(sev int32) string { return loglevel.Label(sev) }

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -216,19 +217,27 @@ func (s *Store) indexShard(start int64, ps []prepared, now time.Time) error {
 	defer s.shards.release(sh)
 	batch := sh.idx.NewBatch()
 	for _, p := range ps {
+		text := p.body
+		var attrs []string
+		if len(p.attrs) > 0 {
+			var sb strings.Builder
+			sb.WriteString(p.body)
+			attrs = make([]string, 0, len(p.attrs))
+			for k, v := range p.attrs {
+				sb.WriteByte('\n')
+				sb.WriteString(v)
+				attrs = append(attrs, k+"="+v)
+			}
+			text = sb.String()
+		}
 		doc := map[string]any{
-			fieldBody:    p.body,
+			fieldText:    text,
 			fieldService: p.service,
 			fieldLevel:   levelLabel(p.sev),
 			fieldTime:    time.Unix(0, p.adjNs),
-			fieldSev:     float64(p.sev),
 			fieldSrc:     string(p.value),
 		}
-		if len(p.attrs) > 0 {
-			attrs := make(map[string]any, len(p.attrs))
-			for k, v := range p.attrs {
-				attrs[k] = v
-			}
+		if len(attrs) > 0 {
 			doc[fieldAttr] = attrs
 		}
 		if p.hasTrace {
@@ -310,4 +319,3 @@ func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a.
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
 func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...)) }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(fmt.Sprintf(f, a...)) }
-

@@ -258,7 +258,8 @@ func TestSearch(t *testing.T) {
 		want       []string
 	}{
 		{"word in body, newest first", "connection", time.Time{}, time.Time{}, []string{"retrying connection", "connection refused by inventory-db"}},
-		{"attribute by name", "attr.user:alice", time.Time{}, time.Time{}, []string{"cart loaded for user"}},
+		{"attribute by name", `attr:"user=alice"`, time.Time{}, time.Time{}, []string{"cart loaded for user"}},
+		{"phrase", `"refused by"`, time.Time{}, time.Time{}, []string{"connection refused by inventory-db"}},
 		{"attribute value bare", "alice", time.Time{}, time.Time{}, []string{"cart loaded for user"}},
 		{"keyword field", "connection +service_name:payments", time.Time{}, time.Time{}, []string{"retrying connection"}},
 		{"time range", "connection", t0.Add(-time.Second), t0.Add(time.Second), []string{"connection refused by inventory-db"}},

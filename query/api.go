@@ -35,6 +35,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	logspb "github.com/threadline/threadline/proto/logs/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 )
 
@@ -45,21 +46,27 @@ type API struct {
 	logger  *slog.Logger
 	metrics *metrics
 	now     func() time.Time
+	// logReaders serve the log routes (logs.go, loki.go); see WithLogReaders.
+	logReaders []logspb.LogReaderClient
 }
 
 // New returns an API over readers, one client per indexer. A zero field of cfg
 // takes its default. Metrics are registered on reg when it is not nil.
-func New(cfg Config, readers []readerpb.ReaderClient, logger *slog.Logger, reg prometheus.Registerer) *API {
+func New(cfg Config, readers []readerpb.ReaderClient, logger *slog.Logger, reg prometheus.Registerer, opts ...Option) *API {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &API{
+	a := &API{
 		cfg:     cfg.withDefaults(),
 		readers: readers,
 		logger:  logger,
 		metrics: newMetrics(reg),
 		now:     time.Now,
 	}
+	for _, o := range opts {
+		o(a)
+	}
+	return a
 }
 
 // route is one registered path with the methods it answers.
@@ -90,6 +97,16 @@ func (a *API) routes() []route {
 		// Native (the UI), see native.go.
 		{"/api/v1/search", a.nativeSearch},
 		{"/api/v1/traces/{id}", a.nativeTraceByID},
+		// Logs (the UI) and the Loki subset (Grafana), see logs.go and loki.go.
+		{"/api/v1/traces/{id}/logs", a.traceLogs},
+		{"/api/v1/logs/search", a.logSearch},
+		{"/api/v1/logs/levels", a.logLevels},
+		{"POST /api/v1/logs/levels", a.setLogLevel},
+		{"/loki/api/v1/query_range", a.lokiQueryRange},
+		{"/loki/api/v1/query", a.lokiQueryInstant},
+		{"/loki/api/v1/labels", a.lokiLabels},
+		{"/loki/api/v1/label/{name}/values", a.lokiLabelValues},
+		{"/loki/api/v1/series", a.lokiSeries},
 		// RED metrics and their Prometheus exposition, see red.go.
 		{"/api/v1/metrics/red", a.redQuery},
 		{"/api/v1/metrics/prometheus", a.redPrometheus},
@@ -132,7 +149,8 @@ func (a *API) instrument(pattern string, h http.HandlerFunc) http.Handler {
 			a.metrics.requests.WithLabelValues(pattern, strconv.Itoa(code)).Inc()
 			a.metrics.latency.WithLabelValues(pattern).Observe(time.Since(start).Seconds())
 		}()
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// A pattern that names its method ("POST /x") also answers it.
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !strings.HasPrefix(pattern, r.Method+" ") {
 			rec.Header().Set("Allow", "GET, HEAD")
 			writeText(rec, r, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; use GET")
 			return

@@ -480,3 +480,48 @@ func FuzzHTTPLogsExport(f *testing.F) {
 		require.Equal(t, ct, rec.Header().Get("Content-Type"))
 	})
 }
+
+// BenchmarkGRPCLogsExport is BenchmarkGRPCExport for logs: pre-encoded
+// 512-record requests (16 traces × 30 records plus 32 without a trace).
+func BenchmarkGRPCLogsExport(b *testing.B) {
+	cfg := testConfig()
+	cfg.HTTPAddr = ""
+	r, err := New(cfg, nopPublisher{}, nil, nil, WithLogs(nopLogsPublisher{}))
+	require.NoError(b, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(b, <-done)
+	}()
+	g, _ := r.Addrs()
+	conn := dialGRPC(b, g.String())
+
+	const recordsPerRequest = 512
+	req := marshal(b, buildLogsRequest(16, 30, 32))
+	_, err = exportRawLogs(context.Background(), conn, req) // warm up the connection
+	require.NoError(b, err)
+
+	b.ReportAllocs()
+	b.SetBytes(int64(len(req)))
+	cpu0, wall0 := processCPU(b), time.Now()
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := exportRawLogs(context.Background(), conn, req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	records := float64(b.N * recordsPerRequest)
+	b.ReportMetric(records/time.Since(wall0).Seconds(), "records/s")
+	b.ReportMetric(float64(processCPU(b)-cpu0)/records, "cpu-ns/record")
+}
+
+type nopLogsPublisher struct{}
+
+func (nopLogsPublisher) PublishLogs(context.Context, []span.LogBatch) error { return nil }

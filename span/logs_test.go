@@ -281,7 +281,9 @@ func TestSplitLogsRepairsUTF8(t *testing.T) {
 	sv := func(s string) *commonpb.AnyValue {
 		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}}
 	}
-	rec := func(ld *logspb.LogsData, i int) *logspb.LogRecord { return ld.ResourceLogs[0].ScopeLogs[0].LogRecords[i] }
+	rec := func(ld *logspb.LogsData, i int) *logspb.LogRecord {
+		return ld.ResourceLogs[0].ScopeLogs[0].LogRecords[i]
+	}
 	tests := []struct {
 		name         string
 		mutate       func(ld *logspb.LogsData)

@@ -82,8 +82,8 @@ type group struct {
 type Splitter struct {
 	byID     map[TraceID]int32
 	rejected int
-	batches []batchRec
-	spans   []spanRec
+	batches  []batchRec
+	spans    []spanRec
 	// Resource and scope header segments live in separate pools because a
 	// scope's header is built while its resource's header is still open.
 	resSegs   [][]byte

@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/url"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	collectortracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+type sentTrace struct {
+	id       string
+	service  string
+	op       string
+	duration time.Duration
+	err      bool
+}
+
+// TestSamplingAndREDThroughPipeline sends traffic with known ground truth
+// through the whole all-in-one with the default policy (no baseline): after the
+// window closes exactly the error traces plus the N slowest per (service,
+// operation) are stored, each with its reason, and the RED metrics count every
+// span sent, including those of dropped traces.
+func TestSamplingAndREDThroughPipeline(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Indexer.Sampling.Baseline = 0
+	cfg.Indexer.Sampling.TopN = 2
+	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
+	cfg.Indexer.Indexer.WatermarkSlack = 0
+	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
+	a := startAllInOne(t, cfg)
+
+	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := collectortracepb.NewTraceServiceClient(conn)
+
+	// One closed minute, ten minutes ago: the window closes once traffic stops.
+	base := time.Now().Add(-10 * time.Minute).Truncate(time.Minute)
+	var sent []sentTrace
+	req := &collectortracepb.ExportTraceServiceRequest{}
+	for _, svc := range []string{"order", "payment"} {
+		rs := &tracepb.ResourceSpans{
+			Resource:   &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: svc}}}}},
+			ScopeSpans: []*tracepb.ScopeSpans{{}},
+		}
+		for o := range 3 {
+			op := fmt.Sprintf("POST /op%d", o)
+			for i := range 8 {
+				tid, sid := make([]byte, 16), make([]byte, 8)
+				_, _ = rand.Read(tid)
+				_, _ = rand.Read(sid)
+				st := sentTrace{id: hexID(tid), service: svc, op: op, duration: time.Duration(10+i*7+o) * time.Millisecond, err: i == 5}
+				start := base.Add(time.Duration(i) * time.Second)
+				sp := &tracepb.Span{TraceId: tid, SpanId: sid, Name: op, Kind: tracepb.Span_SPAN_KIND_SERVER,
+					StartTimeUnixNano: uint64(start.UnixNano()), EndTimeUnixNano: uint64(start.Add(st.duration).UnixNano())}
+				if st.err {
+					sp.Status = &tracepb.Status{Code: tracepb.Status_STATUS_CODE_ERROR, Message: "boom"}
+				}
+				rs.ScopeSpans[0].Spans = append(rs.ScopeSpans[0].Spans, sp)
+				sent = append(sent, st)
+			}
+		}
+		req.ResourceSpans = append(req.ResourceSpans, rs)
+	}
+	_, err = client.Export(context.Background(), req)
+	require.NoError(t, err)
+
+	want := map[string]string{}
+	groups := map[string][]sentTrace{}
+	for _, s := range sent {
+		if s.err {
+			want[s.id] = "error"
+		} else {
+			groups[s.service+s.op] = append(groups[s.service+s.op], s)
+		}
+	}
+	for _, g := range groups {
+		sort.Slice(g, func(i, j int) bool { return g[i].duration > g[j].duration })
+		for _, s := range g[:2] {
+			want[s.id] = "latency_topn"
+		}
+	}
+
+	type result struct {
+		Traces []struct {
+			TraceID     string   `json:"traceID"`
+			KeptReasons []string `json:"keptReasons"`
+		} `json:"traces"`
+	}
+	var res result
+	q := url.Values{"start": {fmt.Sprint(base.Add(-time.Minute).Unix())}, "end": {fmt.Sprint(base.Add(2 * time.Minute).Unix())}, "limit": {"1000"}}
+	require.Eventually(t, func() bool {
+		res = result{}
+		return getJSON(t, a.query+"/api/v1/search?"+q.Encode(), &res) == 200 && len(res.Traces) >= len(want)
+	}, 30*time.Second, 100*time.Millisecond, "kept traces never all appeared")
+	time.Sleep(time.Second) // nothing more may appear
+	res = result{}
+	require.Equal(t, 200, getJSON(t, a.query+"/api/v1/search?"+q.Encode(), &res))
+	got := map[string]string{}
+	for _, tr := range res.Traces {
+		require.Len(t, tr.KeptReasons, 1, "trace %s", tr.TraceID)
+		got[tr.TraceID] = tr.KeptReasons[0]
+	}
+	require.Equal(t, want, got, "stored = errors + the true top-2 per key, with reasons")
+
+	// RED counts every span sent, kept or not.
+	for _, svc := range []string{"order", "payment"} {
+		for o := range 3 {
+			var red struct {
+				Series []struct {
+					Count  float64 `json:"count"`
+					Errors float64 `json:"errors"`
+				} `json:"series"`
+			}
+			rq := url.Values{"service": {svc}, "operation": {fmt.Sprintf("POST /op%d", o)},
+				"start": {fmt.Sprint(base.Unix())}, "end": {fmt.Sprint(base.Add(time.Minute).Unix())}, "step": {"1m"}}
+			require.Eventually(t, func() bool {
+				red.Series = nil
+				if getJSON(t, a.query+"/api/v1/metrics/red?"+rq.Encode(), &red) != 200 {
+					return false
+				}
+				var n float64
+				for _, p := range red.Series {
+					n += p.Count
+				}
+				return n == 8
+			}, 20*time.Second, 100*time.Millisecond, "RED count for %s %d", svc, o)
+			var errs float64
+			for _, p := range red.Series {
+				errs += p.Errors
+			}
+			require.Equal(t, float64(1), errs)
+		}
+	}
+}
