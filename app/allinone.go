@@ -88,6 +88,7 @@ func (a *AllInOne) closeEarly() {
 		a.indexer.consumer.Close()
 		a.indexer.grpc.Stop()
 		_ = a.indexer.red.Close()
+		_ = a.indexer.logs.Close()
 		_ = a.indexer.store.Close()
 	}
 	if a.query != nil {

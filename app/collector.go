@@ -47,7 +47,7 @@ func NewCollector(cfg CollectorConfig, logger *slog.Logger, h *health.Health) (*
 	if err != nil {
 		return nil, err
 	}
-	recv, err := receiver.New(cfg.Receiver, publisher{prod}, logger.With("component", "receiver"), h.Registry())
+	recv, err := receiver.New(cfg.Receiver, publisher{prod}, logger.With("component", "receiver"), h.Registry(), receiver.WithLogs(publisher{prod}))
 	if err != nil {
 		_ = prod.Close(context.Background())
 		return nil, err
@@ -73,7 +73,14 @@ func (c *Collector) Run(ctx context.Context) error {
 type publisher struct{ p *bus.Producer }
 
 func (p publisher) PublishTraces(ctx context.Context, batches []span.TraceBatch) error {
-	err := p.p.PublishTraces(ctx, batches)
+	return backpressure(p.p.PublishTraces(ctx, batches))
+}
+
+func (p publisher) PublishLogs(ctx context.Context, batches []span.LogBatch) error {
+	return backpressure(p.p.PublishLogs(ctx, batches))
+}
+
+func backpressure(err error) error {
 	if errors.Is(err, bus.ErrBufferFull) {
 		return fmt.Errorf("%w: %w", receiver.ErrBackpressure, err)
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/threadline/threadline/health"
 	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/indexer"
+	"github.com/threadline/threadline/logstore"
+	logspb "github.com/threadline/threadline/proto/logs/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/readapi"
 	"github.com/threadline/threadline/red"
@@ -38,6 +40,7 @@ type IndexerConfig struct {
 	Indexer  indexer.Config
 	Store    index.Options
 	RED      red.Options
+	Logs     logstore.Options
 }
 
 // DefaultIndexerConfig returns the packages' defaults.
@@ -52,6 +55,7 @@ func DefaultIndexerConfig() IndexerConfig {
 		Indexer:  indexer.DefaultConfig(),
 		Store:    index.DefaultOptions(),
 		RED:      red.DefaultOptions(),
+		Logs:     logstore.DefaultOptions(),
 	}
 }
 
@@ -69,6 +73,7 @@ func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
 	c.Indexer.RegisterFlags(fs)
 	c.Store.RegisterFlags(fs)
 	c.RED.RegisterFlags(fs)
+	c.Logs.RegisterFlags(fs)
 }
 
 // Indexer consumes spans, decides and stores traces, and serves reads.
@@ -76,6 +81,7 @@ type Indexer struct {
 	cfg      IndexerConfig
 	store    *index.Store
 	red      *red.Store
+	logs     *logstore.Store
 	ix       *indexer.Indexer
 	consumer *bus.Consumer
 	grpc     *grpc.Server
@@ -114,12 +120,27 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 			err = errors.Join(err, redStore.Close())
 		}
 	}()
-	stages := []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}}
-	ix, err := indexer.New(cfg.Indexer, store, stages, decider, redStore, logger.With("component", "indexer"), h.Registry())
+	logStore, err := logstore.Open(filepath.Join(cfg.DataDir, "logs"), logger.With("component", "logstore"), h.Registry(), cfg.Logs)
 	if err != nil {
 		return nil, err
 	}
-	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic}, ix, logger.With("component", "consumer"), h.Registry())
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, logStore.Close())
+		}
+	}()
+	cfg.Indexer.LogsTopic = cfg.Kafka.LogsTopic
+	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
+		Store:    store,
+		Stages:   []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}},
+		Decider:  decider,
+		Observer: redStore,
+		Logs:     logSink{logStore},
+	}, logger.With("component", "indexer"), h.Registry())
+	if err != nil {
+		return nil, err
+	}
+	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic, cfg.Kafka.LogsTopic}, ix, logger.With("component", "consumer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +151,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 	}
 	srv := grpc.NewServer(grpc.MaxSendMsgSize(256 << 20))
 	readerpb.RegisterReaderServer(srv, readapi.New(store, logger.With("component", "readapi"), readapi.WithRED(redStore)))
+	logspb.RegisterLogReaderServer(srv, readapi.NewLogs(logStore, logStore.Policy(), logger.With("component", "readapi")))
 	h.AddLocal("store", store.Writable)
 	h.AddLocal("kafka_partitions", func(context.Context) error {
 		if consumer.Assigned() == 0 {
@@ -138,7 +160,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil
 	})
 	h.AddDependency("kafka", consumer.Ping)
-	return &Indexer{cfg: cfg, store: store, red: redStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
+	return &Indexer{cfg: cfg, store: store, red: redStore, logs: logStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
 }
 
 // ReadAddr is the bound address of the read API.
@@ -171,7 +193,7 @@ func (i *Indexer) Run(ctx context.Context) error {
 	if errors.Is(grpcErr, grpc.ErrServerStopped) {
 		grpcErr = nil
 	}
-	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close())
+	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close(), i.logs.Close())
 }
 
 // skewStage runs clock-skew repair as a pipeline stage; its warnings are
@@ -179,3 +201,10 @@ func (i *Indexer) Run(ctx context.Context) error {
 type skewStage struct{ adj clockskew.Adjuster }
 
 func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }
+
+// logSink joins the log store and its level policy for the indexer.
+type logSink struct{ *logstore.Store }
+
+func (l logSink) Keep(service string, severity int32, traceKept, hasTrace bool, now time.Time) bool {
+	return l.Policy().Keep(service, severity, traceKept, hasTrace, now)
+}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/threadline/threadline/health"
+	logspb "github.com/threadline/threadline/proto/logs/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/query"
 	"github.com/threadline/threadline/ui"
@@ -77,6 +78,7 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	}
 	q := &Query{cfg: cfg, log: logger, bound: make(chan net.Addr, 1)}
 	var readers []readerpb.ReaderClient
+	var logReaders []logspb.LogReaderClient
 	for _, addr := range cfg.Indexers {
 		conn, err := grpc.NewClient(addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -87,8 +89,9 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 		}
 		q.conns = append(q.conns, conn)
 		readers = append(readers, readerpb.NewReaderClient(conn))
+		logReaders = append(logReaders, logspb.NewLogReaderClient(conn))
 	}
-	api := query.New(cfg.Query, readers, logger.With("component", "query"), h.Registry())
+	api := query.New(cfg.Query, readers, logger.With("component", "query"), h.Registry(), query.WithLogReaders(logReaders))
 	mux := http.NewServeMux()
 	h.Register(mux)
 	api.Register(mux)

@@ -97,6 +97,11 @@ func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandl
 	opts = append(opts,
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(topics...),
+		// The range balancer gives one member partition p of every topic:
+		// with equal partition counts, a trace's spans and log lines (both
+		// keyed by trace ID) reach the same indexer. The default cooperative
+		// balancer spreads each topic on its own.
+		kgo.Balancers(kgo.RangeBalancer()),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),

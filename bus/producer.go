@@ -98,14 +98,18 @@ func (p *Producer) PublishTraces(ctx context.Context, batches []span.TraceBatch)
 	return p.produce(ctx, p.cfg.TracesTopic, recs)
 }
 
-// Publish produces records with the given keys and values to topic. A nil key
-// lets the partitioner spread the record (used for logs without a trace).
-func (p *Producer) Publish(ctx context.Context, topic string, keys, values [][]byte) error {
-	recs := make([]kgo.Record, len(values))
-	for i := range values {
-		recs[i] = kgo.Record{Topic: topic, Key: keys[i], Value: values[i]}
+// PublishLogs produces one record per log batch to the logs topic: key the hex
+// trace ID, so a trace's logs meet its spans on one partition, or no key for
+// records without a trace, which the partitioner spreads.
+func (p *Producer) PublishLogs(ctx context.Context, batches []span.LogBatch) error {
+	recs := make([]kgo.Record, len(batches))
+	for i := range batches {
+		recs[i] = kgo.Record{Topic: p.cfg.LogsTopic, Value: batches[i].Data}
+		if batches[i].HasTrace {
+			recs[i].Key = batches[i].ID.AppendHex(make([]byte, 0, 32))
+		}
 	}
-	return p.produce(ctx, topic, recs)
+	return p.produce(ctx, p.cfg.LogsTopic, recs)
 }
 
 // produce hands every record to the client without blocking (TryProduce) and

@@ -31,6 +31,9 @@ type Config struct {
 	DecisionCacheSize int
 	// WriteBatchSpans is how many spans are written in one store batch. Default 4096.
 	WriteBatchSpans int
+	// LogsTopic is the topic whose records are OTLP LogsData; the indexer
+	// consumes it beside the spans topic. Default "otlp_logs".
+	LogsTopic string
 	// WatermarkSlack is added to DecisionMaxWait when deriving the sampler's
 	// event-time watermark, for pipeline delay. Default 10s.
 	WatermarkSlack time.Duration
@@ -50,6 +53,7 @@ func DefaultConfig() Config {
 		MaxBufferedSpans:  1000000,
 		DecisionCacheSize: 500000,
 		WriteBatchSpans:   4096,
+		LogsTopic:         "otlp_logs",
 		WatermarkSlack:    10 * time.Second,
 		IdleAdvance:       15 * time.Second,
 	}

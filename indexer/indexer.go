@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"context"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
@@ -65,13 +67,24 @@ type chunk struct {
 	observed bool // its spans were already given to the Observer
 }
 
-// Indexer assembles, decides and writes traces. It implements bus.RecordHandler.
+// Parts are what the indexer drives. Store and Decider are required.
+type Parts struct {
+	Store    TraceWriter
+	Stages   []Stage
+	Decider  Decider
+	Observer Observer // optional: metrics from every span
+	Logs     LogSink  // optional: without it, log records are consumed and dropped
+}
+
+// Indexer assembles, decides and writes traces and their log lines. It
+// implements bus.RecordHandler.
 type Indexer struct {
 	cfg     Config
 	store   TraceWriter
 	stages  []Stage
 	decider Decider
 	obs     Observer
+	logs    LogSink
 	log     *slog.Logger
 	m       *metrics
 
@@ -91,8 +104,9 @@ type Indexer struct {
 	maxStart  time.Time
 	lastOffer time.Time
 
-	writes chan writeJob
-	wake   chan struct{}
+	writes    chan writeJob
+	logWrites chan logJob
+	wake      chan struct{}
 }
 
 type pending struct {
@@ -100,6 +114,8 @@ type pending struct {
 	part      partKey
 	chunks    []chunk
 	nspans    int
+	logs      []chunk // log records of this trace, encoded LogsData
+	nlogs     int
 	tickets   []*bus.Ticket
 	first     time.Time
 	last      time.Time
@@ -118,6 +134,8 @@ type heldTrace struct {
 	deciding bool // popped, not yet offered: spans join without the cap
 	chunks   []chunk
 	nspans   int
+	logs     []chunk
+	skew     map[clockskew.Instance]time.Duration
 	warnings []string
 	tickets  []*bus.Ticket
 }
@@ -133,13 +151,17 @@ type writeJob struct {
 	tickets  []*bus.Ticket
 }
 
-// New returns an indexer writing kept traces to store.
-func New(cfg Config, store TraceWriter, stages []Stage, decider Decider, obs Observer, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
+// New returns an indexer over parts.
+func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer) (*Indexer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if parts.Store == nil || parts.Decider == nil {
+		return nil, errors.New("indexer: a store and a decider are required")
+	}
 	ix := &Indexer{
-		cfg: cfg, store: store, stages: stages, decider: decider, obs: obs, log: logger,
+		cfg: cfg, store: parts.Store, stages: parts.Stages, decider: parts.Decider, obs: parts.Observer, logs: parts.Logs, log: logger,
+		logWrites: make(chan logJob, 1024),
 		traces:    map[span.TraceID]*pending{},
 		held:      map[span.TraceID]*heldTrace{},
 		byQuiet:   list.New(),
@@ -179,6 +201,12 @@ func (ix *Indexer) overBounds() bool {
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 	now := time.Now()
 	pk := partKey{r.Topic, r.Partition}
+	if r.Topic == ix.cfg.LogsTopic {
+		if err := ix.handleLogRecord(pk, r.Key, r.Value, t, now); err != nil {
+			ix.badRecord(r, err)
+		}
+		return
+	}
 	// Records keyed by the hex trace ID (ours, and the OTel Collector's with
 	// partition_traces_by_id) hold one trace: buffer them as they are.
 	if id, ok := keyTraceID(r.Key); ok {
@@ -304,10 +332,7 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		h.chunks = append(h.chunks, c)
 		h.nspans += c.spans
 		ix.heldSpans += c.spans
-		if h.tickets[len(h.tickets)-1] != t {
-			t.Acquire()
-			h.tickets = append(h.tickets, t)
-		}
+		h.tickets = appendTicket(h.tickets, t)
 		ix.mu.Unlock()
 		ix.m.lateSpans.WithLabelValues("held").Add(float64(c.spans))
 		return
@@ -324,6 +349,24 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		ix.writes <- writeJob{id: id, chunks: []chunk{c}, reasons: d, tickets: []*bus.Ticket{t}}
 		return
 	}
+	p := ix.pendingLocked(id, pk, now)
+	p.chunks = append(p.chunks, c)
+	p.nspans += c.spans
+	ix.spans += c.spans
+	p.tickets = appendTicket(p.tickets, t)
+	full := p.nspans >= ix.cfg.MaxSpansPerTrace && p.nspans-c.spans < ix.cfg.MaxSpansPerTrace
+	if full {
+		ix.full = append(ix.full, p)
+	}
+	ix.mu.Unlock()
+	if full {
+		ix.poke()
+	}
+}
+
+// pendingLocked returns the assembling trace id, created if new, marked as
+// just updated.
+func (ix *Indexer) pendingLocked(id span.TraceID, pk partKey, now time.Time) *pending {
 	p := ix.traces[id]
 	if p == nil {
 		p = &pending{id: id, part: pk, first: now}
@@ -334,21 +377,7 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		ix.byQuiet.MoveToBack(p.quietElem)
 	}
 	p.last = now
-	p.chunks = append(p.chunks, c)
-	p.nspans += c.spans
-	ix.spans += c.spans
-	if len(p.tickets) == 0 || p.tickets[len(p.tickets)-1] != t {
-		t.Acquire()
-		p.tickets = append(p.tickets, t)
-	}
-	full := p.nspans >= ix.cfg.MaxSpansPerTrace && p.nspans-c.spans < ix.cfg.MaxSpansPerTrace
-	if full {
-		ix.full = append(ix.full, p)
-	}
-	ix.mu.Unlock()
-	if full {
-		ix.poke()
-	}
+	return p
 }
 
 func (ix *Indexer) poke() {
@@ -386,7 +415,7 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 	delete(ix.traces, id)
 	ix.byAge.Remove(p.ageElem)
 	ix.byQuiet.Remove(p.quietElem)
-	ix.spans -= p.nspans
+	ix.spans -= p.nspans + p.nlogs
 }
 
 // Run decides and writes traces until ctx is done, then decides every trace
@@ -395,6 +424,8 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 func (ix *Indexer) Run(ctx context.Context) error {
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- ix.writeLoop() }()
+	logsDone := make(chan struct{})
+	go func() { defer close(logsDone); ix.logLoop() }()
 	tick := time.NewTicker(tickFor(ix.cfg.DecisionWait))
 	defer tick.Stop()
 	for {
@@ -403,7 +434,10 @@ func (ix *Indexer) Run(ctx context.Context) error {
 			ix.decide(time.Now(), true)
 			ix.apply(ix.decider.Flush())
 			close(ix.writes)
-			return <-writeErr
+			err := <-writeErr
+			close(ix.logWrites)
+			<-logsDone
+			return err
 		case now := <-tick.C:
 			ix.decide(now, false)
 			ix.advance(now)
@@ -442,7 +476,7 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []span.TraceID {
 	var due []span.TraceID
 	take := func(p *pending, why string) {
 		ix.removeLocked(p.id, p)
-		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, tickets: p.tickets}
+		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets}
 		ix.heldSpans += p.nspans
 		ix.m.decided.WithLabelValues(why).Inc()
 		due = append(due, p.id)
@@ -487,11 +521,30 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	ix.mu.Unlock()
 
 	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks, nil)}
+	if len(t.Spans) == 0 {
+		// Only log lines arrived: store them by level as lines of an
+		// unkept trace, and remember no decision, so spans arriving later
+		// still assemble into a trace of their own.
+		ix.mu.Lock()
+		delete(ix.held, id)
+		ix.heldSpans -= h.nspans
+		logs, tickets := h.logs, h.tickets
+		ix.mu.Unlock()
+		ix.queueLogs(logJob{chunks: logs, tickets: tickets})
+		for _, tk := range tickets {
+			tk.Release()
+		}
+		return
+	}
 	var warnings []string
 	for _, s := range ix.stages {
 		warnings = append(warnings, s.Process(&t)...)
 	}
 	ix.observe(id, t.Spans, h.tickets)
+	skew := skewOffsets(t.Spans)
+	ix.mu.Lock()
+	h.skew = skew
+	ix.mu.Unlock()
 	info := sampling.Info(&t)
 	if info.Start.After(ix.maxStart) {
 		ix.maxStart = info.Start
@@ -563,6 +616,9 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	if h == nil {
 		ix.log.Warn("decision for a trace that is not held", "trace_id", id.String())
 		return
+	}
+	if len(h.logs) > 0 {
+		ix.queueLogs(logJob{chunks: h.logs, traceKept: len(reasons) > 0, skew: h.skew, tickets: h.tickets})
 	}
 	if len(reasons) == 0 {
 		ix.m.traces.WithLabelValues("dropped").Inc()

@@ -49,7 +49,7 @@ func newHarness(t *testing.T, cfg Config, scfg sampling.Config) *harness {
 	require.NoError(t, err)
 	dec, err := sampling.NewTailSampler(scfg, prometheus.NewRegistry())
 	require.NoError(t, err)
-	ix, err := New(cfg, store, nil, dec, nil, logger, prometheus.NewRegistry())
+	ix, err := New(cfg, Parts{Store: store, Decider: dec}, logger, prometheus.NewRegistry())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

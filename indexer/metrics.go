@@ -13,6 +13,7 @@ type metrics struct {
 	badRecords   prometheus.Counter
 	badSpans     prometheus.Counter
 	shedSpans    prometheus.Counter
+	logLines     *prometheus.CounterVec
 	spansWritten prometheus.Counter
 	writeErrors  prometheus.Counter
 	writeLatency prometheus.Histogram
@@ -44,6 +45,10 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 			Name: "threadline_indexer_shed_spans_total",
 			Help: "Spans dropped because their trace, held awaiting its sampling window, already had max-spans-per-trace spans.",
 		}),
+		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_indexer_log_lines_total",
+			Help: "Log lines by outcome: stored, or dropped_by_level (level policy for their trace's decision).",
+		}, []string{"outcome"}),
 		spansWritten: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_indexer_spans_written_total",
 			Help: "Spans written to the store.",
@@ -61,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.spansWritten, m.writeErrors, m.writeLatency,
+	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
 		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
 		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
 		gauge("threadline_indexer_write_queue", "Kept traces queued for the store.", func() float64 { return float64(len(ix.writes)) }),
