@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -108,6 +109,11 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, logger *slog.Lo
 func RunWithAdmin(ctx context.Context, addr string, h interface{ Register(*http.ServeMux) }, logger *slog.Logger, role func(context.Context) error) error {
 	mux := http.NewServeMux()
 	h.Register(mux)
+	if os.Getenv("THREADLINE_PPROF") == "1" {
+		// Opt-in profiling for benchmarks and incidents; never on by default.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminErr := make(chan error, 1)
 	go func() { adminErr <- serveHTTP(adminCtx, addr, mux, logger, "admin HTTP", nil) }()

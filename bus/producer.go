@@ -42,6 +42,7 @@ func NewProducer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*P
 	if err != nil {
 		return nil, err
 	}
+	codec, _ := cfg.codec() // checked by Validate
 	opts = append(opts,
 		kgo.RecordPartitioner(Partitioner()),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -51,7 +52,7 @@ func NewProducer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*P
 		// requests share produce requests without adding visible latency.
 		kgo.ProducerLinger(2*time.Millisecond),
 		kgo.ProducerBatchMaxBytes(16<<20),
-		kgo.ProducerBatchCompression(kgo.Lz4Compression(), kgo.NoCompression()),
+		kgo.ProducerBatchCompression(codec, kgo.NoCompression()),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
