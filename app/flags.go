@@ -20,21 +20,25 @@ import (
 	"time"
 )
 
-// EnvName is the environment variable that sets a flag: THREADLINE_ then the
-// flag name upper-cased with '-' and '.' as '_' (--data-dir: THREADLINE_DATA_DIR).
-func EnvName(flagName string) string {
-	return "THREADLINE_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(flagName))
+// EnvPrefix starts the environment variable of every flag of the Threadline
+// binaries: --data-dir is THREADLINE_DATA_DIR.
+const EnvPrefix = "THREADLINE_"
+
+// EnvName is the environment variable that sets a flag: prefix, then the flag
+// name upper-cased with '-' and '.' as '_'.
+func EnvName(prefix, flagName string) string {
+	return prefix + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToUpper(flagName))
 }
 
 // ParseFlags applies environment variables, then the command line (which wins),
 // and documents the variables in --help.
-func ParseFlags(fs *flag.FlagSet, args []string) error {
-	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + EnvName(f.Name) + "]" })
+func ParseFlags(fs *flag.FlagSet, args []string, envPrefix string) error {
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + EnvName(envPrefix, f.Name) + "]" })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+		if v, ok := os.LookupEnv(EnvName(envPrefix, f.Name)); ok {
 			if err := f.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("$%s: %w", EnvName(f.Name), err))
+				errs = append(errs, fmt.Errorf("$%s: %w", EnvName(envPrefix, f.Name), err))
 			}
 		}
 	})

@@ -26,7 +26,7 @@ func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx cont
 	var logCfg LoggingConfig
 	logCfg.RegisterFlags(fs)
 	register(fs)
-	if err := ParseFlags(fs, os.Args[1:]); err != nil {
+	if err := ParseFlags(fs, os.Args[1:], EnvPrefix); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

@@ -14,11 +14,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"go.opentelemetry.io/otel"
 
+	"github.com/threadline/threadline/app"
 	"github.com/threadline/threadline/demo"
 )
 
@@ -39,10 +39,7 @@ func run(args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: demo [flags]\n\nSends simulated noodle-shop order traces over OTLP gRPC until interrupted.\nEach flag may also be set as %s<FLAG_NAME> (upper case, dashes as underscores).\n\n", envPrefix)
 		fs.PrintDefaults()
 	}
-	if err := applyEnv(fs); err != nil {
-		return err
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := app.ParseFlags(fs, args, envPrefix); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
@@ -60,19 +57,4 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return demo.Run(ctx, cfg)
-}
-
-// applyEnv sets each flag from its environment variable, if present; flags
-// parsed afterwards override it.
-func applyEnv(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && err == nil {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("environment variable %s: %w", name, serr)
-			}
-		}
-	})
-	return err
 }

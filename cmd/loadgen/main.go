@@ -14,9 +14,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
+	"github.com/threadline/threadline/app"
 	"github.com/threadline/threadline/loadgen"
 )
 
@@ -37,10 +37,7 @@ func run(args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: loadgen [flags]\n\nSends pre-encoded OTLP trace requests over gRPC and prints a JSON report.\nEach flag may also be set as %s<FLAG_NAME> (upper case, dashes as underscores).\n\n", envPrefix)
 		fs.PrintDefaults()
 	}
-	if err := applyEnv(fs); err != nil {
-		return err
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := app.ParseFlags(fs, args, envPrefix); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
@@ -60,19 +57,4 @@ func run(args []string) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
-}
-
-// applyEnv sets each flag from its environment variable, if present; flags
-// parsed afterwards override it.
-func applyEnv(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && err == nil {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("environment variable %s: %w", name, serr)
-			}
-		}
-	})
-	return err
 }
