@@ -25,7 +25,7 @@ build:
 
 ## run: the all-in-one on loopback with realistic demo traffic (Ctrl-C stops both).
 run: build
-	bin/threadline --data-dir $(DATA_DIR) --demo
+	bin/threadline --data-dir $(DATA_DIR) --demo --alert-rules examples/alert-rules.yaml
 
 ## tools: what the tests need beyond Go — telemetrygen (Go module proxy) and
 ## Debian's chromium for the UI's browser tests.

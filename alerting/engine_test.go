@@ -15,7 +15,9 @@ import (
 	"github.com/threadline/threadline/span"
 )
 
-var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// t0 is recent: the store keeps events only within its retention of the
+// real time (Badger's TTL runs on the wall clock).
+var t0 = time.Now().UTC().Truncate(time.Hour).Add(-3 * time.Hour)
 
 // fakeClock is the engine's injectable clock.
 type fakeClock struct {
@@ -65,7 +67,7 @@ type recLinker struct {
 func (l *recLinker) Explain(_ context.Context, service, operation string, start, end time.Time, limit int) ([]TraceRef, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.explains = append(l.explains, service+"/"+operation+" "+start.Format("15:04:05")+"-"+end.Format("15:04:05"))
+	l.explains = append(l.explains, service+"/"+operation+" "+start.Sub(t0).String()+".."+end.Sub(t0).String())
 	return l.refs[:min(limit, len(l.refs))], nil
 }
 
@@ -177,7 +179,7 @@ func TestEngineStateMachine(t *testing.T) {
 	require.Equal(t, fire.TraceIDs, res.TraceIDs, "a resolve carries its episode's traces")
 	require.InDelta(t, 100, *res.Value, 1e-9)
 	// The linker searched from the pending start minus the window to now.
-	require.Equal(t, []string{"checkout/pay 00:00:30-00:02:00"}, h.linker.explains)
+	require.Equal(t, []string{"checkout/pay 30s..2m0s"}, h.linker.explains)
 	require.Equal(t, []string{PinReason}, h.linker.reasons)
 	require.Len(t, h.linker.pinned, 3)
 	require.Equal(t, fire.ID, fire.GroupID)
@@ -297,7 +299,7 @@ func TestEngineFlappingAbsoluteExpiry(t *testing.T) {
 	}, notified)
 	var expiry Event
 	for _, ev := range h.events() {
-		if ev.Time.Equal(t0.Add(66*time.Minute)) {
+		if ev.Time.Equal(t0.Add(66 * time.Minute)) {
 			expiry = ev
 		}
 	}
@@ -395,7 +397,7 @@ groups:
 		require.Equal(t, []string{"firing@0s"}, transitions(evs))
 		require.InDelta(t, 2000, *evs[0].Value, 1e-9, "the newest sample is the value")
 		require.Equal(t, []string{tid(1).String(), tid(2).String(), tid(9).String()}, evs[0].TraceIDs)
-		require.Equal(t, []string{"worker/ 23:59:00-00:00:00"}, h.linker.explains)
+		require.Equal(t, []string{"worker/ -1m0s..0s"}, h.linker.explains)
 	})
 }
 

@@ -68,7 +68,7 @@ func DecodeWebhook(r io.Reader) (Webhook, error) {
 	var w Webhook
 	dec := json.NewDecoder(r)
 	if err := dec.Decode(&w); err != nil {
-		return Webhook{}, fmt.Errorf("%w: %v", ErrBadWebhook, err)
+		return Webhook{}, fmt.Errorf("%w: %w", ErrBadWebhook, err)
 	}
 	if dec.More() {
 		return Webhook{}, fmt.Errorf("%w: trailing data after the JSON object", ErrBadWebhook)

@@ -74,6 +74,11 @@ func NewAllInOne(ctx context.Context, cfg AllInOneConfig, logger *slog.Logger, h
 		return nil, err
 	}
 	cfg.Query.Indexers = []string{a.indexer.ReadAddr()}
+	if cfg.Query.Alerts.DataDir == "" {
+		// One process is the whole deployment: it is the ruler, and it
+		// receives Alertmanager webhooks, with its events under the data dir.
+		cfg.Query.Alerts.DataDir = filepath.Join(cfg.Indexer.DataDir, "alerts")
+	}
 	if a.query, err = NewQuery(cfg.Query, logger, h); err != nil {
 		return nil, err
 	}

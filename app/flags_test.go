@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/threadline/threadline/alerting"
 )
 
 // Bleve starts its analysis workers at package init, for the process.
@@ -74,4 +76,11 @@ func TestLoggingConfig(t *testing.T) {
 		l.Info("hello")
 		require.Contains(t, buf.String(), "hello")
 	}
+}
+
+// TestExampleAlertRulesLoad keeps the rules `make run` loads valid.
+func TestExampleAlertRulesLoad(t *testing.T) {
+	groups, err := alerting.LoadRules("../examples/alert-rules.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, groups)
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/threadline/threadline/alerting"
 	"github.com/threadline/threadline/health"
 	logspb "github.com/threadline/threadline/proto/logs/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
@@ -28,11 +29,12 @@ type QueryConfig struct {
 	Indexers []string
 	Query    query.Config
 	UI       ui.Config
+	Alerts   alerting.Config
 }
 
 // DefaultQueryConfig returns the packages' defaults.
 func DefaultQueryConfig() QueryConfig {
-	return QueryConfig{HTTPAddr: "127.0.0.1:16686", Indexers: []string{"127.0.0.1:9095"}, Query: query.DefaultConfig(), UI: ui.DefaultConfig()}
+	return QueryConfig{HTTPAddr: "127.0.0.1:16686", Indexers: []string{"127.0.0.1:9095"}, Query: query.DefaultConfig(), UI: ui.DefaultConfig(), Alerts: alerting.DefaultConfig()}
 }
 
 // RegisterFlags registers the query flags; withIndexers is false in the
@@ -52,6 +54,7 @@ func (c *QueryConfig) RegisterFlags(fs *flag.FlagSet, withIndexers bool) {
 	}
 	c.Query.RegisterFlags(fs)
 	c.UI.RegisterFlags(fs)
+	c.Alerts.RegisterFlags(fs)
 }
 
 // Query serves the HTTP APIs over the indexers' read APIs.
@@ -59,6 +62,8 @@ type Query struct {
 	cfg     QueryConfig
 	conns   []*grpc.ClientConn
 	handler http.Handler
+	alerts  *alerting.Store  // nil unless --alert-data-dir
+	ruler   *alerting.Engine // nil unless --alert-rules
 	log     *slog.Logger
 	bound   chan net.Addr
 }
@@ -76,6 +81,9 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	if err := cfg.UI.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.Alerts.Validate(); err != nil {
+		return nil, err
+	}
 	q := &Query{cfg: cfg, log: logger, bound: make(chan net.Addr, 1)}
 	var readers []readerpb.ReaderClient
 	var logReaders []logspb.LogReaderClient
@@ -91,7 +99,27 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 		readers = append(readers, readerpb.NewReaderClient(conn))
 		logReaders = append(logReaders, logspb.NewLogReaderClient(conn))
 	}
-	api := query.New(cfg.Query, readers, logger.With("component", "query"), h.Registry(), query.WithLogReaders(logReaders))
+	opts := []query.Option{query.WithLogReaders(logReaders)}
+	if cfg.Alerts.DataDir != "" {
+		st, err := alerting.OpenStore(cfg.Alerts.DataDir, logger.With("component", "alerts"), h.Registry(), alerting.StoreOptions{Retention: cfg.Alerts.Retention})
+		if err != nil {
+			q.close()
+			return nil, err
+		}
+		q.alerts = st
+		opts = append(opts, query.WithAlerts(st, h.Registry()))
+	}
+	api := query.New(cfg.Query, readers, logger.With("component", "query"), h.Registry(), opts...)
+	if cfg.Alerts.RulesFile != "" {
+		groups, err := alerting.LoadRules(cfg.Alerts.RulesFile)
+		if err == nil {
+			q.ruler, err = alerting.NewEngine(groups, api.REDSource(), api.TraceLinker(), q.alerts, logger.With("component", "ruler"), h.Registry(), nil)
+		}
+		if err != nil {
+			q.close()
+			return nil, fmt.Errorf("alert rules: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	h.Register(mux)
 	api.Register(mux)
@@ -111,14 +139,27 @@ func (q *Query) Addr(ctx context.Context) (net.Addr, error) {
 	}
 }
 
-// Run serves until ctx ends.
+// Run serves (and evaluates alert rules, when configured) until ctx ends.
 func (q *Query) Run(ctx context.Context) error {
 	defer q.close()
-	return serveHTTP(ctx, q.cfg.HTTPAddr, q.handler, q.log, "query HTTP", func(a net.Addr) { q.bound <- a })
+	rulerDone := make(chan error, 1)
+	if q.ruler != nil {
+		go func() { rulerDone <- q.ruler.Run(ctx) }()
+	} else {
+		rulerDone <- nil
+	}
+	err := serveHTTP(ctx, q.cfg.HTTPAddr, q.handler, q.log, "query HTTP", func(a net.Addr) { q.bound <- a })
+	if rerr := <-rulerDone; rerr != nil && !errors.Is(rerr, context.Canceled) {
+		err = errors.Join(err, fmt.Errorf("ruler: %w", rerr))
+	}
+	return err
 }
 
 func (q *Query) close() {
 	for _, c := range q.conns {
 		_ = c.Close()
+	}
+	if q.alerts != nil {
+		_ = q.alerts.Close()
 	}
 }

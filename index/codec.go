@@ -128,9 +128,13 @@ func decodeScope(b []byte) (*span.Scope, error) {
 var spanMarshal = proto.MarshalOptions{}
 
 // appendSpanBody appends the OTLP encoding of sp without trace_id and
-// span_id (both are in the chunk key and entry). stripped is scratch
-// reused across calls, so encoding a span allocates nothing of its own.
+// span_id (both are in the chunk key and entry), with the fast encoder
+// when it can (spanenc.go), else with protobuf-go, marshalling stripped,
+// scratch reused across calls.
 func appendSpanBody(dst []byte, sp, stripped *tracepb.Span) ([]byte, error) {
+	if out, err := fastAppendSpanBody(dst, sp); err == nil {
+		return out, nil
+	}
 	stripped.TraceState = sp.TraceState
 	stripped.ParentSpanId = sp.ParentSpanId
 	stripped.Flags = sp.Flags
@@ -145,6 +149,7 @@ func appendSpanBody(dst []byte, sp, stripped *tracepb.Span) ([]byte, error) {
 	stripped.Links = sp.Links
 	stripped.DroppedLinksCount = sp.DroppedLinksCount
 	stripped.Status = sp.Status
+	stripped.ProtoReflect().SetUnknown(sp.ProtoReflect().GetUnknown())
 	dst, err := spanMarshal.MarshalAppend(dst, stripped)
 	if err != nil {
 		return nil, fmt.Errorf("marshal span: %w", err)

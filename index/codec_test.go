@@ -2,12 +2,15 @@ package index
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"github.com/threadline/threadline/span"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -97,4 +100,89 @@ func TestChunkRoundTrip(t *testing.T) {
 			require.Equal(t, []uint64{uint64(11 + i%2), 22}, hashes[2*i:2*i+2])
 		}
 	}
+}
+
+// slowSpanBody is the reference encoding: protobuf-go.
+func slowSpanBody(t testing.TB, sp *tracepb.Span) []byte {
+	c := proto.Clone(sp).(*tracepb.Span)
+	c.TraceId, c.SpanId = nil, nil
+	b, err := proto.Marshal(c)
+	require.NoError(t, err)
+	return b
+}
+
+func TestSpanBodyMatchesProto(t *testing.T) {
+	w := newWorkload(1)
+	var spans []*tracepb.Span
+	for _, kt := range append(fixture(), w.kept(5)...) {
+		for _, sp := range kt.Trace.Spans {
+			spans = append(spans, sp.Span)
+		}
+	}
+	spans = append(spans,
+		&tracepb.Span{},
+		&tracepb.Span{
+			TraceState: "k=v", ParentSpanId: []byte{1, 2}, Flags: 0x301, Name: "n", Kind: tracepb.Span_SPAN_KIND_PRODUCER,
+			StartTimeUnixNano: 1, EndTimeUnixNano: math.MaxUint64, DroppedAttributesCount: 3, DroppedEventsCount: 4, DroppedLinksCount: 5,
+			Attributes: []*commonpb.KeyValue{
+				{Key: "empty"}, {Key: "", Value: &commonpb.AnyValue{}},
+				{Key: "s", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{}}},
+				{Key: "b", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{}}},
+				{Key: "t", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{BoolValue: true}}},
+				{Key: "i", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: -5}}},
+				{Key: "d", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: -0.5}}},
+				{Key: "z", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{}}},
+			},
+			Events: []*tracepb.Span_Event{{}, {TimeUnixNano: 9, Name: "e", Attributes: []*commonpb.KeyValue{strAttr("a", "b")}, DroppedAttributesCount: 1}},
+			Links:  []*tracepb.Span_Link{{}, {TraceId: make([]byte, 16), SpanId: []byte{1}, TraceState: "x", Attributes: []*commonpb.KeyValue{intAttr("n", 1)}, DroppedAttributesCount: 2, Flags: 1}},
+			Status: &tracepb.Status{Message: "m", Code: tracepb.Status_STATUS_CODE_ERROR},
+		},
+		&tracepb.Span{Status: &tracepb.Status{}, Kind: tracepb.Span_SpanKind(-1)},
+	)
+	for i, sp := range spans {
+		got, err := fastAppendSpanBody([]byte{0xaa}, sp)
+		require.NoError(t, err, "span %d", i)
+		require.Equal(t, slowSpanBody(t, sp), got[1:], "span %d", i)
+	}
+
+	// Values the fast path leaves to protobuf-go.
+	arr := &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: []*commonpb.AnyValue{{}}}}}
+	unknown := &tracepb.Span{Name: "u"}
+	unknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	for i, sp := range []*tracepb.Span{
+		{Attributes: []*commonpb.KeyValue{{Key: "a", Value: arr}}},
+		{Attributes: []*commonpb.KeyValue{nil}},
+		{Name: "bad \xff utf-8"},
+		{Events: []*tracepb.Span_Event{nil}},
+		unknown,
+	} {
+		got, err := fastAppendSpanBody([]byte{0xaa}, sp)
+		require.ErrorIs(t, err, errSlowPath, "span %d", i)
+		require.Equal(t, []byte{0xaa}, got)
+		if i < 2 || i == 4 {
+			body, err := appendSpanBody(nil, sp, &tracepb.Span{})
+			require.NoError(t, err)
+			require.Equal(t, slowSpanBody(t, sp), body, "span %d", i)
+		}
+	}
+}
+
+func FuzzSpanBody(f *testing.F) {
+	f.Add("name", "k", "v", int64(3), uint64(10), uint32(1), true)
+	f.Add("", "", "\xff", int64(-1), uint64(0), uint32(0), false)
+	f.Fuzz(func(t *testing.T, name, key, val string, n int64, ts uint64, flags uint32, root bool) {
+		sp := &tracepb.Span{Name: name, StartTimeUnixNano: ts, Flags: flags, Kind: tracepb.Span_SpanKind(n % 8),
+			Attributes: []*commonpb.KeyValue{strAttr(key, val), intAttr(val, n)},
+			Events:     []*tracepb.Span_Event{{Name: val, TimeUnixNano: ts, Attributes: []*commonpb.KeyValue{strAttr(name, key)}}},
+			Status:     &tracepb.Status{Message: key}}
+		if !root {
+			sp.ParentSpanId = []byte(key)
+		}
+		got, err := fastAppendSpanBody(nil, sp)
+		if err != nil {
+			require.ErrorIs(t, err, errSlowPath)
+			return
+		}
+		require.Equal(t, slowSpanBody(t, sp), got)
+	})
 }

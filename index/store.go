@@ -1,7 +1,7 @@
-// Package index is the indexer's Badger store for kept traces: spans by
-// (trace ID, span ID), a merged summary per trace, posting keys for service,
-// operation, span name, status and attribute values, start-time and
-// duration indexes, and bounded lists of services, operations and tags.
+// Package index is the indexer's Badger store for kept traces: span chunks
+// by trace ID, a merged summary per trace, per-batch posting fragments for
+// service, operation, span name, status and attribute values, start-time
+// and duration indexes, and bounded lists of services, operations and tags.
 //
 // Each indexer owns its store (Badger is single-process) and serves reads
 // from it; writes are idempotent so a Kafka replay after a crash rewrites

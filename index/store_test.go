@@ -714,3 +714,19 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue()
 }
+
+func TestSameTraceTwiceInOneBatch(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	full := fixture()[0]
+	a, b := full, full
+	a.Trace.Spans, b.Trace.Spans = full.Trace.Spans[:1], full.Trace.Spans[1:]
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{a, b, a}))
+	sums := searchAll(t, st)
+	require.Len(t, sums, 1)
+	require.EqualValues(t, 2, sums[0].SpanCount)
+	require.Len(t, postingSeqs(t, st, svcPosting("frontend")), 1)
+	got, _, err := st.Trace(ctx, full.Trace.ID)
+	require.NoError(t, err)
+	require.True(t, proto.Equal(span.ToTracesData(full.Trace.Spans), span.ToTracesData(got.Spans)))
+}

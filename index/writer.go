@@ -120,11 +120,6 @@ const (
 	// trace starts); maxFragSeqs caps its length.
 	fragWindow  = 10_000 << 12
 	maxFragSeqs = 4096
-
-	// maxConflictRetries bounds retries when a concurrent transaction
-	// conflicted with this one (commits are serialised and conflict
-	// detection is off, so this is a backstop).
-	maxConflictRetries = 10
 )
 
 func traceKey(id span.TraceID, sub byte) []byte {
@@ -220,16 +215,11 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 		prepared = append(prepared, pt)
 	}
 	// Commits are serialised: concurrent read-modify-writes of one hot
-	// trace would otherwise need conflict detection and retries, and
-	// Badger applies writes one batch at a time anyway. prepare, the
-	// CPU-heavy part, stays parallel.
+	// trace would otherwise need conflict detection and retries (Badger's
+	// is off, see badgerOptions), and Badger applies writes one batch at a
+	// time anyway. prepare, the CPU-heavy part, stays parallel.
 	s.writeMu.Lock()
-	var err error
-	for attempt := 0; attempt <= maxConflictRetries; attempt++ {
-		if err = s.commit(ctx, prepared, p); !errors.Is(err, badger.ErrConflict) {
-			break
-		}
-	}
+	err := s.commit(ctx, prepared, p)
 	s.writeMu.Unlock()
 	if err != nil {
 		// The list keys admitted for this batch may not be on disk; let a
@@ -261,8 +251,8 @@ type preparer struct {
 	// intrinsics are the postings of a (kind, service, name, status), which
 	// intern maps to an index here.
 	intrinsics [][4]int32
-	trace    int32            // number of the trace being prepared, from 1
-	high     map[string]bool  // high-cardinality keys when the batch started
+	trace      int32           // number of the trace being prepared, from 1
+	high       map[string]bool // high-cardinality keys when the batch started
 
 	buf, val, bodies []byte // scratch
 	stripped         tracepb.Span

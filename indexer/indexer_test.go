@@ -28,7 +28,11 @@ import (
 	"github.com/threadline/threadline/span"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// Bleve (linked through the log store) starts its analysis workers at
+// package init, for the whole process.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/blevesearch/bleve_index_api.AnalysisWorker"))
+}
 
 // harness runs a real Indexer over a real Badger store; records are handed to
 // it as the consumer would, with tickets from a real Ledger.

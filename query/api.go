@@ -48,6 +48,8 @@ type API struct {
 	now     func() time.Time
 	// logReaders serve the log routes (logs.go, loki.go); see WithLogReaders.
 	logReaders []logspb.LogReaderClient
+	// alerts serves the alert routes (alerts.go); see WithAlerts.
+	alerts *alertsState
 }
 
 // New returns an API over readers, one client per indexer. A zero field of cfg
@@ -110,6 +112,10 @@ func (a *API) routes() []route {
 		// RED metrics and their Prometheus exposition, see red.go.
 		{"/api/v1/metrics/red", a.redQuery},
 		{"/api/v1/metrics/prometheus", a.redPrometheus},
+		// Alerts and the Alertmanager webhook, see alerts.go.
+		{"POST /api/v1/alertmanager", a.alertmanagerWebhook},
+		{"/api/v1/alerts", a.alertEvents},
+		{"/api/v1/alerts/{id}/traces", a.alertTraces},
 	}
 }
 
