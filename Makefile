@@ -69,6 +69,8 @@ proto: protoc
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative reader/v1/reader.proto
 	protoc -I proto --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative logs/v1/logs.proto
+	protoc -I proto --go_out=proto --go_opt=paths=source_relative \
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative metrics/v1/metrics.proto
 
 ## proto-check: the committed generated code matches the .proto.
 proto-check: proto

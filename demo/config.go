@@ -10,8 +10,8 @@ import (
 
 // Config is the demo's settings. Start from DefaultConfig.
 type Config struct {
-	// Endpoint is the OTLP gRPC host:port the services export to, without
-	// TLS. Default 127.0.0.1:4317.
+	// Endpoint is the OTLP gRPC host:port the services export traces and
+	// logs to, without TLS; it must serve both. Default 127.0.0.1:4317.
 	Endpoint string
 	// Rate is the mean number of orders per second; arrivals are Poisson.
 	// Default 5.
@@ -49,7 +49,7 @@ func DefaultConfig() Config {
 
 // RegisterFlags binds the settings to fs, using the values in c as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Endpoint, "otlp-endpoint", c.Endpoint, "OTLP gRPC `host:port` to export the demo traces to (plaintext)")
+	fs.StringVar(&c.Endpoint, "otlp-endpoint", c.Endpoint, "OTLP gRPC `host:port` to export the demo traces and logs to (plaintext)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "mean orders per second")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "stop after this long (0 = until interrupted)")
 	fs.IntVar(&c.Orders, "orders", c.Orders, "stop after this many orders (0 = no limit)")

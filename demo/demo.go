@@ -16,6 +16,16 @@
 // tail and timeouts, declined payments and sold-out bowls recorded as
 // errors with exception events, and a host whose clock runs ahead (Skew) so
 // the clock-skew repair has work to do.
+//
+// The services also log, through log/slog bridged to an OpenTelemetry
+// LoggerProvider per instance (otelslog), exported over the same OTLP
+// connection: DEBUG detail, INFO milestones, WARN for slow or retried bank
+// calls and ERROR lines carrying the exception of every failure. Each line
+// is logged while its span is current, so it carries the trace and span
+// IDs, and is dated in the span's simulated time, so it sorts inside its
+// span. A few lines without trace context (the kitchen's fryer readings
+// every few seconds, an occasional warning) exercise Threadline's policy
+// for traceless logs.
 package demo
 
 import (
@@ -77,9 +87,10 @@ func Run(ctx context.Context, cfg Config) error {
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	flushErr := topo.shutdown(flushCtx)
-	logger.Info("demo traffic stopped", "orders", st.orders, "spans", st.spans, "traces", st.traces, "by_status", fmt.Sprint(st.byStatus))
+	logger.Info("demo traffic stopped", "orders", st.orders, "spans", st.spans, "traces", st.traces,
+		"logs", st.logs, "traceless_logs", st.traceless, "by_status", fmt.Sprint(st.byStatus))
 	if flushErr != nil {
-		return errors.Join(runErr, fmt.Errorf("flush demo traces: %w", flushErr))
+		return errors.Join(runErr, fmt.Errorf("flush demo traces and logs: %w", flushErr))
 	}
 	return runErr
 }
@@ -87,12 +98,17 @@ func Run(ctx context.Context, cfg Config) error {
 // stats counts what the demo emitted, for its final log line and tests.
 type stats struct {
 	orders, spans, traces int
+	logs, traceless       int
 	byStatus              map[int]int
 }
 
-// generate plans and emits orders with Poisson arrivals at cfg.Rate.
+// generate plans and emits orders with Poisson arrivals at cfg.Rate, and
+// the traceless background lines between them.
 func generate(ctx context.Context, cfg *Config, topo *topology, seed uint64, st *stats) error {
 	sim := &shop{rng: mrand.New(mrand.NewPCG(seed, seed^0xd0b0)), topo: topo}
+	// The background lines have their own random source: they depend on
+	// wall-clock time, and must not shift the orders a seed reproduces.
+	bg := &background{rng: mrand.New(mrand.NewPCG(seed, seed^0xf17e)), topo: topo}
 	start := time.Now()
 	next := start
 	timer := time.NewTimer(0)
@@ -102,14 +118,26 @@ func generate(ctx context.Context, cfg *Config, topo *topology, seed uint64, st 
 		if cfg.Duration > 0 && next.Sub(start) >= cfg.Duration {
 			return nil
 		}
-		if wait := time.Until(next); wait > 0 {
-			timer.Reset(wait)
+		for {
+			now := time.Now()
+			if !bg.next.After(now) {
+				bg.emit(ctx, now, st)
+			}
+			if !next.After(now) {
+				break
+			}
+			wake := next
+			if bg.next.Before(wake) {
+				wake = bg.next
+			}
+			timer.Reset(wake.Sub(now))
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-timer.C:
 			}
-		} else if ctx.Err() != nil {
+		}
+		if ctx.Err() != nil {
 			return nil
 		}
 
@@ -173,6 +201,16 @@ func (e *emitter) emit(ctx context.Context, s *step) {
 	for _, ev := range s.events {
 		span.AddEvent(ev.name, trace.WithTimestamp(e.at(s.inst, ev.at)), trace.WithAttributes(ev.attrs...))
 	}
+	for _, l := range s.logs {
+		// ctx holds span, so the bridge sets the record's trace and span
+		// IDs; the record is dated on the span's host clock, like the span.
+		if s.inst.log.Enabled(ctx, l.level) {
+			r := slog.NewRecord(e.at(s.inst, l.at), l.level, l.msg, 0)
+			r.AddAttrs(l.attrs...)
+			_ = s.inst.log.Handle(ctx, r) // the bridge never fails; export errors go to otel's handler
+			e.stats.logs++
+		}
+	}
 	if s.err != nil {
 		span.RecordError(s.err, trace.WithTimestamp(e.at(s.inst, s.errAt)))
 	}
@@ -183,4 +221,67 @@ func (e *emitter) emit(ctx context.Context, s *step) {
 		e.emit(ctx, c)
 	}
 	span.End(trace.WithTimestamp(e.at(s.inst, s.end)))
+}
+
+// background emits the log lines that belong to no request: every few
+// seconds each kitchen instance reads its fryer's temperature (a WARN when
+// it runs hot), and now and then some service warns about its own state.
+type background struct {
+	rng  *mrand.Rand
+	topo *topology
+	next time.Time // when to emit next; zero emits at once
+}
+
+// Fryer temperatures in °C: normal oil is about 175–180, above fryerLimit
+// the kitchen is warned.
+const (
+	fryerNormal = 178
+	fryerLimit  = 185
+)
+
+// backgroundWarnings are the occasional warnings; each names its service.
+var backgroundWarnings = []struct {
+	service, msg string
+	attrs        []slog.Attr
+}{
+	{svcKitchen, "broth level low", []slog.Attr{slog.String("broth", "tonkotsu"), slog.Int("level_pct", 12)}},
+	{svcOrder, "database connection pool nearly exhausted", []slog.Attr{slog.Int("db.client.connection.count", 46), slog.Int("db.client.connection.max", 50)}},
+	{svcPayment, "TLS certificate of api.kuroneko-bank.example expires soon", []slog.Attr{slog.Int("days_left", 12)}},
+	{svcNotification, "mail relay rate limit at 80%", []slog.Attr{slog.String("server.address", "api.mailrelay.example")}},
+}
+
+func (b *background) emit(ctx context.Context, now time.Time, st *stats) {
+	// No span in ctx: these lines have no trace context.
+	ctx = context.WithoutCancel(ctx)
+	for i, inst := range b.topo.services[svcKitchen] {
+		temp, level := fryerNormal-3+b.rng.IntN(7), slog.LevelInfo
+		if b.chance(0.05) {
+			temp, level = fryerLimit+1+b.rng.IntN(10), slog.LevelWarn
+		}
+		msg := fmt.Sprintf("fryer temperature %d°C", temp)
+		if level == slog.LevelWarn {
+			msg += fmt.Sprintf(", above limit %d°C", fryerLimit)
+		}
+		b.log(ctx, st, inst, now, level, msg, slog.Int("fryer", i+1), slog.Int("temperature_c", temp))
+	}
+	if b.chance(0.15) {
+		w := backgroundWarnings[b.rng.IntN(len(backgroundWarnings))]
+		inst := b.topo.pick(b.rng, w.service)
+		b.log(ctx, st, inst, now, slog.LevelWarn, w.msg, w.attrs...)
+	}
+	b.next = now.Add(2*time.Second + time.Duration(b.rng.Int64N(int64(2*time.Second))))
+}
+
+func (b *background) chance(p float64) bool { return b.rng.Float64() < p }
+
+// log emits a line at now as inst's host clock reads it.
+func (b *background) log(ctx context.Context, st *stats, inst *instance, now time.Time, level slog.Level, msg string, attrs ...slog.Attr) {
+	if !inst.log.Enabled(ctx, level) {
+		return
+	}
+	r := slog.NewRecord(inst.clock(now), level, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = inst.log.Handle(ctx, r)
+	st.logs++
+	st.traceless++
 }

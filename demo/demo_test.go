@@ -14,8 +14,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace"
+	collectorlogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	collectortracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -26,11 +28,28 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// receiver is a minimal OTLP trace receiver that keeps every request.
+// receiver is a minimal OTLP trace and log receiver that keeps every
+// request.
 type receiver struct {
 	collectortracepb.UnimplementedTraceServiceServer
 	mu   sync.Mutex
 	reqs []*collectortracepb.ExportTraceServiceRequest
+	logs logReceiver
+}
+
+// logReceiver is the receiver's LogsService; a type of its own because
+// both services name their method Export.
+type logReceiver struct {
+	collectorlogspb.UnimplementedLogsServiceServer
+	mu   sync.Mutex
+	reqs []*collectorlogspb.ExportLogsServiceRequest
+}
+
+func (r *logReceiver) Export(_ context.Context, req *collectorlogspb.ExportLogsServiceRequest) (*collectorlogspb.ExportLogsServiceResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs = append(r.reqs, proto.CloneOf(req))
+	return &collectorlogspb.ExportLogsServiceResponse{}, nil
 }
 
 func (r *receiver) Export(_ context.Context, req *collectortracepb.ExportTraceServiceRequest) (*collectortracepb.ExportTraceServiceResponse, error) {
@@ -47,6 +66,7 @@ func startReceiver(t *testing.T) (*receiver, string) {
 	r := &receiver{}
 	gs := grpc.NewServer()
 	collectortracepb.RegisterTraceServiceServer(gs, r)
+	collectorlogspb.RegisterLogsServiceServer(gs, &r.logs)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -67,8 +87,10 @@ type rspan struct {
 
 func (s rspan) service() string { return s.res["service.name"] }
 
-func (s rspan) attr(k string) string {
-	for _, kv := range s.Attributes {
+func (s rspan) attr(k string) string { return attrOf(s.Attributes, k) }
+
+func attrOf(kvs []*commonpb.KeyValue, k string) string {
+	for _, kv := range kvs {
 		if kv.Key == k {
 			switch v := kv.Value.Value.(type) {
 			case *commonpb.AnyValue_StringValue:
@@ -80,6 +102,16 @@ func (s rspan) attr(k string) string {
 	}
 	return ""
 }
+
+// rlog is a received log record with its resource's attributes and scope.
+type rlog struct {
+	*logspb.LogRecord
+	res   map[string]string
+	scope string
+}
+
+func (l rlog) attr(k string) string { return attrOf(l.Attributes, k) }
+func (l rlog) body() string         { return l.Body.GetStringValue() }
 
 func (s rspan) mid() int64 { return int64(s.StartTimeUnixNano/2 + s.EndTimeUnixNano/2) }
 
@@ -108,12 +140,38 @@ func (r *receiver) spans() []rspan {
 	return out
 }
 
+func (r *receiver) logRecords() []rlog {
+	r.logs.mu.Lock()
+	defer r.logs.mu.Unlock()
+	var out []rlog
+	for _, req := range r.logs.reqs {
+		for _, rl := range req.ResourceLogs {
+			res := map[string]string{}
+			for _, kv := range rl.Resource.Attributes {
+				res[kv.Key] = kv.Value.GetStringValue()
+			}
+			for _, sl := range rl.ScopeLogs {
+				for _, lr := range sl.LogRecords {
+					out = append(out, rlog{LogRecord: lr, res: res, scope: sl.Scope.GetName()})
+				}
+			}
+		}
+	}
+	return out
+}
+
 func runDemo(t *testing.T, cfg Config) []rspan {
+	t.Helper()
+	spans, _ := runDemoWithLogs(t, cfg)
+	return spans
+}
+
+func runDemoWithLogs(t *testing.T, cfg Config) ([]rspan, []rlog) {
 	t.Helper()
 	r, addr := startReceiver(t)
 	cfg.Endpoint = addr
 	require.NoError(t, Run(t.Context(), cfg))
-	return r.spans()
+	return r.spans(), r.logRecords()
 }
 
 func TestRunProducesRealisticTraces(t *testing.T) {
@@ -231,20 +289,120 @@ func TestRunProducesRealisticTraces(t *testing.T) {
 func TestRunIsReproducible(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Rate, cfg.Orders, cfg.Seed = 5000, 50, 7
+	// ids lists the spans, and the log lines with trace context, in a form
+	// free of wall-clock time: a line is placed by its offset into its span.
 	ids := func() []string {
+		spans, logs := runDemoWithLogs(t, cfg)
+		starts := map[spanKey]uint64{}
 		var out []string
-		for _, s := range runDemo(t, cfg) {
+		for _, s := range spans {
+			starts[spanKey{string(s.TraceId), string(s.SpanId)}] = s.StartTimeUnixNano
 			out = append(out, string(s.TraceId)+string(s.SpanId)+s.Name+strconv.FormatUint(s.EndTimeUnixNano-s.StartTimeUnixNano, 10))
+		}
+		for _, l := range logs {
+			if len(l.TraceId) == 0 {
+				continue // background lines follow the wall clock
+			}
+			var attrs []string
+			for _, kv := range l.Attributes {
+				attrs = append(attrs, kv.Key+"="+attrOf(l.Attributes, kv.Key))
+			}
+			out = append(out, "log"+string(l.TraceId)+string(l.SpanId)+l.SeverityText+l.body()+strings.Join(attrs, ",")+
+				strconv.FormatUint(l.TimeUnixNano-starts[spanKey{string(l.TraceId), string(l.SpanId)}], 10))
 		}
 		sort.Strings(out)
 		return out
 	}
 	first, second := ids(), ids()
 	require.NotEmpty(t, first)
+	require.True(t, slices.ContainsFunc(first, func(s string) bool { return strings.HasPrefix(s, "log") }))
 	require.Equal(t, first, second)
 
 	cfg.Seed = 8
 	require.NotEqual(t, first, ids())
+}
+
+func TestRunEmitsCorrelatedLogs(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Rate, cfg.Orders, cfg.Seed = 5000, 200, 42
+	spans, logs := runDemoWithLogs(t, cfg)
+	require.Greater(t, len(logs), 200*10, "an order logs a dozen lines or so")
+
+	byID := map[spanKey]rspan{}
+	rootStatus := map[string]string{} // trace → storefront's HTTP status
+	orderIDs := map[string]string{}   // trace → order.id of the order service's span
+	for _, s := range spans {
+		byID[spanKey{string(s.TraceId), string(s.SpanId)}] = s
+		if len(s.ParentSpanId) == 0 && s.service() == svcStorefront {
+			rootStatus[string(s.TraceId)] = s.attr("http.response.status_code")
+		}
+		if s.service() == svcOrder && s.Kind == tracepb.Span_SPAN_KIND_SERVER {
+			orderIDs[string(s.TraceId)] = s.attr("order.id")
+		}
+	}
+	require.Len(t, rootStatus, 200)
+
+	levels := map[string]int{}
+	errorTraces := map[string]bool{}
+	var accepted, traceless, fryer, slowOrRetry int
+	for _, l := range logs {
+		require.NotEmpty(t, l.body())
+		require.NotEmpty(t, l.res["service.instance.id"], "logs carry their instance's resource")
+		require.Equal(t, logScope, l.scope)
+		require.NotZero(t, l.TimeUnixNano)
+		levels[l.SeverityText]++
+		if len(l.TraceId) == 0 {
+			traceless++
+			require.Empty(t, l.SpanId)
+			if strings.HasPrefix(l.body(), "fryer temperature ") {
+				fryer++
+				require.Equal(t, svcKitchen, l.res["service.name"])
+				require.NotEmpty(t, l.attr("temperature_c"))
+			}
+			continue
+		}
+
+		s, ok := byID[spanKey{string(l.TraceId), string(l.SpanId)}]
+		require.True(t, ok, "line %q belongs to a received span", l.body())
+		require.Equal(t, s.res["service.instance.id"], l.res["service.instance.id"], "%q is logged by its span's instance", l.body())
+		require.GreaterOrEqual(t, l.TimeUnixNano, s.StartTimeUnixNano, "%q sorts inside %s %q", l.body(), s.service(), s.Name)
+		require.LessOrEqual(t, l.TimeUnixNano, s.EndTimeUnixNano, "%q sorts inside %s %q", l.body(), s.service(), s.Name)
+
+		switch {
+		case l.SeverityNumber >= logspb.SeverityNumber_SEVERITY_NUMBER_ERROR:
+			errorTraces[string(l.TraceId)] = true
+			require.NotEmpty(t, l.attr("exception.message"))
+			require.Contains(t, l.attr("exception.type"), ".")
+			require.Equal(t, tracepb.Status_STATUS_CODE_ERROR, s.Status.GetCode(), "ERROR %q is logged in a failed span", l.body())
+		case l.body() == "order accepted":
+			accepted++
+			require.Equal(t, orderIDs[string(l.TraceId)], l.attr("order.id"))
+			require.NotEmpty(t, l.attr("shop"))
+			require.NotEmpty(t, l.attr("amount"))
+		case strings.HasPrefix(l.body(), "slow bank response") || strings.HasPrefix(l.body(), "bank unavailable, retrying"):
+			slowOrRetry++
+			require.Equal(t, "WARN", l.SeverityText)
+			require.NotEmpty(t, l.attr("attempt"))
+		}
+	}
+
+	var ok, failed int
+	for tid, status := range rootStatus {
+		if status == "201" {
+			ok++
+			continue
+		}
+		failed++
+		require.True(t, errorTraces[tid], "failed order (HTTP %s) has an ERROR line", status)
+	}
+	require.Positive(t, failed)
+	require.Equal(t, ok, accepted, "one \"order accepted\" per successful order")
+	require.Positive(t, slowOrRetry, "slow bank answers are warned about")
+	for _, lvl := range []string{"DEBUG", "INFO", "WARN", "ERROR"} {
+		require.Positive(t, levels[lvl], lvl)
+	}
+	require.Positive(t, fryer, "background fryer readings without trace context")
+	require.GreaterOrEqual(t, traceless, fryer)
 }
 
 func TestRunStopsOnContextAndFlushes(t *testing.T) {

@@ -3,8 +3,11 @@ package demo
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
+	"reflect"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -25,6 +28,7 @@ type step struct {
 	end      time.Duration
 	attrs    []attribute.KeyValue
 	events   []event
+	logs     []logLine
 	children []*step
 
 	// failed marks the span's status Error with statusMsg; err, when set,
@@ -49,6 +53,17 @@ type event struct {
 	attrs []attribute.KeyValue
 }
 
+// logLine is a line the span's service logs while the span is current, so
+// that it carries the span's trace and span IDs. Lines are planned with the
+// spans, from what the plan already drew: logging never draws from the
+// shop's random source, so a seed gives the same traces with or without it.
+type logLine struct {
+	at    time.Duration
+	level slog.Level
+	msg   string
+	attrs []slog.Attr
+}
+
 func (s *step) add(c *step) *step {
 	s.children = append(s.children, c)
 	return c
@@ -56,6 +71,36 @@ func (s *step) add(c *step) *step {
 
 func (s *step) event(at time.Duration, name string, attrs ...attribute.KeyValue) {
 	s.events = append(s.events, event{at: at, name: name, attrs: attrs})
+}
+
+// log plans a line at time at, which must lie within the span.
+func (s *step) log(at time.Duration, level slog.Level, msg string, attrs ...slog.Attr) {
+	s.logs = append(s.logs, logLine{at: at, level: level, msg: msg, attrs: attrs})
+}
+
+// logError plans an ERROR line for err with the exception attributes of
+// the semantic conventions, typed as the span's exception event is, so the
+// line and the event tell the same story.
+func (s *step) logError(at time.Duration, msg string, err error, attrs ...slog.Attr) {
+	s.log(at, slog.LevelError, msg, append(attrs,
+		slog.String("exception.type", errorType(err)),
+		slog.String("exception.message", err.Error()))...)
+}
+
+// errorType names err's type the way the trace SDK's RecordError does.
+func errorType(err error) string {
+	t := reflect.TypeOf(err)
+	if t.PkgPath() == "" && t.Name() == "" {
+		return t.String()
+	}
+	return t.PkgPath() + "." + t.Name()
+}
+
+// Log attributes the services share.
+func orderAttr(o order) slog.Attr { return slog.String("order.id", o.id) }
+func shopAttr(o order) slog.Attr  { return slog.String("shop", o.shop) }
+func amountAttr(o order) slog.Attr {
+	return slog.Int("amount", o.yen)
 }
 
 // fail marks the span as failed, recording err as an exception at time at.
@@ -252,8 +297,11 @@ func (s *shop) placeOrder() (*step, order) {
 		attribute.Int("order.item_count", len(o.items)),
 	}}
 	t := s.between(200*time.Microsecond, 600*time.Microsecond)
-	t = s.internal(root, t, s.around(400*time.Microsecond, 0.4), "validate cart",
-		attribute.Int("cart.items", len(o.items))).end
+	cart := s.internal(root, t, s.around(400*time.Microsecond, 0.4), "validate cart",
+		attribute.Int("cart.items", len(o.items)))
+	cart.log(cart.end, slog.LevelDebug, "cart validated", shopAttr(o),
+		slog.String("items", strings.Join(o.items, ",")), amountAttr(o))
+	t = cart.end
 
 	call, rep := s.httpCall(web, svcOrder, "POST", "/orders", "/orders", t, 15*time.Second,
 		func(srv *step) int { return s.order(srv, o) })
@@ -265,13 +313,23 @@ func (s *shop) placeOrder() (*step, order) {
 	case status == 201:
 		t = s.internal(root, t, s.around(900*time.Microsecond, 0.5), "render confirmation",
 			attribute.String("order.id", o.id)).end
+		root.log(t, slog.LevelInfo, "order placed", orderAttr(o), shopAttr(o), amountAttr(o),
+			slog.Int64("duration_ms", (t-root.start).Milliseconds()))
 	case status == 0:
 		status = 504
 	case status >= 500:
 		status = 502
+	default:
+		root.log(t, slog.LevelInfo, "order rejected", shopAttr(o), slog.Int("http.response.status_code", status))
 	}
 	if status >= 500 {
-		root.fail(t, upstreamError{service: svcOrder, status: rep.status}, "order service failed")
+		err := upstreamError{service: svcOrder, status: rep.status}
+		root.fail(t, err, "order service failed")
+		msg := "order failed: " + err.Error()
+		if rep.status == 0 {
+			msg = "order service timeout after 15s"
+		}
+		root.logError(t, msg, err, shopAttr(o), slog.Int("http.response.status_code", status))
 	}
 	root.end = t + s.between(100*time.Microsecond, 500*time.Microsecond)
 	root.attrs = append(root.attrs, attribute.Int("http.response.status_code", status))
@@ -283,6 +341,8 @@ func (s *shop) order(srv *step, o order) int {
 	self := srv.inst
 	srv.attrs = append(srv.attrs, attribute.String("order.id", o.id), attribute.Int("member.id", o.member))
 	t := srv.start + s.between(50*time.Microsecond, 300*time.Microsecond)
+	srv.log(t, slog.LevelDebug, "creating order", orderAttr(o), slog.Int("member.id", o.member), shopAttr(o),
+		slog.Int("items", len(o.items)))
 
 	path := fmt.Sprintf("/members/%d", o.member)
 	call, rep := s.httpCall(self, svcMember, "GET", "/members/{id}", path, t, 2*time.Second,
@@ -300,6 +360,7 @@ func (s *shop) order(srv *step, o order) int {
 	t = max(invRep.end, priceRep.end)
 	if invRep.status != 201 {
 		srv.event(t, "order rejected", attribute.String("reason", "out_of_stock"))
+		srv.log(t, slog.LevelWarn, "order rejected: out of stock", orderAttr(o), shopAttr(o))
 		srv.end = t + s.between(100*time.Microsecond, 400*time.Microsecond)
 		return 409
 	}
@@ -316,12 +377,19 @@ func (s *shop) order(srv *step, o order) int {
 	case 201:
 	case 402:
 		srv.event(t, "payment declined", attribute.String("order.id", o.id))
+		srv.log(t, slog.LevelWarn, "payment declined", orderAttr(o), amountAttr(o))
 		t = s.query(srv, t, "postgresql", "UPDATE", "orders", "UPDATE orders SET status = 'declined' WHERE id = $1").end
 		srv.end = t + s.between(100*time.Microsecond, 300*time.Microsecond)
 		return 402
 	default:
 		t = s.query(srv, t, "postgresql", "UPDATE", "orders", "UPDATE orders SET status = 'payment_failed' WHERE id = $1").end
-		srv.fail(t, upstreamError{service: svcPayment, status: payRep.status}, "payment failed")
+		err := upstreamError{service: svcPayment, status: payRep.status}
+		srv.fail(t, err, "payment failed")
+		msg := "payment failed: " + err.Error()
+		if payRep.status == 0 {
+			msg = "payment timeout after 12s"
+		}
+		srv.logError(t, msg, err, orderAttr(o), amountAttr(o))
 		srv.end = t + s.between(100*time.Microsecond, 300*time.Microsecond)
 		return 502
 	}
@@ -332,6 +400,7 @@ func (s *shop) order(srv *step, o order) int {
 			end := s.query(m, m.start+s.between(50*time.Microsecond, 200*time.Microsecond), "postgresql", "UPDATE", "member_points",
 				"UPDATE member_points SET balance = balance + $1 WHERE member_id = $2").end
 			m.event(end, "points accrued", attribute.Int("loyalty.points", o.yen/100))
+			m.log(end, slog.LevelDebug, "points accrued", slog.Int("member.id", o.member), slog.Int("loyalty.points", o.yen/100))
 			m.end = end + s.between(50*time.Microsecond, 200*time.Microsecond)
 			return 200
 		})
@@ -340,6 +409,7 @@ func (s *shop) order(srv *step, o order) int {
 
 	t = s.publish(srv, t, o).end
 	t = s.query(srv, t, "postgresql", "UPDATE", "orders", "UPDATE orders SET status = 'paid' WHERE id = $1").end
+	srv.log(t, slog.LevelInfo, "order accepted", orderAttr(o), shopAttr(o), amountAttr(o), slog.Int("member.id", o.member))
 	srv.end = t + s.between(100*time.Microsecond, 300*time.Microsecond)
 	return 201
 }
@@ -349,11 +419,16 @@ func (s *shop) member(srv *step, o order) int {
 	t := srv.start + s.between(30*time.Microsecond, 150*time.Microsecond)
 	get := s.query(srv, t, "redis", "GET", "members", fmt.Sprintf("GET member:%d", o.member))
 	t = get.end
+	key := slog.String("cache.key", fmt.Sprintf("member:%d", o.member))
 	if s.chance(0.15) {
 		get.event(t, "cache miss", attribute.String("cache.key", fmt.Sprintf("member:%d", o.member)))
+		srv.log(t, slog.LevelDebug, "member cache miss, loading from postgres", key)
 		t = s.query(srv, t, "postgresql", "SELECT", "members",
 			"SELECT id, name, tier, points FROM members WHERE id = $1").end
 		t = s.query(srv, t, "redis", "SET", "members", fmt.Sprintf("SET member:%d ? EX 600", o.member)).end
+		srv.log(t, slog.LevelDebug, "member cached", key, slog.Int64("ttl_s", 600))
+	} else {
+		srv.log(t, slog.LevelDebug, "member cache hit", key)
 	}
 	srv.end = t + s.between(50*time.Microsecond, 200*time.Microsecond)
 	return 200
@@ -369,11 +444,14 @@ func (s *shop) reserve(srv *step, o order) int {
 	status := 201
 	if s.chance(0.01) {
 		item := o.items[s.rng.IntN(len(o.items))]
-		res.fail(t, outOfStockError{item: item, shop: o.shop}, "out of stock")
+		err := outOfStockError{item: item, shop: o.shop}
+		res.fail(t, err, "out of stock")
+		res.logError(t, "reservation failed: "+err.Error(), err, shopAttr(o), slog.String("item", item))
 		status = 409
 	} else {
 		t = s.query(res, t, "postgresql", "UPDATE", "stock",
 			"UPDATE stock SET quantity = quantity - $1 WHERE shop_id = $2 AND item = $3").end
+		res.log(t, slog.LevelDebug, "stock reserved", shopAttr(o), slog.String("items", strings.Join(o.items, ",")))
 	}
 	res.end = t + s.between(20*time.Microsecond, 100*time.Microsecond)
 	srv.end = res.end + s.between(50*time.Microsecond, 200*time.Microsecond)
@@ -387,21 +465,31 @@ func (s *shop) quote(srv *step, o order) int {
 	t = get.end
 	if s.chance(0.05) {
 		get.event(t, "cache miss", attribute.String("cache.key", "price-list:"+o.shop))
+		srv.log(t, slog.LevelDebug, "price list cache miss", shopAttr(o), slog.String("cache.key", "price-list:"+o.shop))
 		t = s.query(srv, t, "postgresql", "SELECT", "price_lists",
 			"SELECT item, price_yen FROM price_lists WHERE shop_id = $1 AND valid_from <= now()").end
+	} else {
+		srv.log(t, slog.LevelDebug, "price list cache hit", shopAttr(o))
 	}
 	promo := s.internal(srv, t, s.around(2*time.Millisecond, 0.7), "apply promotions")
 	if s.chance(0.3) {
-		promo.event(promo.start+(promo.end-promo.start)/2, "promotion applied",
+		mid := promo.start + (promo.end-promo.start)/2
+		promo.event(mid, "promotion applied",
 			attribute.String("promotion.code", "KAEDAMA-FREE"), attribute.Int("discount.yen", 150))
+		promo.log(mid, slog.LevelInfo, "promotion applied", shopAttr(o),
+			slog.String("promotion.code", "KAEDAMA-FREE"), slog.Int("discount", 150))
 	}
 	srv.attrs = append(srv.attrs, attribute.Int("order.total_yen", o.yen))
 	srv.end = promo.end + s.between(50*time.Microsecond, 200*time.Microsecond)
 	return 200
 }
 
-// bankTimeout is how long payment waits for the bank before giving up.
-const bankTimeout = 10 * time.Second
+// bankTimeout is how long payment waits for the bank before giving up;
+// an answer slower than slowBank is logged as a warning.
+const (
+	bankTimeout = 10 * time.Second
+	slowBank    = time.Second
+)
 
 // pay is the payment service: a fraud check, then the bank, retried once if
 // the issuer is unavailable.
@@ -410,38 +498,56 @@ func (s *shop) pay(srv *step, o order) int {
 	srv.attrs = append(srv.attrs, attribute.String("order.id", o.id), attribute.Int("payment.amount_yen", o.yen))
 	t := srv.start + s.between(50*time.Microsecond, 200*time.Microsecond)
 	fraud := s.internal(srv, t, s.around(3*time.Millisecond, 0.5), "fraud check")
-	fraud.attrs = append(fraud.attrs, attribute.Float64("fraud.score", math.Round(s.rng.Float64()*0.3*1000)/1000))
+	score := math.Round(s.rng.Float64()*0.3*1000) / 1000
+	fraud.attrs = append(fraud.attrs, attribute.Float64("fraud.score", score))
+	fraud.log(fraud.end, slog.LevelDebug, "fraud check passed", orderAttr(o), slog.Float64("fraud.score", score))
 	t = fraud.end
 
 	var rep reply
-	for attempt := 1; ; attempt++ {
+	attempt := 1
+	for ; ; attempt++ {
+		srv.log(t, slog.LevelDebug, "charging card", orderAttr(o), amountAttr(o), slog.Int("attempt", attempt))
 		var call *step
 		call, rep = s.httpCall(self, svcBank, "POST", "/v1/charges", "/v1/charges", t, bankTimeout,
 			func(b *step) int { return s.charge(b, o) })
 		srv.add(call)
 		t = rep.end
+		if took := rep.end - call.start; rep.status != 0 && took > slowBank {
+			srv.log(t, slog.LevelWarn, "slow bank response", orderAttr(o),
+				slog.Int("attempt", attempt), slog.Int64("duration_ms", took.Milliseconds()), slog.Int("http.response.status_code", rep.status))
+		}
 		if rep.status != 503 || attempt == 2 {
 			break
 		}
 		backoff := s.between(50*time.Millisecond, 120*time.Millisecond)
 		srv.event(t, "retrying charge", attribute.Int("retry.attempt", attempt), attribute.Int64("retry.backoff_ms", backoff.Milliseconds()))
+		srv.log(t, slog.LevelWarn, "bank unavailable, retrying charge", orderAttr(o),
+			slog.Int("attempt", attempt), slog.Int64("backoff_ms", backoff.Milliseconds()))
 		t += backoff
 	}
 
 	t = s.query(srv, t, "postgresql", "INSERT", "payments",
 		"INSERT INTO payments (order_id, amount_yen, status, bank_ref) VALUES ($1, $2, $3, $4)").end
 	status := 201
+	tried := slog.Int("attempt", attempt)
 	switch rep.status {
 	case 201:
 		srv.event(t, "payment authorized")
+		srv.log(t, slog.LevelInfo, "payment authorized", orderAttr(o), amountAttr(o), tried)
 	case 402:
-		srv.fail(t, paymentDeclinedError{code: "insufficient_funds"}, "card declined")
+		err := paymentDeclinedError{code: "insufficient_funds"}
+		srv.fail(t, err, "card declined")
+		srv.logError(t, "charge failed: "+err.Error(), err, orderAttr(o), amountAttr(o), tried)
 		status = 402
 	case 0:
-		srv.fail(t, fmt.Errorf("charge card: %w", context.DeadlineExceeded), "bank timed out")
+		err := fmt.Errorf("charge card: %w", context.DeadlineExceeded)
+		srv.fail(t, err, "bank timed out")
+		srv.logError(t, fmt.Sprintf("bank timeout after %s", bankTimeout), err, orderAttr(o), amountAttr(o), tried)
 		status = 504
 	default:
-		srv.fail(t, upstreamError{service: svcBank, status: rep.status}, "bank unavailable")
+		err := upstreamError{service: svcBank, status: rep.status}
+		srv.fail(t, err, "bank unavailable")
+		srv.logError(t, "charge failed: "+err.Error(), err, orderAttr(o), amountAttr(o), tried)
 		status = 503
 	}
 	srv.end = t + s.between(100*time.Microsecond, 300*time.Microsecond)
@@ -463,18 +569,24 @@ func (s *shop) charge(srv *step, o order) int {
 	}
 	d = max(d, 5*time.Millisecond)
 	t := srv.start + s.between(200*time.Microsecond, time.Millisecond)
-	auth := s.internal(srv, t, d-2*time.Millisecond, "authorize", attribute.String("card.brand", []string{"visa", "mastercard", "jcb"}[s.rng.IntN(3)]))
+	brand := []string{"visa", "mastercard", "jcb"}[s.rng.IntN(3)]
+	auth := s.internal(srv, t, d-2*time.Millisecond, "authorize", attribute.String("card.brand", brand))
+	auth.log(t, slog.LevelDebug, "authorizing charge", slog.String("card.brand", brand), amountAttr(o))
 	srv.end = srv.start + d
 	switch r := s.rng.Float64(); {
 	case r < 0.02:
 		// Declining is the bank doing its job: not an error on its side.
 		auth.event(auth.end, "authorization declined", attribute.String("decline.code", "51"))
+		auth.log(auth.end, slog.LevelInfo, "authorization declined", slog.String("decline.code", "51"), amountAttr(o))
 		return 402
 	case r < 0.025:
-		auth.fail(auth.end, upstreamError{service: "issuer", status: 503}, "issuer unavailable")
+		err := upstreamError{service: "issuer", status: 503}
+		auth.fail(auth.end, err, "issuer unavailable")
+		auth.logError(auth.end, "issuer unavailable: "+err.Error(), err, slog.String("card.brand", brand))
 		return 503
 	}
 	auth.event(auth.end, "authorization approved", attribute.Int("amount.yen", o.yen))
+	auth.log(auth.end, slog.LevelInfo, "authorization approved", slog.String("card.brand", brand), amountAttr(o))
 	return 201
 }
 
@@ -514,11 +626,15 @@ func (s *shop) publish(srv *step, t time.Duration, o order) *step {
 	kt := kitchen.start + s.between(100*time.Microsecond, 400*time.Microsecond)
 	tickets := s.internal(kitchen, kt, 0, "queue bowls", attribute.String("shop.id", o.shop))
 	for i, b := range o.items {
-		tickets.event(kt+time.Duration(i+1)*80*time.Microsecond, "bowl queued", attribute.String("bowl", b), attribute.Int("station", 1+s.rng.IntN(4)))
+		at, station := kt+time.Duration(i+1)*80*time.Microsecond, 1+s.rng.IntN(4)
+		tickets.event(at, "bowl queued", attribute.String("bowl", b), attribute.Int("station", station))
+		tickets.log(at, slog.LevelDebug, "bowl queued", orderAttr(o), slog.String("bowl", b), slog.Int("station", station))
 	}
 	tickets.end = kt + time.Duration(len(o.items)+1)*80*time.Microsecond + s.around(300*time.Microsecond, 0.3)
 	kt = s.query(kitchen, tickets.end, "postgresql", "INSERT", "tickets",
 		"INSERT INTO tickets (order_id, shop_id, items, status) VALUES ($1, $2, $3, 'queued')").end
+	kitchen.log(kt, slog.LevelInfo, "ticket queued", orderAttr(o), shopAttr(o), slog.Int("bowls", len(o.items)),
+		slog.Int("messaging.kafka.offset", offset))
 	kitchen.end = kt + s.between(50*time.Microsecond, 200*time.Microsecond)
 
 	note := prod.add(consumer(svcNotification, s.between(5*time.Millisecond, 120*time.Millisecond)))
@@ -537,7 +653,11 @@ func (s *shop) publish(srv *step, t time.Duration, o order) *step {
 		mailStatus = 503
 		mail.failed = true
 		mail.attrs = append(mail.attrs, attribute.String("error.type", "503"))
-		note.fail(mail.end, upstreamError{service: "mailrelay", status: 503}, "receipt email not sent")
+		err := upstreamError{service: "mailrelay", status: 503}
+		note.fail(mail.end, err, "receipt email not sent")
+		note.logError(mail.end, "receipt email not sent: "+err.Error(), err, orderAttr(o))
+	} else {
+		note.log(mail.end, slog.LevelInfo, "receipt email sent", orderAttr(o), amountAttr(o))
 	}
 	mail.attrs = append(mail.attrs, attribute.Int("http.response.status_code", mailStatus))
 	note.end = mail.end + s.between(50*time.Microsecond, 200*time.Microsecond)

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/bridges/otelslog"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -39,14 +43,19 @@ type host struct {
 	skew time.Duration
 }
 
-// instance is one running copy of a service: its own TracerProvider and
-// resource, as a separate process would have.
+// instance is one running copy of a service: its own TracerProvider,
+// LoggerProvider and resource, as a separate process would have.
 type instance struct {
 	service  string
 	host     *host
 	address  string // server.address other services call it at
 	port     int
 	provider *sdktrace.TracerProvider
+	loggers  *sdklog.LoggerProvider
+	// log is the service's slog handler, bridged to loggers: the demo
+	// calls Handle itself with records dated in simulated time, which
+	// slog.Logger's methods (always time.Now) cannot do.
+	log slog.Handler
 }
 
 // clock converts a true time into what this instance's host clock reads.
@@ -96,8 +105,8 @@ var shopHosts = map[string]string{
 	"kitchen-1": "10.0.4.41", "kitchen-2": "10.0.4.42",
 }
 
-// newTopology starts a TracerProvider per service instance, all exporting
-// over conn. The bank's host clock is off by cfg.Skew.
+// newTopology starts a TracerProvider and a LoggerProvider per service
+// instance, all exporting over conn. The bank's host clock is off by cfg.Skew.
 func newTopology(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sdktrace.IDGenerator) (*topology, error) {
 	hosts := map[string]*host{}
 	for name, ip := range shopHosts {
@@ -109,11 +118,9 @@ func newTopology(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sd
 	for _, spec := range shopServices {
 		for _, hn := range spec.hosts {
 			inst := &instance{service: spec.name, host: hosts[hn], address: spec.address, port: spec.port}
-			p, err := newProvider(ctx, cfg, conn, ids, spec, inst)
-			if err != nil {
+			if err := startProviders(ctx, cfg, conn, ids, spec, inst); err != nil {
 				return nil, errors.Join(fmt.Errorf("start %s on %s: %w", spec.name, hn, err), t.shutdown(ctx))
 			}
-			inst.provider = p
 			t.services[spec.name] = append(t.services[spec.name], inst)
 			t.all = append(t.all, inst)
 		}
@@ -121,15 +128,17 @@ func newTopology(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sd
 	return t, nil
 }
 
-// batchTimeout is shorter than the SDK's 5 s default so that traces show
-// up in the UI about a second after the order.
+// batchTimeout is shorter than the SDK's 5 s default so that traces and
+// their logs show up in the UI about a second after the order.
 const batchTimeout = time.Second
 
-func newProvider(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sdktrace.IDGenerator, spec serviceSpec, inst *instance) (*sdktrace.TracerProvider, error) {
-	exp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithGRPCConn(conn))
-	if err != nil {
-		return nil, fmt.Errorf("create OTLP exporter: %w", err)
-	}
+// logScope is the instrumentation scope of the services' log lines: the
+// application's own logger, bridged from log/slog.
+const logScope = scopeApp
+
+// startProviders gives inst its TracerProvider and LoggerProvider, with one
+// resource, both exporting over the shared conn.
+func startProviders(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sdktrace.IDGenerator, spec serviceSpec, inst *instance) error {
 	res, err := resource.New(ctx,
 		resource.WithTelemetrySDK(),
 		resource.WithAttributes(
@@ -146,17 +155,34 @@ func newProvider(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids sd
 		),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("build resource: %w", err)
+		return fmt.Errorf("build resource: %w", err)
 	}
-	return sdktrace.NewTracerProvider(
+	spans, err := otlptracegrpc.New(ctx, otlptracegrpc.WithGRPCConn(conn))
+	if err != nil {
+		return fmt.Errorf("create OTLP trace exporter: %w", err)
+	}
+	logs, err := otlploggrpc.New(ctx, otlploggrpc.WithGRPCConn(conn))
+	if err != nil {
+		return errors.Join(fmt.Errorf("create OTLP log exporter: %w", err), spans.Shutdown(ctx))
+	}
+	inst.provider = sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithIDGenerator(ids),
 		sdktrace.WithSampler(sdktrace.AlwaysSample()),
 		// Dropping (the default) rather than blocking when the queue is
 		// full keeps the demo responsive to SIGINT while the collector is
 		// down; the larger queue rides out a collector restart.
-		sdktrace.WithBatcher(exp, sdktrace.WithBatchTimeout(batchTimeout), sdktrace.WithMaxQueueSize(16384)),
-	), nil
+		sdktrace.WithBatcher(spans, sdktrace.WithBatchTimeout(batchTimeout), sdktrace.WithMaxQueueSize(16384)),
+	)
+	// An order logs about as many lines as it has spans, so the log queue
+	// is sized like the span queue; it too drops rather than blocks.
+	inst.loggers = sdklog.NewLoggerProvider(
+		sdklog.WithResource(res),
+		sdklog.WithProcessor(sdklog.NewBatchProcessor(logs,
+			sdklog.WithExportInterval(batchTimeout), sdklog.WithMaxQueueSize(16384))),
+	)
+	inst.log = otelslog.NewHandler(logScope, otelslog.WithLoggerProvider(inst.loggers), otelslog.WithVersion(spec.version))
+	return nil
 }
 
 // instanceID is a stable, pod-like ID for a service on a host.
@@ -177,12 +203,17 @@ func instanceID(service, hostName string) string {
 // shutdown flushes and stops every provider. They flush in parallel so
 // that one slow export does not use up the others' share of ctx.
 func (t *topology) shutdown(ctx context.Context) error {
-	errs := make([]error, len(t.all))
+	errs := make([]error, 2*len(t.all))
 	var wg sync.WaitGroup
 	for i, inst := range t.all {
 		wg.Go(func() {
 			if err := inst.provider.Shutdown(ctx); err != nil {
-				errs[i] = fmt.Errorf("flush %s on %s: %w", inst.service, inst.host.name, err)
+				errs[2*i] = fmt.Errorf("flush traces of %s on %s: %w", inst.service, inst.host.name, err)
+			}
+		})
+		wg.Go(func() {
+			if err := inst.loggers.Shutdown(ctx); err != nil {
+				errs[2*i+1] = fmt.Errorf("flush logs of %s on %s: %w", inst.service, inst.host.name, err)
 			}
 		})
 	}

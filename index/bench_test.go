@@ -97,11 +97,6 @@ func benchOptions() Options {
 	if c := os.Getenv("THREADLINE_BENCH_COMPRESSION"); c != "" {
 		o.Compression = c
 	}
-	if c := os.Getenv("XMEM"); c != "" {
-		var n int64
-		fmt.Sscan(c, &n)
-		o.MemTableSize = n << 20
-	}
 	return o
 }
 

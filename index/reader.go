@@ -30,7 +30,7 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 		if sum != nil {
 			st.Reasons, st.Warnings = sum.Reasons, sum.Warnings
 		}
-		found = sum != nil || len(st.Spans) > 0
+		found = sum != nil
 		return nil
 	})
 	if err != nil {
@@ -39,62 +39,55 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 	return st, found, nil
 }
 
-// readTrace reads the summary and span chunks of one trace in a single
-// prefix scan, then the resources and scopes they name. A span repeated in
-// several chunks (a replay that regrouped spans) is returned once. A
-// resource or scope that is missing (it can only have expired early, e.g.
-// after the retention was shortened) leaves its spans with an empty one and
-// adds a warning.
+// readTrace reads the summary of one trace, then its spans (readSpans).
 func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Span, *summary, error) {
-	prefix := traceKey(id, 0)[:17]
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 16})
+	sum, found, err := getSummary(txn, traceKey(id, subSummary))
+	if err != nil || !found {
+		return nil, nil, err
+	}
+	spans, err := readSpans(ctx, txn, id, &sum)
+	return spans, &sum, err
+}
+
+// readSpans reads the span chunks of one trace in a single prefix scan,
+// then the resources and scopes they name. A span repeated in several
+// chunks (a replay that regrouped spans) is returned once. A resource or
+// scope that is missing (it can only have expired early, e.g. after the
+// retention was shortened) leaves its spans with an empty one and adds a
+// warning to sum.
+func readSpans(ctx context.Context, txn *badger.Txn, id span.TraceID, sum *summary) ([]span.Span, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(sum.Seq, id), PrefetchValues: true, PrefetchSize: 16})
 	defer it.Close()
 	type ref struct{ res, scope uint64 }
 	var (
-		sum   *summary
 		spans []span.Span
 		refs  []ref
 		seen  map[span.SpanID]bool
 	)
 	for it.Rewind(); it.Valid(); it.Next() {
 		if err := ctx.Err(); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		item := it.Item()
-		k := item.Key()
-		if len(k) < 18 {
-			continue
-		}
-		err := item.Value(func(v []byte) error {
-			switch sub, rest := k[17], k[18:]; {
-			case sub == subSummary && len(rest) == 0:
-				d, err := decodeSummary(v)
+		err := it.Item().Value(func(v []byte) error {
+			return walkChunk(v, func(e chunkEntry) error {
+				if seen[e.sid] {
+					return nil
+				}
+				if seen == nil {
+					seen = map[span.SpanID]bool{}
+				}
+				seen[e.sid] = true
+				sp, err := decodeSpanBody(e.body, id, e.sid)
 				if err != nil {
 					return err
 				}
-				sum = &d
-			case sub == subChunk && len(rest) == 8:
-				return walkChunk(v, func(e chunkEntry) error {
-					if seen[e.sid] {
-						return nil
-					}
-					if seen == nil {
-						seen = map[span.SpanID]bool{}
-					}
-					seen[e.sid] = true
-					sp, err := decodeSpanBody(e.body, id, e.sid)
-					if err != nil {
-						return err
-					}
-					spans = append(spans, span.Span{Span: sp})
-					refs = append(refs, ref{e.res, e.scope})
-					return nil
-				})
-			}
-			return nil
+				spans = append(spans, span.Span{Span: sp})
+				refs = append(refs, ref{e.res, e.scope})
+				return nil
+			})
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	resources := map[uint64]*span.Resource{}
@@ -105,12 +98,12 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 		if !ok {
 			b, found, err := getValue(txn, blobKey(blobResource, r.res))
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			res = &span.Resource{}
 			if found {
 				if res, err = decodeResource(b); err != nil {
-					return nil, nil, err
+					return nil, err
 				}
 			} else {
 				missing = append(missing, fmt.Sprintf("resource %016x of this trace has expired", r.res))
@@ -121,12 +114,12 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 		if !ok {
 			b, found, err := getValue(txn, blobKey(blobScope, r.scope))
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			sc = &span.Scope{}
 			if found {
 				if sc, err = decodeScope(b); err != nil {
-					return nil, nil, err
+					return nil, err
 				}
 			} else {
 				missing = append(missing, fmt.Sprintf("scope %016x of this trace has expired", r.scope))
@@ -135,13 +128,13 @@ func readTrace(ctx context.Context, txn *badger.Txn, id span.TraceID) ([]span.Sp
 		}
 		spans[i].Resource, spans[i].Scope = res, sc
 	}
-	if len(missing) > 0 && sum != nil {
+	if len(missing) > 0 {
 		sum.Warnings = unionStrings(sum.Warnings, missing...)
 	}
 	slices.SortStableFunc(spans, func(a, b span.Span) int {
 		return cmp.Compare(a.GetStartTimeUnixNano(), b.GetStartTimeUnixNano())
 	})
-	return spans, sum, nil
+	return spans, nil
 }
 
 // getValue reads one value, or found=false.

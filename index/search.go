@@ -454,7 +454,7 @@ func (s *searcher) visit(seq uint64) error {
 		return nil
 	}
 	if s.q.needSpan {
-		spans, _, err := readTrace(s.ctx, s.txn, tid)
+		spans, err := readSpans(s.ctx, s.txn, tid, &sum)
 		if err != nil {
 			return fmt.Errorf("trace %s: %w", tid, err)
 		}

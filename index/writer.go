@@ -6,10 +6,10 @@ package index
 // one value never runs into a longer value sharing its bytes.
 //
 //	0x01 tid[16] 'a'                 -> trace summary (seq, times, root, counts, reasons, services, warnings)
-//	0x01 tid[16] 'c' chunk[8]        -> span chunk: spans of one write, see below
 //	0x02 'c' hash[8]                 -> instrumentation scope (OTLP ScopeSpans without spans)
 //	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
 //	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
+//	0x04 seq[8] tid[16] chunk[8]     -> span chunk: spans of one write, see below
 //	0x10 lv(service) F               -> service posting fragment
 //	0x11 lv(service) lv(span name) F -> operation posting fragment (one span has both)
 //	0x12 lv(span name) F             -> span-name posting fragment
@@ -32,6 +32,14 @@ package index
 // IDs: a replay with the same grouping rewrites the same key, and one that
 // regroups spans adds chunks that repeat spans, which reads merge by span
 // ID: regrouping costs space, never correctness.
+//
+// Chunks, most of the bytes, are keyed by seq (start time), not trace ID,
+// so new chunks land at the end of the 0x04 range: a compaction below L1
+// then merges a table of chunks with few tables of the next level, where
+// random trace-ID keys overlapped every table there. A read finds the seq
+// in the summary. The trace ID in the key keeps a seq that is reused
+// (after its trace expired, or an orphan of a partial commit) from ever
+// mixing traces.
 //
 // Postings are written per batch, not per trace: a posting fragment holds
 // the seqs of every trace of one write that has the value (delta-encoded,
@@ -82,6 +90,7 @@ const (
 	prefixTrace      byte = 0x01
 	prefixBlob       byte = 0x02
 	prefixSeq        byte = 0x03
+	prefixChunk      byte = 0x04
 	prefixSvcPost    byte = 0x10
 	prefixOpPost     byte = 0x11
 	prefixNamePost   byte = 0x12
@@ -96,7 +105,6 @@ const (
 	prefixHealth     byte = 0x7f
 
 	subSummary byte = 'a'
-	subChunk   byte = 'c'
 
 	blobScope    byte = 'c'
 	blobResource byte = 'r'
@@ -131,8 +139,11 @@ func traceKey(id span.TraceID, sub byte) []byte {
 
 func blobKey(kind byte, hash uint64) []byte { return appendU64([]byte{prefixBlob, kind}, hash) }
 
-func chunkKey(id span.TraceID, chunk uint64) []byte {
-	return appendU64(traceKey(id, subChunk), chunk)
+// chunkPrefix is the prefix of every chunk of one trace.
+func chunkPrefix(seq uint64, id span.TraceID) []byte {
+	k := make([]byte, 0, 1+8+16+8)
+	k = appendU64(append(k, prefixChunk), seq)
+	return append(k, id[:]...)
 }
 
 func seqKey(seq uint64) []byte { return appendU64([]byte{prefixSeq}, seq) }
@@ -163,12 +174,19 @@ func highCardKey(key string) []byte { return append([]byte{prefixHighCard}, key.
 
 type kv struct{ k, v []byte }
 
+// chunkValue is an encoded chunk and its ID; the key needs the seq, known
+// only at commit.
+type chunkValue struct {
+	id  uint64
+	val []byte
+}
+
 // preparedTrace is everything about one KeptTrace that does not depend on
 // what is already stored, built before any transaction opens.
 type preparedTrace struct {
 	id       span.TraceID
 	delta    summary // times, root, services, reasons, warnings of these spans
-	chunks   []kv
+	chunks   []chunkValue
 	spanIDs  []span.SpanID // distinct
 	spanErr  []bool        // per spanIDs entry
 	blobs    []kv          // resources and scopes not written lately, written before the chunks that name them
@@ -497,7 +515,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 			size += len(entries[n].body)
 			n++
 		}
-		pt.chunks = append(pt.chunks, kv{chunkKey(pt.id, chunkID(entries[:n])), appendChunk(make([]byte, 0, size+32*n+64), entries[:n])})
+		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), appendChunk(make([]byte, 0, size+32*n+64), entries[:n])})
 		entries = entries[n:]
 	}
 	return pt, nil
@@ -554,7 +572,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		var stored map[span.SpanID]bool
 		if found {
 			// Only a trace written before can already hold the spans.
-			if stored, err = storedSpanIDs(txn, pt.id); err != nil {
+			if stored, err = storedSpanIDs(txn, chunkPrefix(merged.Seq, pt.id)); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
@@ -579,8 +597,9 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
+		prefix := chunkPrefix(merged.Seq, pt.id)
 		for _, c := range pt.chunks {
-			if err := set(c.k, c.v); err != nil {
+			if err := set(appendU64(slices.Clip(prefix), c.id), c.val); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
@@ -668,10 +687,9 @@ func fragmentID(val []byte) uint64 {
 	return h.Sum64()
 }
 
-// storedSpanIDs returns the IDs of the spans stored for a trace, reading
-// only the chunk headers.
-func storedSpanIDs(txn *badger.Txn, id span.TraceID) (map[span.SpanID]bool, error) {
-	prefix := traceKey(id, subChunk)
+// storedSpanIDs returns the IDs of the spans in the chunks under prefix
+// (chunkPrefix), parsing no span.
+func storedSpanIDs(txn *badger.Txn, prefix []byte) (map[span.SpanID]bool, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
 	out := map[span.SpanID]bool{}

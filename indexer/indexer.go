@@ -589,7 +589,13 @@ func (ix *Indexer) advance(now time.Time) {
 	}
 	lag := ix.cfg.DecisionMaxWait + ix.cfg.WatermarkSlack
 	wm := ix.maxStart.Add(-lag)
-	if idle := now.Add(-lag); now.Sub(ix.lastOffer) > ix.cfg.IdleAdvance && idle.After(wm) {
+	ix.mu.Lock()
+	assembling := len(ix.traces)
+	ix.mu.Unlock()
+	// Idle means nothing is assembling and nothing was decided for a while:
+	// a pause in decisions while traces are still arriving (load, GC) must
+	// not close windows early.
+	if idle := now.Add(-lag); assembling == 0 && now.Sub(ix.lastOffer) > ix.cfg.IdleAdvance && idle.After(wm) {
 		wm = idle
 	}
 	ix.apply(ix.decider.Advance(wm))

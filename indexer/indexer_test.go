@@ -143,7 +143,12 @@ func testConfig() Config {
 func TestTailSamplingGroundTruth(t *testing.T) {
 	scfg := sampling.DefaultConfig()
 	scfg.TopN = 3
-	h := newHarness(t, testConfig(), scfg)
+	cfg := testConfig()
+	// Arrival is shuffled across two minutes of event time: the watermark's
+	// allowed lateness must cover that, or traces arriving after a later
+	// window's are (correctly) decided as late. Windows close when idle.
+	cfg.WatermarkSlack = 5 * time.Minute
+	h := newHarness(t, cfg, scfg)
 	rng := rand.New(rand.NewPCG(7, 9))
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Minute)
 	var specs []traceSpec
@@ -184,7 +189,7 @@ func TestTailSamplingGroundTruth(t *testing.T) {
 
 	require.Eventually(t, func() bool {
 		traces, spans := h.ix.Buffered()
-		return traces == 0 && spans == 0 && len(h.ix.writes) == 0
+		return traces == 0 && spans == 0 && h.ledger.Pending() == 0
 	}, 20*time.Second, 20*time.Millisecond, "windows never closed")
 	h.stop()
 	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
@@ -194,7 +199,7 @@ func TestTailSamplingGroundTruth(t *testing.T) {
 		got, found, err := store.Trace(context.Background(), s.id)
 		require.NoError(t, err)
 		reasons, kept := want[s.id]
-		require.Equal(t, kept, found, "trace %s (err=%v, %s)", s.id, s.err, s.duration)
+		require.Equal(t, kept, found, "trace %s (err=%v, %s, key %s/%s, start %s, reasons %v)", s.id, s.err, s.duration, s.service, s.op, s.start, got.Reasons)
 		if kept {
 			require.Equal(t, reasons, got.Reasons)
 			require.Equal(t, max(s.spans, 1), len(got.Spans))
@@ -238,7 +243,7 @@ func TestBoundsAndHugeTrace(t *testing.T) {
 		tr, sp := h.ix.Buffered()
 		maxTraces, maxSpans = max(maxTraces, tr), max(maxSpans, sp)
 	}
-	require.Eventually(t, func() bool { tr, sp := h.ix.Buffered(); return tr == 0 && sp == 0 && len(h.ix.writes) == 0 }, 30*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { tr, sp := h.ix.Buffered(); return tr == 0 && sp == 0 && h.ledger.Pending() == 0 }, 30*time.Second, 20*time.Millisecond)
 	// Buffered counts assembling traces (bounded by MaxTraces/MaxBufferedSpans),
 	// traces held in top-N heaps (at most MaxKeys×TopN) and one decide batch
 	// in flight (decideBatch), sampled after each record batch (+41 traces).
@@ -285,7 +290,7 @@ func TestHeldTraceSpanCap(t *testing.T) {
 		h.feed(td)
 		time.Sleep(5 * time.Millisecond) // let the cap trigger the decision mid-stream
 	}
-	require.Eventually(t, func() bool { tr, _ := h.ix.Buffered(); return tr == 0 && len(h.ix.writes) == 0 }, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { tr, _ := h.ix.Buffered(); return tr == 0 && h.ledger.Pending() == 0 }, 20*time.Second, 20*time.Millisecond)
 	h.stop()
 	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
 	require.NoError(t, err)

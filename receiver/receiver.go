@@ -121,6 +121,9 @@ type Receiver struct {
 	// unregistered (gRPC answers Unimplemented, HTTP 404).
 	logsPub      LogsPublisher
 	logSplitters sync.Pool // *span.LogSplitter
+	// metricsExp is set by WithMetrics (metricsexport.go); nil leaves
+	// MetricsService and /v1/metrics unregistered.
+	metricsExp *metricsExport
 
 	grpcServer  *grpc.Server
 	httpHandler http.Handler
@@ -175,6 +178,7 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		registerRawExport(r.grpcServer, logsServiceName, &rawExportService{r: r, signal: signalLogs, export: r.exportLogs})
 		mux.Handle("/v1/logs", r.httpExportHandler(signalLogs, span.LogsJSONToProto, r.exportLogs))
 	}
+	r.mountMetrics(mux)
 	r.httpHandler = mux
 	r.httpServer = &http.Server{
 		Handler:           mux,
@@ -198,6 +202,10 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		}
 	}
 	if err := m.register(reg); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("otlp receiver metrics: %w", err)
+	}
+	if err := r.registerMetricsExport(reg); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("otlp receiver metrics: %w", err)
 	}
