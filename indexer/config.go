@@ -27,7 +27,7 @@ type Config struct {
 	// MaxBufferedSpans bounds spans buffered across all traces. Default 1000000.
 	MaxBufferedSpans int
 	// DecisionCacheSize is how many decisions are remembered so late spans
-	// follow their trace's decision instead of starting a new trace. Default 500000.
+	// follow their trace's decision instead of starting a new trace. Default 200000.
 	DecisionCacheSize int
 	// WriteBatchSpans is how many spans are written in one store batch. Default 4096.
 	WriteBatchSpans int
@@ -51,7 +51,7 @@ func DefaultConfig() Config {
 		MaxTraces:         200000,
 		MaxSpansPerTrace:  10000,
 		MaxBufferedSpans:  1000000,
-		DecisionCacheSize: 500000,
+		DecisionCacheSize: 200000,
 		WriteBatchSpans:   4096,
 		LogsTopic:         "otlp_logs",
 		WatermarkSlack:    10 * time.Second,

@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	logspb "github.com/threadline/threadline/proto/logs/v1"
+	metricspb "github.com/threadline/threadline/proto/metrics/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 )
 
@@ -50,6 +51,9 @@ type API struct {
 	logReaders []logspb.LogReaderClient
 	// alerts serves the alert routes (alerts.go); see WithAlerts.
 	alerts *alertsState
+	// metricReaders serve the received-metrics routes and MetricSource
+	// (metrictraces.go); see WithMetricReaders.
+	metricReaders []metricspb.MetricReaderClient
 }
 
 // New returns an API over readers, one client per indexer. A zero field of cfg
@@ -112,6 +116,8 @@ func (a *API) routes() []route {
 		// RED metrics and their Prometheus exposition, see red.go.
 		{"/api/v1/metrics/red", a.redQuery},
 		{"/api/v1/metrics/prometheus", a.redPrometheus},
+		// Received OTLP metrics → traces, see metrictraces.go.
+		{"/api/v1/metrics/traces", a.metricTraces},
 		// Alerts and the Alertmanager webhook, see alerts.go.
 		{"POST /api/v1/alertmanager", a.alertmanagerWebhook},
 		{"/api/v1/alerts", a.alertEvents},

@@ -40,11 +40,3 @@ func NewBaseline(p float64) (*Baseline, error) {
 func (b *Baseline) Keep(id span.TraceID) bool {
 	return b.all || binary.BigEndian.Uint64(id[8:]) < b.threshold
 }
-
-// Sample returns [ReasonBaseline] when the trace is kept, else nil.
-func (b *Baseline) Sample(t *span.Trace) []string {
-	if b.Keep(t.ID) {
-		return []string{ReasonBaseline}
-	}
-	return nil
-}
