@@ -24,7 +24,11 @@ type Config struct {
 	// MaxSpansPerTrace: a trace reaching this many buffered spans is decided at
 	// once; its later spans follow the decision. Default 10000.
 	MaxSpansPerTrace int
-	// MaxBufferedSpans bounds spans buffered across all traces. Default 1000000.
+	// MaxBufferedSpans bounds spans (and log lines) buffered across all traces.
+	// They are held encoded, about their OTLP wire size (≈0.7 KB for a span
+	// with 10 attributes), so the default bounds the buffer near 300 MB; it
+	// must exceed throughput × decision-wait or traces are decided early.
+	// Default 400000.
 	MaxBufferedSpans int
 	// DecisionCacheSize is how many decisions are remembered so late spans
 	// follow their trace's decision instead of starting a new trace. Default 200000.
@@ -50,7 +54,7 @@ func DefaultConfig() Config {
 		DecisionMaxWait:   60 * time.Second,
 		MaxTraces:         200000,
 		MaxSpansPerTrace:  10000,
-		MaxBufferedSpans:  1000000,
+		MaxBufferedSpans:  400000,
 		DecisionCacheSize: 200000,
 		WriteBatchSpans:   4096,
 		LogsTopic:         "otlp_logs",
