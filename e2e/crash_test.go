@@ -50,17 +50,18 @@ type process struct {
 	otlpGRPC, query, logf string
 }
 
-func startProcess(t *testing.T, bin, dataDir string, ports map[string]string) *process {
+func startProcess(t *testing.T, bin, dataDir string, ports map[string]string, extra ...string) *process {
 	t.Helper()
 	logf := filepath.Join(dataDir, fmt.Sprintf("threadline-%d.log", time.Now().UnixNano()))
 	f, err := os.Create(logf)
 	require.NoError(t, err)
 	defer f.Close()
-	cmd := exec.Command(bin,
+	args := append([]string{
 		"--data-dir", dataDir,
 		"--otlp-grpc-addr", ports["grpc"], "--otlp-http-addr", ports["http"],
 		"--kafka-addr", ports["kafka"], "--indexer-grpc-addr", ports["indexer"], "--http-addr", ports["query"],
-		"--decision-wait", "300ms", "--sampling-baseline", "1", "--log-level", "warn")
+		"--decision-wait", "300ms", "--sampling-baseline", "1", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	require.NoError(t, cmd.Start())
 	p := &process{cmd: cmd, otlpGRPC: ports["grpc"], query: "http://" + ports["query"], logf: logf}

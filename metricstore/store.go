@@ -396,7 +396,7 @@ func dataPoints(m *otlpmetrics.Metric) []dataPoint {
 	case *otlpmetrics.Metric_Gauge:
 		for _, p := range d.Gauge.GetDataPoints() {
 			out = append(out, dataPoint{kind: metricspb.Kind_KIND_GAUGE, attrs: p.GetAttributes(), flags: p.GetFlags(),
-				point: &metricspb.Point{TimeUnixNano: p.GetTimeUnixNano(), StartTimeUnixNano: p.GetStartTimeUnixNano(), Value: numberValue(p)},
+				point:     &metricspb.Point{TimeUnixNano: p.GetTimeUnixNano(), StartTimeUnixNano: p.GetStartTimeUnixNano(), Value: numberValue(p)},
 				exemplars: p.GetExemplars()})
 		}
 	case *otlpmetrics.Metric_Sum:
