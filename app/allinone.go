@@ -94,6 +94,7 @@ func (a *AllInOne) closeEarly() {
 		a.indexer.grpc.Stop()
 		_ = a.indexer.red.Close()
 		_ = a.indexer.logs.Close()
+		_ = a.indexer.metrics.Close()
 		_ = a.indexer.store.Close()
 	}
 	if a.query != nil {

@@ -47,7 +47,7 @@ func NewCollector(cfg CollectorConfig, logger *slog.Logger, h *health.Health) (*
 	if err != nil {
 		return nil, err
 	}
-	recv, err := receiver.New(cfg.Receiver, publisher{prod}, logger.With("component", "receiver"), h.Registry(), receiver.WithLogs(publisher{prod}))
+	recv, err := receiver.New(cfg.Receiver, publisher{prod}, logger.With("component", "receiver"), h.Registry(), receiver.WithLogs(publisher{prod}), receiver.WithMetrics(publisher{prod}))
 	if err != nil {
 		_ = prod.Close(context.Background())
 		return nil, err
@@ -78,6 +78,10 @@ func (p publisher) PublishTraces(ctx context.Context, batches []span.TraceBatch)
 
 func (p publisher) PublishLogs(ctx context.Context, batches []span.LogBatch) error {
 	return backpressure(p.p.PublishLogs(ctx, batches))
+}
+
+func (p publisher) PublishMetrics(ctx context.Context, data []byte, points int) error {
+	return backpressure(p.p.PublishMetrics(ctx, data, points))
 }
 
 func backpressure(err error) error {

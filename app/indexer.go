@@ -19,7 +19,9 @@ import (
 	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/indexer"
 	"github.com/threadline/threadline/logstore"
+	"github.com/threadline/threadline/metricstore"
 	logspb "github.com/threadline/threadline/proto/logs/v1"
+	metricspb "github.com/threadline/threadline/proto/metrics/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/readapi"
 	"github.com/threadline/threadline/red"
@@ -41,6 +43,7 @@ type IndexerConfig struct {
 	Store    index.Options
 	RED      red.Options
 	Logs     logstore.Options
+	Metrics  metricstore.Options
 }
 
 // DefaultIndexerConfig returns the packages' defaults.
@@ -56,6 +59,7 @@ func DefaultIndexerConfig() IndexerConfig {
 		Store:    index.DefaultOptions(),
 		RED:      red.DefaultOptions(),
 		Logs:     logstore.DefaultOptions(),
+		Metrics:  metricstore.DefaultOptions(),
 	}
 }
 
@@ -74,6 +78,7 @@ func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
 	c.Store.RegisterFlags(fs)
 	c.RED.RegisterFlags(fs)
 	c.Logs.RegisterFlags(fs)
+	c.Metrics.RegisterFlags(fs)
 }
 
 // Indexer consumes spans, decides and stores traces, and serves reads.
@@ -82,6 +87,7 @@ type Indexer struct {
 	store    *index.Store
 	red      *red.Store
 	logs     *logstore.Store
+	metrics  *metricstore.Store
 	ix       *indexer.Indexer
 	consumer *bus.Consumer
 	grpc     *grpc.Server
@@ -129,18 +135,28 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 			err = errors.Join(err, logStore.Close())
 		}
 	}()
-	cfg.Indexer.LogsTopic = cfg.Kafka.LogsTopic
+	metricStore, err := metricstore.Open(filepath.Join(cfg.DataDir, "metrics"), logger.With("component", "metricstore"), h.Registry(), cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, metricStore.Close())
+		}
+	}()
+	cfg.Indexer.LogsTopic, cfg.Indexer.MetricsTopic = cfg.Kafka.LogsTopic, cfg.Kafka.MetricsTopic
 	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
 		Store:    store,
 		Stages:   []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}},
 		Decider:  decider,
 		Observer: redStore,
 		Logs:     logSink{logStore},
+		Metrics:  metricStore,
 	}, logger.With("component", "indexer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
-	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic, cfg.Kafka.LogsTopic}, ix, logger.With("component", "consumer"), h.Registry())
+	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic, cfg.Kafka.LogsTopic, cfg.Kafka.MetricsTopic}, ix, logger.With("component", "consumer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +168,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 	srv := grpc.NewServer(grpc.MaxSendMsgSize(256 << 20))
 	readerpb.RegisterReaderServer(srv, readapi.New(store, logger.With("component", "readapi"), readapi.WithRED(redStore)))
 	logspb.RegisterLogReaderServer(srv, readapi.NewLogs(logStore, logStore.Policy(), logger.With("component", "readapi")))
+	metricspb.RegisterMetricReaderServer(srv, readapi.NewMetrics(metricStore, logger.With("component", "readapi")))
 	h.AddLocal("store", store.Writable)
 	h.AddLocal("kafka_partitions", func(context.Context) error {
 		if consumer.Assigned() == 0 {
@@ -160,7 +177,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil
 	})
 	h.AddDependency("kafka", consumer.Ping)
-	return &Indexer{cfg: cfg, store: store, red: redStore, logs: logStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
+	return &Indexer{cfg: cfg, store: store, red: redStore, logs: logStore, metrics: metricStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
 }
 
 // ReadAddr is the bound address of the read API.
@@ -193,7 +210,7 @@ func (i *Indexer) Run(ctx context.Context) error {
 	if errors.Is(grpcErr, grpc.ErrServerStopped) {
 		grpcErr = nil
 	}
-	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close(), i.logs.Close())
+	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close(), i.logs.Close(), i.metrics.Close())
 }
 
 // skewStage runs clock-skew repair as a pipeline stage; its warnings are

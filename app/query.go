@@ -16,6 +16,7 @@ import (
 	"github.com/threadline/threadline/alerting"
 	"github.com/threadline/threadline/health"
 	logspb "github.com/threadline/threadline/proto/logs/v1"
+	metricspb "github.com/threadline/threadline/proto/metrics/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/query"
 	"github.com/threadline/threadline/ui"
@@ -87,6 +88,7 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	q := &Query{cfg: cfg, log: logger, bound: make(chan net.Addr, 1)}
 	var readers []readerpb.ReaderClient
 	var logReaders []logspb.LogReaderClient
+	var metricReaders []metricspb.MetricReaderClient
 	for _, addr := range cfg.Indexers {
 		conn, err := grpc.NewClient(addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -98,8 +100,9 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 		q.conns = append(q.conns, conn)
 		readers = append(readers, readerpb.NewReaderClient(conn))
 		logReaders = append(logReaders, logspb.NewLogReaderClient(conn))
+		metricReaders = append(metricReaders, metricspb.NewMetricReaderClient(conn))
 	}
-	opts := []query.Option{query.WithLogReaders(logReaders)}
+	opts := []query.Option{query.WithLogReaders(logReaders), query.WithMetricReaders(metricReaders)}
 	if cfg.Alerts.DataDir != "" {
 		st, err := alerting.OpenStore(cfg.Alerts.DataDir, logger.With("component", "alerts"), h.Registry(), alerting.StoreOptions{Retention: cfg.Alerts.Retention})
 		if err != nil {
@@ -113,7 +116,8 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	if cfg.Alerts.RulesFile != "" {
 		groups, err := alerting.LoadRules(cfg.Alerts.RulesFile)
 		if err == nil {
-			q.ruler, err = alerting.NewEngine(groups, api.REDSource(), api.TraceLinker(), q.alerts, logger.With("component", "ruler"), h.Registry(), nil)
+			q.ruler, err = alerting.NewEngine(groups, api.REDSource(), api.TraceLinker(), q.alerts, logger.With("component", "ruler"), h.Registry(), nil,
+				alerting.WithMetricSource(api.MetricSource()))
 		}
 		if err != nil {
 			q.close()

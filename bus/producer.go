@@ -113,6 +113,12 @@ func (p *Producer) PublishLogs(ctx context.Context, batches []span.LogBatch) err
 	return p.produce(ctx, p.cfg.LogsTopic, recs)
 }
 
+// PublishMetrics produces an OTLP MetricsData request as one record, unkeyed:
+// a request mixes series and exemplars of many traces.
+func (p *Producer) PublishMetrics(ctx context.Context, data []byte, _ int) error {
+	return p.produce(ctx, p.cfg.MetricsTopic, []kgo.Record{{Topic: p.cfg.MetricsTopic, Value: data}})
+}
+
 // produce hands every record to the client without blocking (TryProduce) and
 // waits for all acknowledgements. The first failure decides the error kind.
 func (p *Producer) produce(ctx context.Context, topic string, recs []kgo.Record) error {

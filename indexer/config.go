@@ -38,6 +38,8 @@ type Config struct {
 	// LogsTopic is the topic whose records are OTLP LogsData; the indexer
 	// consumes it beside the spans topic. Default "otlp_logs".
 	LogsTopic string
+	// MetricsTopic carries OTLP MetricsData. Default "otlp_metrics".
+	MetricsTopic string
 	// WatermarkSlack is added to DecisionMaxWait when deriving the sampler's
 	// event-time watermark, for pipeline delay. Default 10s.
 	WatermarkSlack time.Duration
@@ -58,6 +60,7 @@ func DefaultConfig() Config {
 		DecisionCacheSize: 200000,
 		WriteBatchSpans:   4096,
 		LogsTopic:         "otlp_logs",
+		MetricsTopic:      "otlp_metrics",
 		WatermarkSlack:    10 * time.Second,
 		IdleAdvance:       15 * time.Second,
 	}

@@ -72,8 +72,9 @@ type Parts struct {
 	Store    TraceWriter
 	Stages   []Stage
 	Decider  Decider
-	Observer Observer // optional: metrics from every span
-	Logs     LogSink  // optional: without it, log records are consumed and dropped
+	Observer Observer   // optional: metrics from every span
+	Logs     LogSink    // optional: without it, log records are consumed and dropped
+	Metrics  MetricSink // optional: without it, metric records are consumed and dropped
 }
 
 // Indexer assembles, decides and writes traces and their log lines. It
@@ -85,6 +86,7 @@ type Indexer struct {
 	decider Decider
 	obs     Observer
 	logs    LogSink
+	metrics MetricSink
 	log     *slog.Logger
 	m       *metrics
 
@@ -160,7 +162,7 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 		return nil, errors.New("indexer: a store and a decider are required")
 	}
 	ix := &Indexer{
-		cfg: cfg, store: parts.Store, stages: parts.Stages, decider: parts.Decider, obs: parts.Observer, logs: parts.Logs, log: logger,
+		cfg: cfg, store: parts.Store, stages: parts.Stages, decider: parts.Decider, obs: parts.Observer, logs: parts.Logs, metrics: parts.Metrics, log: logger,
 		logWrites: make(chan logJob, 1024),
 		traces:    map[span.TraceID]*pending{},
 		held:      map[span.TraceID]*heldTrace{},
@@ -201,8 +203,14 @@ func (ix *Indexer) overBounds() bool {
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 	now := time.Now()
 	pk := partKey{r.Topic, r.Partition}
-	if r.Topic == ix.cfg.LogsTopic {
+	switch r.Topic {
+	case ix.cfg.LogsTopic:
 		if err := ix.handleLogRecord(pk, r.Key, r.Value, t, now); err != nil {
+			ix.badRecord(r, err)
+		}
+		return
+	case ix.cfg.MetricsTopic:
+		if err := ix.handleMetricRecord(r.Value); err != nil {
 			ix.badRecord(r, err)
 		}
 		return
