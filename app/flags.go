@@ -113,15 +113,20 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, logger *slog.Lo
 func RunWithAdmin(ctx context.Context, addr string, h interface{ Register(*http.ServeMux) }, logger *slog.Logger, role func(context.Context) error) error {
 	mux := http.NewServeMux()
 	h.Register(mux)
-	if os.Getenv("THREADLINE_PPROF") == "1" {
-		// Opt-in profiling for benchmarks and incidents; never on by default.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	}
+	registerPprof(mux)
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminErr := make(chan error, 1)
 	go func() { adminErr <- serveHTTP(adminCtx, addr, mux, logger, "admin HTTP", nil) }()
 	err := role(ctx)
 	stopAdmin()
 	return errors.Join(err, <-adminErr)
+}
+
+// registerPprof mounts the profiler when THREADLINE_PPROF=1: opt-in, for
+// benchmarks and incidents, never on by default.
+func registerPprof(mux *http.ServeMux) {
+	if os.Getenv("THREADLINE_PPROF") == "1" {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 }

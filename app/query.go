@@ -126,6 +126,7 @@ func NewQuery(cfg QueryConfig, logger *slog.Logger, h *health.Health) (*Query, e
 	}
 	mux := http.NewServeMux()
 	h.Register(mux)
+	registerPprof(mux)
 	api.Register(mux)
 	ui.New(cfg.UI, logger.With("component", "ui")).Register(mux) // last: it is the catch-all
 	q.handler = mux
