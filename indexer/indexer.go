@@ -526,6 +526,8 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	h := ix.held[id]
 	chunks := h.chunks
 	h.chunks = nil
+	// The records of these chunks; spans arriving from now on bring their own.
+	tickets := append([]*bus.Ticket(nil), h.tickets...)
 	ix.mu.Unlock()
 
 	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks, nil)}
@@ -536,10 +538,10 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		ix.mu.Lock()
 		delete(ix.held, id)
 		ix.heldSpans -= h.nspans
-		logs, tickets := h.logs, h.tickets
+		logs, all := h.logs, h.tickets
 		ix.mu.Unlock()
-		ix.queueLogs(logJob{chunks: logs, tickets: tickets})
-		for _, tk := range tickets {
+		ix.queueLogs(logJob{chunks: logs, tickets: all})
+		for _, tk := range all {
 			tk.Release()
 		}
 		return
@@ -548,7 +550,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	for _, s := range ix.stages {
 		warnings = append(warnings, s.Process(&t)...)
 	}
-	ix.observe(id, t.Spans, h.tickets)
+	ix.observe(id, t.Spans, tickets)
 	skew := skewOffsets(t.Spans)
 	ix.mu.Lock()
 	h.skew = skew
