@@ -82,9 +82,6 @@ func TestNativeSearch(t *testing.T) {
 	})
 
 	t.Run("kept reason", func(t *testing.T) {
-		if useMem {
-			t.Skip("the in-memory reader ignores kept_reasons; run with THREADLINE_QUERY_REAL_STORE=1")
-		}
 		for reason, want := range map[string]string{"baseline": traceBHex, "error": traceAHex} {
 			code, _, body := e.grafana(t, "/api/v1/search?keptReason="+reason, "")
 			require.Equal(t, 200, code)

@@ -6,23 +6,13 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/threadline/threadline/index"
-	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/span"
 )
 
-// storeReader serves reader.proto over a real index.Store in t.TempDir(). It
-// stands in for readapi.New until that package exists; it maps calls one to
-// one, as reader.proto documents, and adds no semantics of its own.
-type storeReader struct {
-	readerpb.UnimplementedReaderServer
-	st *index.Store
-}
-
+// openShardStore writes one indexer's share of the fixtures into a real
+// Badger index.Store in t.TempDir().
 func openShardStore(t testing.TB, sh shard) *index.Store {
 	t.Helper()
 	st, err := index.Open(t.TempDir(), slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
@@ -47,45 +37,4 @@ func openShardStore(t testing.TB, sh shard) *index.Store {
 	}
 	require.NoError(t, st.WriteTraces(context.Background(), kept))
 	return st
-}
-
-func (r storeReader) GetTrace(ctx context.Context, req *readerpb.GetTraceRequest) (*readerpb.GetTraceResponse, error) {
-	id, err := span.TraceIDFromBytes(req.GetTraceId())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	tr, found, err := r.st.Trace(ctx, id)
-	if err != nil || !found {
-		return &readerpb.GetTraceResponse{}, err
-	}
-	b, err := proto.Marshal(span.ToTracesData(tr.Spans))
-	if err != nil {
-		return nil, err
-	}
-	return &readerpb.GetTraceResponse{Found: true, TracesData: b, KeptReasons: tr.Reasons, Warnings: tr.Warnings}, nil
-}
-
-func (r storeReader) SearchTraces(ctx context.Context, req *readerpb.SearchRequest) (*readerpb.SearchResponse, error) {
-	s, err := r.st.Search(ctx, req)
-	return &readerpb.SearchResponse{Traces: s}, err
-}
-
-func (r storeReader) Services(ctx context.Context, _ *readerpb.ServicesRequest) (*readerpb.ServicesResponse, error) {
-	s, err := r.st.Services(ctx)
-	return &readerpb.ServicesResponse{Services: s}, err
-}
-
-func (r storeReader) Operations(ctx context.Context, req *readerpb.OperationsRequest) (*readerpb.OperationsResponse, error) {
-	ops, err := r.st.Operations(ctx, req.GetService())
-	return &readerpb.OperationsResponse{Operations: ops}, err
-}
-
-func (r storeReader) TagNames(ctx context.Context, _ *readerpb.TagNamesRequest) (*readerpb.TagNamesResponse, error) {
-	res, sp, err := r.st.TagNames(ctx)
-	return &readerpb.TagNamesResponse{Resource: res, Span: sp}, err
-}
-
-func (r storeReader) TagValues(ctx context.Context, req *readerpb.TagValuesRequest) (*readerpb.TagValuesResponse, error) {
-	v, err := r.st.TagValues(ctx, req.GetTag(), int(req.GetLimit()))
-	return &readerpb.TagValuesResponse{Values: v}, err
 }
