@@ -43,17 +43,22 @@ func (f fanOutResult[T]) partialMessage() string {
 	return fmt.Sprintf("%d of %d indexers failed: %v", len(f.errs), len(f.errs)+len(f.ok), errors.Join(f.errs...))
 }
 
-// fanOut calls every reader concurrently, each under the per-call timeout, and
-// collects the answers. Failures are logged and counted here so every route
-// reports them the same way.
+// fanOut calls every span reader concurrently; see fanOutTo.
 func fanOut[T any](ctx context.Context, a *API, method string, call func(context.Context, readerpb.ReaderClient) (T, error)) fanOutResult[T] {
+	return fanOutTo(ctx, a, method, a.readers, call)
+}
+
+// fanOutTo calls every client (one per indexer) concurrently, each under the
+// per-call timeout, and collects the answers. Failures are logged and counted
+// here so every route and every read API reports them the same way.
+func fanOutTo[C, T any](ctx context.Context, a *API, method string, clients []C, call func(context.Context, C) (T, error)) fanOutResult[T] {
 	type answer struct {
 		val T
 		err error
 	}
-	answers := make([]answer, len(a.readers))
+	answers := make([]answer, len(clients))
 	var wg sync.WaitGroup
-	for i, rd := range a.readers {
+	for i, rd := range clients {
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, a.cfg.ReaderTimeout)
 			defer cancel()
@@ -80,7 +85,7 @@ func fanOut[T any](ctx context.Context, a *API, method string, call func(context
 			a.metrics.partial.WithLabelValues(method).Inc()
 		}
 		a.logger.Warn("indexer read failed", "method", method,
-			"failed", len(res.errs), "indexers", len(a.readers), "err", errors.Join(res.errs...))
+			"failed", len(res.errs), "indexers", len(clients), "err", errors.Join(res.errs...))
 	}
 	return res
 }

@@ -25,7 +25,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	otlplogs "go.opentelemetry.io/proto/otlp/logs/v1"
@@ -90,38 +89,7 @@ type nativeOverridesResponse struct {
 
 // fanOutLogs is fanOut over the log readers.
 func fanOutLogs[T any](ctx context.Context, a *API, method string, call func(context.Context, logspb.LogReaderClient) (T, error)) fanOutResult[T] {
-	answers := make([]T, len(a.logReaders))
-	errs := make([]error, len(a.logReaders))
-	var wg sync.WaitGroup
-	for i, rd := range a.logReaders {
-		wg.Go(func() {
-			cctx, cancel := context.WithTimeout(ctx, a.cfg.ReaderTimeout)
-			defer cancel()
-			v, err := call(cctx, rd)
-			if err != nil {
-				err = fmt.Errorf("indexer %d %s: %w", i, method, err)
-			}
-			answers[i], errs[i] = v, err
-		})
-	}
-	wg.Wait()
-	var res fanOutResult[T]
-	for i := range answers {
-		if errs[i] != nil {
-			res.errs = append(res.errs, errs[i])
-			continue
-		}
-		res.ok = append(res.ok, answers[i])
-	}
-	if len(res.errs) > 0 && ctx.Err() == nil {
-		a.metrics.readerErrors.WithLabelValues(method).Add(float64(len(res.errs)))
-		if res.partial() {
-			a.metrics.partial.WithLabelValues(method).Inc()
-		}
-		a.logger.Warn("indexer log read failed", "method", method,
-			"failed", len(res.errs), "indexers", len(a.logReaders), "err", errors.Join(res.errs...))
-	}
-	return res
+	return fanOutTo(ctx, a, method, a.logReaders, call)
 }
 
 // logFailure maps a failed log fan-out to an HTTP error: an indexer's

@@ -26,7 +26,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/threadline/threadline/alerting"
@@ -61,38 +60,7 @@ var errMetricsDisabled = &httpError{code: http.StatusServiceUnavailable,
 
 // fanOutMetrics is fanOut over the metric readers.
 func fanOutMetrics[T any](ctx context.Context, a *API, method string, call func(context.Context, metricspb.MetricReaderClient) (T, error)) fanOutResult[T] {
-	answers := make([]T, len(a.metricReaders))
-	errs := make([]error, len(a.metricReaders))
-	var wg sync.WaitGroup
-	for i, rd := range a.metricReaders {
-		wg.Go(func() {
-			cctx, cancel := context.WithTimeout(ctx, a.cfg.ReaderTimeout)
-			defer cancel()
-			v, err := call(cctx, rd)
-			if err != nil {
-				err = fmt.Errorf("indexer %d %s: %w", i, method, err)
-			}
-			answers[i], errs[i] = v, err
-		})
-	}
-	wg.Wait()
-	var res fanOutResult[T]
-	for i := range answers {
-		if errs[i] != nil {
-			res.errs = append(res.errs, errs[i])
-			continue
-		}
-		res.ok = append(res.ok, answers[i])
-	}
-	if len(res.errs) > 0 && ctx.Err() == nil {
-		a.metrics.readerErrors.WithLabelValues(method).Add(float64(len(res.errs)))
-		if res.partial() {
-			a.metrics.partial.WithLabelValues(method).Inc()
-		}
-		a.logger.Warn("indexer metric read failed", "method", method,
-			"failed", len(res.errs), "indexers", len(a.metricReaders), "err", errors.Join(res.errs...))
-	}
-	return res
+	return fanOutTo(ctx, a, method, a.metricReaders, call)
 }
 
 // parseMatchers reads logfmt or a JSON object of label equality matchers.

@@ -12,8 +12,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -246,32 +244,7 @@ func (a *API) nativeTraceByID(w http.ResponseWriter, r *http.Request) {
 
 // fetchTraceRaw is fetchTrace with the raw flag passed to the indexers.
 func (a *API) fetchTraceRaw(ctx context.Context, id span.TraceID, startNano, endNano int64, raw bool) (fetchedTrace, error) {
-	if !raw {
-		return a.fetchTrace(ctx, id, startNano, endNano)
-	}
-	req := &readerpb.GetTraceRequest{TraceId: id[:], StartUnixNano: startNano, EndUnixNano: endNano, Raw: true}
-	res := fanOut(ctx, a, "GetTrace", func(ctx context.Context, rd readerpb.ReaderClient) (*readerpb.GetTraceResponse, error) {
-		return rd.GetTrace(ctx, req)
-	})
-	if err := res.failed(); err != nil {
-		return fetchedTrace{}, &httpError{code: failureStatus(err), err: fmt.Errorf("get trace %s: %w", id, err)}
-	}
-	mt, found, err := mergeTrace(res.ok)
-	if err != nil {
-		return fetchedTrace{}, &httpError{code: http.StatusBadGateway, err: fmt.Errorf("get trace %s: %w", id, err)}
-	}
-	if !found {
-		if res.partial() {
-			err := errors.Join(res.errs...)
-			return fetchedTrace{}, &httpError{code: failureStatus(err), err: fmt.Errorf("trace %s not found on the indexers that answered; %s", id, res.partialMessage())}
-		}
-		return fetchedTrace{}, &httpError{code: http.StatusNotFound, err: fmt.Errorf("trace %s not found", id)}
-	}
-	ft := fetchedTrace{mergedTrace: mt}
-	if res.partial() {
-		ft.partial = res.partialMessage()
-	}
-	return ft, nil
+	return a.fetchTraceReq(ctx, id, &readerpb.GetTraceRequest{TraceId: id[:], StartUnixNano: startNano, EndUnixNano: endNano, Raw: raw})
 }
 
 var nativeKinds = map[tracepb.Span_SpanKind]string{
