@@ -267,7 +267,7 @@ func TestBoundsAndHugeTrace(t *testing.T) {
 	require.Zero(t, counterValue(t, h.ix.m.shedSpans))
 }
 
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	t.Helper()
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))

@@ -1,0 +1,173 @@
+package indexer
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/clockskew"
+	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/sampling"
+	"github.com/threadline/threadline/span"
+)
+
+// discardWriter stands in for the store: the benchmark measures the stage in
+// front of it (the store has its own benchmarks in index/).
+type discardWriter struct{}
+
+func (discardWriter) WriteTraces(context.Context, []index.KeptTrace) error { return nil }
+
+type skewStage struct{ adj clockskew.Adjuster }
+
+func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkAssembleSkewSample feeds keyed records (one 5-span trace each, 10
+// attributes per span, a client/server pair across two hosts) through
+// assembly, clock-skew repair and tail sampling with the default policy, and
+// reports spans/s per core of CPU.
+func BenchmarkAssembleSkewSample(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.DecisionWait = 20 * time.Millisecond
+	dec, err := sampling.NewTailSampler(sampling.DefaultConfig(), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ix, err := New(cfg, Parts{Store: discardWriter{}, Decider: dec, Stages: []Stage{skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ix.Run(ctx) }()
+
+	const spansPerTrace, batch = 5, 512
+	attrs := func(n int) []*commonpb.KeyValue {
+		var kvs []*commonpb.KeyValue
+		for i := range n {
+			kvs = append(kvs, &commonpb.KeyValue{Key: fmt.Sprintf("attr.%d", i), Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("value-%d-of-some-length", i)}}})
+		}
+		return kvs
+	}
+	res := func(svc, host string) *resourcepb.Resource {
+		return &resourcepb.Resource{Attributes: []*commonpb.KeyValue{
+			{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: svc}}},
+			{Key: "host.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: host}}}}}
+	}
+	now := time.Now()
+	record := func(n int) *kgo.Record {
+		var id span.TraceID
+		binary.BigEndian.PutUint64(id[:8], uint64(n)+1)
+		binary.BigEndian.PutUint64(id[8:], uint64(n)*0x9e3779b97f4a7c15)
+		start := uint64(now.Add(time.Duration(n) * time.Microsecond).UnixNano())
+		var a, c []*tracepb.Span
+		for i := range spansPerTrace {
+			sid := make([]byte, 8)
+			binary.BigEndian.PutUint64(sid, uint64(i)+1)
+			sp := &tracepb.Span{TraceId: id[:], SpanId: sid, Name: fmt.Sprintf("op-%d", n%50), Attributes: attrs(10),
+				StartTimeUnixNano: start + uint64(i)*1000, EndTimeUnixNano: start + 10_000_000 - uint64(i)*1000}
+			if i > 0 {
+				sp.ParentSpanId = make([]byte, 8)
+				binary.BigEndian.PutUint64(sp.ParentSpanId, uint64(i))
+			}
+			switch i {
+			case 1:
+				sp.Kind = tracepb.Span_SPAN_KIND_CLIENT
+			case 2: // server on another host, 3 ms ahead
+				sp.Kind = tracepb.Span_SPAN_KIND_SERVER
+				sp.StartTimeUnixNano += 3_000_000
+				sp.EndTimeUnixNano += 3_000_000
+			}
+			if i == 2 {
+				c = append(c, sp)
+			} else {
+				a = append(a, sp)
+			}
+		}
+		td := &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{
+			{Resource: res("checkout", "host-a"), ScopeSpans: []*tracepb.ScopeSpans{{Spans: a}}},
+			{Resource: res("payment", "host-b"), ScopeSpans: []*tracepb.ScopeSpans{{Spans: c}}},
+		}}
+		v, _ := proto.Marshal(td)
+		return &kgo.Record{Topic: "otlp_spans", Key: id.AppendHex(nil), Value: v}
+	}
+	recs := make([]*kgo.Record, 4096)
+	for i := range recs {
+		recs[i] = record(i)
+	}
+	ledger := bus.NewLedger()
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0, wall0 := cpuTime(), time.Now()
+	traces := 0
+	for i := 0; b.Loop(); i++ {
+		chunk := make([]*kgo.Record, batch)
+		tickets := make([]*bus.Ticket, batch)
+		for j := range chunk {
+			src := recs[(i*batch+j)%len(recs)]
+			r := *src
+			n := i*batch + j
+			var old, id span.TraceID
+			_, _ = hex.Decode(old[:], src.Key)
+			binary.BigEndian.PutUint64(id[:8], uint64(n)+1)
+			binary.BigEndian.PutUint64(id[8:], uint64(n)*0x9e3779b97f4a7c15+1)
+			// A fresh trace each time: rewrite its ID in the key and the spans.
+			r.Key = id.AppendHex(nil)
+			r.Value = bytes.ReplaceAll(src.Value, old[:], id[:])
+			r.Offset = int64(n)
+			chunk[j] = &r
+			tickets[j] = ledger.Begin(&r)
+		}
+		ix.HandleRecords(ctx, chunk, tickets)
+		traces += batch
+	}
+	// Every trace decided (kept, dropped, or held in a top-N heap until its
+	// window closes: its work is done).
+	for {
+		ix.mu.Lock()
+		n := len(ix.traces)
+		for _, h := range ix.held {
+			if h.deciding {
+				n++
+			}
+		}
+		ix.mu.Unlock()
+		if n == 0 && len(ix.writes) == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	cpu, wall := cpuTime()-cpu0, time.Since(wall0)
+	spans := float64(traces * spansPerTrace)
+	b.ReportMetric(spans/wall.Seconds(), "spans/s")
+	b.ReportMetric(spans/cpu.Seconds(), "spans/s/core")
+	if bad := counterValue(b, ix.m.badSpans); bad > 0 {
+		b.Fatalf("%v spans did not match their record's trace ID", bad)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
