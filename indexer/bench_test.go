@@ -3,8 +3,8 @@ package indexer
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
