@@ -285,7 +285,21 @@ func (a *API) TraceLinker() alerting.TraceLinker { return traceLinker{a: a} }
 
 type traceLinker struct{ a *API }
 
+// Pin keeps the traces an alert links with that reason, on whichever
+// indexers hold them, so they show (and can be searched) as kept for it.
+func (l traceLinker) Pin(ctx context.Context, ids []span.TraceID, reason string) error {
+	req := &readerpb.AddKeptReasonRequest{Reason: reason}
+	for _, id := range ids {
+		req.TraceIds = append(req.TraceIds, slices.Clone(id[:]))
+	}
+	res := fanOut(ctx, l.a, "AddKeptReason", func(ctx context.Context, rd readerpb.ReaderClient) (*readerpb.AddKeptReasonResponse, error) {
+		return rd.AddKeptReason(ctx, req)
+	})
+	return res.failed()
+}
+
 var (
+	_ alerting.TracePinner        = traceLinker{}
 	_ alerting.TraceLinker        = traceLinker{}
 	_ alerting.AttributeExplainer = traceLinker{}
 	_ alerting.REDSource          = redSource{}

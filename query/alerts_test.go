@@ -160,7 +160,7 @@ func TestAlertmanagerWebhookLinksTraces(t *testing.T) {
 	require.InDelta(t, 250, tr.DurationMs, 1e-9)
 	require.True(t, tr.Error)
 	require.Equal(t, 4, tr.SpanCount, "merged across both indexers")
-	require.Equal(t, []string{"error", "latency_topn"}, tr.KeptReasons)
+	require.Equal(t, []string{"alert", "error", "latency_topn"}, tr.KeptReasons, "the alert keeps the trace with reason alert too")
 
 	// Re-sending the notification (repeat_interval) stores nothing new.
 	code, _ = post(t, e, "/api/v1/alertmanager", amPayload())

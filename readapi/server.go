@@ -25,6 +25,7 @@ type Store interface {
 	Operations(ctx context.Context, service string) ([]*readerpb.Operation, error)
 	TagNames(ctx context.Context) (resource, spanKeys []string, err error)
 	TagValues(ctx context.Context, tag string, limit int) ([]string, error)
+	AddReasons(ctx context.Context, id span.TraceID, reasons []string) (bool, error)
 }
 
 var _ Store = (*index.Store)(nil)
@@ -117,6 +118,28 @@ func (s *server) TagValues(ctx context.Context, req *readerpb.TagValuesRequest) 
 		return nil, s.internal(ctx, "list tag values", err)
 	}
 	return &readerpb.TagValuesResponse{Values: res}, nil
+}
+
+// AddKeptReason adds the reason to every listed trace this store holds.
+func (s *server) AddKeptReason(ctx context.Context, req *readerpb.AddKeptReasonRequest) (*readerpb.AddKeptReasonResponse, error) {
+	if req.GetReason() == "" {
+		return nil, status.Error(codes.InvalidArgument, "add kept reason: reason is empty")
+	}
+	var found uint32
+	for _, b := range req.GetTraceIds() {
+		id, err := span.TraceIDFromBytes(b)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "add kept reason: %v", err)
+		}
+		ok, err := s.store.AddReasons(ctx, id, []string{req.GetReason()})
+		if err != nil {
+			return nil, s.internal(ctx, "add kept reason", err)
+		}
+		if ok {
+			found++
+		}
+	}
+	return &readerpb.AddKeptReasonResponse{Found: found}, nil
 }
 
 // internal logs a store failure and maps it to a gRPC status; a cancelled

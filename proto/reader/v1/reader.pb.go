@@ -1436,6 +1436,104 @@ func (x *REDExemplar) GetTimeUnixNano() int64 {
 	return 0
 }
 
+type AddKeptReasonRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 16 bytes each.
+	TraceIds      [][]byte `protobuf:"bytes,1,rep,name=trace_ids,json=traceIds,proto3" json:"trace_ids,omitempty"`
+	Reason        string   `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddKeptReasonRequest) Reset() {
+	*x = AddKeptReasonRequest{}
+	mi := &file_reader_v1_reader_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddKeptReasonRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddKeptReasonRequest) ProtoMessage() {}
+
+func (x *AddKeptReasonRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddKeptReasonRequest.ProtoReflect.Descriptor instead.
+func (*AddKeptReasonRequest) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AddKeptReasonRequest) GetTraceIds() [][]byte {
+	if x != nil {
+		return x.TraceIds
+	}
+	return nil
+}
+
+func (x *AddKeptReasonRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type AddKeptReasonResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many of the traces this indexer holds.
+	Found         uint32 `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddKeptReasonResponse) Reset() {
+	*x = AddKeptReasonResponse{}
+	mi := &file_reader_v1_reader_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddKeptReasonResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddKeptReasonResponse) ProtoMessage() {}
+
+func (x *AddKeptReasonResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_reader_v1_reader_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddKeptReasonResponse.ProtoReflect.Descriptor instead.
+func (*AddKeptReasonResponse) Descriptor() ([]byte, []int) {
+	return file_reader_v1_reader_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AddKeptReasonResponse) GetFound() uint32 {
+	if x != nil {
+		return x.Found
+	}
+	return 0
+}
+
 var File_reader_v1_reader_proto protoreflect.FileDescriptor
 
 const file_reader_v1_reader_proto_rawDesc = "" +
@@ -1549,7 +1647,12 @@ const file_reader_v1_reader_proto_rawDesc = "" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x19\n" +
 	"\btrace_id\x18\x02 \x01(\fR\atraceId\x12#\n" +
 	"\rvalue_seconds\x18\x03 \x01(\x01R\fvalueSeconds\x12$\n" +
-	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano2\xe2\x05\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\"K\n" +
+	"\x14AddKeptReasonRequest\x12\x1b\n" +
+	"\ttrace_ids\x18\x01 \x03(\fR\btraceIds\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"-\n" +
+	"\x15AddKeptReasonResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\rR\x05found2\xcc\x06\n" +
 	"\x06Reader\x12Y\n" +
 	"\bGetTrace\x12%.threadline.reader.v1.GetTraceRequest\x1a&.threadline.reader.v1.GetTraceResponse\x12Y\n" +
 	"\fSearchTraces\x12#.threadline.reader.v1.SearchRequest\x1a$.threadline.reader.v1.SearchResponse\x12Y\n" +
@@ -1557,7 +1660,8 @@ const file_reader_v1_reader_proto_rawDesc = "" +
 	"\n" +
 	"Operations\x12'.threadline.reader.v1.OperationsRequest\x1a(.threadline.reader.v1.OperationsResponse\x12Y\n" +
 	"\bTagNames\x12%.threadline.reader.v1.TagNamesRequest\x1a&.threadline.reader.v1.TagNamesResponse\x12\\\n" +
-	"\tTagValues\x12&.threadline.reader.v1.TagValuesRequest\x1a'.threadline.reader.v1.TagValuesResponse\x12O\n" +
+	"\tTagValues\x12&.threadline.reader.v1.TagValuesRequest\x1a'.threadline.reader.v1.TagValuesResponse\x12h\n" +
+	"\rAddKeptReason\x12*.threadline.reader.v1.AddKeptReasonRequest\x1a+.threadline.reader.v1.AddKeptReasonResponse\x12O\n" +
 	"\bQueryRED\x12 .threadline.reader.v1.REDRequest\x1a!.threadline.reader.v1.REDResponse\x12\\\n" +
 	"\tREDTotals\x12&.threadline.reader.v1.REDTotalsRequest\x1a'.threadline.reader.v1.REDTotalsResponseB;Z9github.com/threadline/threadline/proto/reader/v1;readerpbb\x06proto3"
 
@@ -1573,34 +1677,36 @@ func file_reader_v1_reader_proto_rawDescGZIP() []byte {
 	return file_reader_v1_reader_proto_rawDescData
 }
 
-var file_reader_v1_reader_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_reader_v1_reader_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_reader_v1_reader_proto_goTypes = []any{
-	(*GetTraceRequest)(nil),    // 0: threadline.reader.v1.GetTraceRequest
-	(*GetTraceResponse)(nil),   // 1: threadline.reader.v1.GetTraceResponse
-	(*SearchRequest)(nil),      // 2: threadline.reader.v1.SearchRequest
-	(*TraceSummary)(nil),       // 3: threadline.reader.v1.TraceSummary
-	(*SearchResponse)(nil),     // 4: threadline.reader.v1.SearchResponse
-	(*ServicesRequest)(nil),    // 5: threadline.reader.v1.ServicesRequest
-	(*ServicesResponse)(nil),   // 6: threadline.reader.v1.ServicesResponse
-	(*OperationsRequest)(nil),  // 7: threadline.reader.v1.OperationsRequest
-	(*Operation)(nil),          // 8: threadline.reader.v1.Operation
-	(*OperationsResponse)(nil), // 9: threadline.reader.v1.OperationsResponse
-	(*TagNamesRequest)(nil),    // 10: threadline.reader.v1.TagNamesRequest
-	(*TagNamesResponse)(nil),   // 11: threadline.reader.v1.TagNamesResponse
-	(*TagValuesRequest)(nil),   // 12: threadline.reader.v1.TagValuesRequest
-	(*TagValuesResponse)(nil),  // 13: threadline.reader.v1.TagValuesResponse
-	(*REDRequest)(nil),         // 14: threadline.reader.v1.REDRequest
-	(*REDResponse)(nil),        // 15: threadline.reader.v1.REDResponse
-	(*REDPoint)(nil),           // 16: threadline.reader.v1.REDPoint
-	(*REDTraceRef)(nil),        // 17: threadline.reader.v1.REDTraceRef
-	(*REDTotalsRequest)(nil),   // 18: threadline.reader.v1.REDTotalsRequest
-	(*REDTotalsResponse)(nil),  // 19: threadline.reader.v1.REDTotalsResponse
-	(*REDSeriesTotals)(nil),    // 20: threadline.reader.v1.REDSeriesTotals
-	(*REDExemplar)(nil),        // 21: threadline.reader.v1.REDExemplar
-	nil,                        // 22: threadline.reader.v1.SearchRequest.TagsEntry
+	(*GetTraceRequest)(nil),       // 0: threadline.reader.v1.GetTraceRequest
+	(*GetTraceResponse)(nil),      // 1: threadline.reader.v1.GetTraceResponse
+	(*SearchRequest)(nil),         // 2: threadline.reader.v1.SearchRequest
+	(*TraceSummary)(nil),          // 3: threadline.reader.v1.TraceSummary
+	(*SearchResponse)(nil),        // 4: threadline.reader.v1.SearchResponse
+	(*ServicesRequest)(nil),       // 5: threadline.reader.v1.ServicesRequest
+	(*ServicesResponse)(nil),      // 6: threadline.reader.v1.ServicesResponse
+	(*OperationsRequest)(nil),     // 7: threadline.reader.v1.OperationsRequest
+	(*Operation)(nil),             // 8: threadline.reader.v1.Operation
+	(*OperationsResponse)(nil),    // 9: threadline.reader.v1.OperationsResponse
+	(*TagNamesRequest)(nil),       // 10: threadline.reader.v1.TagNamesRequest
+	(*TagNamesResponse)(nil),      // 11: threadline.reader.v1.TagNamesResponse
+	(*TagValuesRequest)(nil),      // 12: threadline.reader.v1.TagValuesRequest
+	(*TagValuesResponse)(nil),     // 13: threadline.reader.v1.TagValuesResponse
+	(*REDRequest)(nil),            // 14: threadline.reader.v1.REDRequest
+	(*REDResponse)(nil),           // 15: threadline.reader.v1.REDResponse
+	(*REDPoint)(nil),              // 16: threadline.reader.v1.REDPoint
+	(*REDTraceRef)(nil),           // 17: threadline.reader.v1.REDTraceRef
+	(*REDTotalsRequest)(nil),      // 18: threadline.reader.v1.REDTotalsRequest
+	(*REDTotalsResponse)(nil),     // 19: threadline.reader.v1.REDTotalsResponse
+	(*REDSeriesTotals)(nil),       // 20: threadline.reader.v1.REDSeriesTotals
+	(*REDExemplar)(nil),           // 21: threadline.reader.v1.REDExemplar
+	(*AddKeptReasonRequest)(nil),  // 22: threadline.reader.v1.AddKeptReasonRequest
+	(*AddKeptReasonResponse)(nil), // 23: threadline.reader.v1.AddKeptReasonResponse
+	nil,                           // 24: threadline.reader.v1.SearchRequest.TagsEntry
 }
 var file_reader_v1_reader_proto_depIdxs = []int32{
-	22, // 0: threadline.reader.v1.SearchRequest.tags:type_name -> threadline.reader.v1.SearchRequest.TagsEntry
+	24, // 0: threadline.reader.v1.SearchRequest.tags:type_name -> threadline.reader.v1.SearchRequest.TagsEntry
 	3,  // 1: threadline.reader.v1.SearchResponse.traces:type_name -> threadline.reader.v1.TraceSummary
 	8,  // 2: threadline.reader.v1.OperationsResponse.operations:type_name -> threadline.reader.v1.Operation
 	16, // 3: threadline.reader.v1.REDResponse.points:type_name -> threadline.reader.v1.REDPoint
@@ -1613,18 +1719,20 @@ var file_reader_v1_reader_proto_depIdxs = []int32{
 	7,  // 10: threadline.reader.v1.Reader.Operations:input_type -> threadline.reader.v1.OperationsRequest
 	10, // 11: threadline.reader.v1.Reader.TagNames:input_type -> threadline.reader.v1.TagNamesRequest
 	12, // 12: threadline.reader.v1.Reader.TagValues:input_type -> threadline.reader.v1.TagValuesRequest
-	14, // 13: threadline.reader.v1.Reader.QueryRED:input_type -> threadline.reader.v1.REDRequest
-	18, // 14: threadline.reader.v1.Reader.REDTotals:input_type -> threadline.reader.v1.REDTotalsRequest
-	1,  // 15: threadline.reader.v1.Reader.GetTrace:output_type -> threadline.reader.v1.GetTraceResponse
-	4,  // 16: threadline.reader.v1.Reader.SearchTraces:output_type -> threadline.reader.v1.SearchResponse
-	6,  // 17: threadline.reader.v1.Reader.Services:output_type -> threadline.reader.v1.ServicesResponse
-	9,  // 18: threadline.reader.v1.Reader.Operations:output_type -> threadline.reader.v1.OperationsResponse
-	11, // 19: threadline.reader.v1.Reader.TagNames:output_type -> threadline.reader.v1.TagNamesResponse
-	13, // 20: threadline.reader.v1.Reader.TagValues:output_type -> threadline.reader.v1.TagValuesResponse
-	15, // 21: threadline.reader.v1.Reader.QueryRED:output_type -> threadline.reader.v1.REDResponse
-	19, // 22: threadline.reader.v1.Reader.REDTotals:output_type -> threadline.reader.v1.REDTotalsResponse
-	15, // [15:23] is the sub-list for method output_type
-	7,  // [7:15] is the sub-list for method input_type
+	22, // 13: threadline.reader.v1.Reader.AddKeptReason:input_type -> threadline.reader.v1.AddKeptReasonRequest
+	14, // 14: threadline.reader.v1.Reader.QueryRED:input_type -> threadline.reader.v1.REDRequest
+	18, // 15: threadline.reader.v1.Reader.REDTotals:input_type -> threadline.reader.v1.REDTotalsRequest
+	1,  // 16: threadline.reader.v1.Reader.GetTrace:output_type -> threadline.reader.v1.GetTraceResponse
+	4,  // 17: threadline.reader.v1.Reader.SearchTraces:output_type -> threadline.reader.v1.SearchResponse
+	6,  // 18: threadline.reader.v1.Reader.Services:output_type -> threadline.reader.v1.ServicesResponse
+	9,  // 19: threadline.reader.v1.Reader.Operations:output_type -> threadline.reader.v1.OperationsResponse
+	11, // 20: threadline.reader.v1.Reader.TagNames:output_type -> threadline.reader.v1.TagNamesResponse
+	13, // 21: threadline.reader.v1.Reader.TagValues:output_type -> threadline.reader.v1.TagValuesResponse
+	23, // 22: threadline.reader.v1.Reader.AddKeptReason:output_type -> threadline.reader.v1.AddKeptReasonResponse
+	15, // 23: threadline.reader.v1.Reader.QueryRED:output_type -> threadline.reader.v1.REDResponse
+	19, // 24: threadline.reader.v1.Reader.REDTotals:output_type -> threadline.reader.v1.REDTotalsResponse
+	16, // [16:25] is the sub-list for method output_type
+	7,  // [7:16] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1641,7 +1749,7 @@ func file_reader_v1_reader_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_reader_v1_reader_proto_rawDesc), len(file_reader_v1_reader_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

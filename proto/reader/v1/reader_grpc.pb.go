@@ -23,14 +23,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Reader_GetTrace_FullMethodName     = "/threadline.reader.v1.Reader/GetTrace"
-	Reader_SearchTraces_FullMethodName = "/threadline.reader.v1.Reader/SearchTraces"
-	Reader_Services_FullMethodName     = "/threadline.reader.v1.Reader/Services"
-	Reader_Operations_FullMethodName   = "/threadline.reader.v1.Reader/Operations"
-	Reader_TagNames_FullMethodName     = "/threadline.reader.v1.Reader/TagNames"
-	Reader_TagValues_FullMethodName    = "/threadline.reader.v1.Reader/TagValues"
-	Reader_QueryRED_FullMethodName     = "/threadline.reader.v1.Reader/QueryRED"
-	Reader_REDTotals_FullMethodName    = "/threadline.reader.v1.Reader/REDTotals"
+	Reader_GetTrace_FullMethodName      = "/threadline.reader.v1.Reader/GetTrace"
+	Reader_SearchTraces_FullMethodName  = "/threadline.reader.v1.Reader/SearchTraces"
+	Reader_Services_FullMethodName      = "/threadline.reader.v1.Reader/Services"
+	Reader_Operations_FullMethodName    = "/threadline.reader.v1.Reader/Operations"
+	Reader_TagNames_FullMethodName      = "/threadline.reader.v1.Reader/TagNames"
+	Reader_TagValues_FullMethodName     = "/threadline.reader.v1.Reader/TagValues"
+	Reader_AddKeptReason_FullMethodName = "/threadline.reader.v1.Reader/AddKeptReason"
+	Reader_QueryRED_FullMethodName      = "/threadline.reader.v1.Reader/QueryRED"
+	Reader_REDTotals_FullMethodName     = "/threadline.reader.v1.Reader/REDTotals"
 )
 
 // ReaderClient is the client API for Reader service.
@@ -49,6 +50,9 @@ type ReaderClient interface {
 	TagNames(ctx context.Context, in *TagNamesRequest, opts ...grpc.CallOption) (*TagNamesResponse, error)
 	// TagValues lists indexed values of one attribute key.
 	TagValues(ctx context.Context, in *TagValuesRequest, opts ...grpc.CallOption) (*TagValuesResponse, error)
+	// AddKeptReason adds a reason to traces this indexer stores (e.g. "alert"
+	// when an alert links them); traces it does not hold are skipped.
+	AddKeptReason(ctx context.Context, in *AddKeptReasonRequest, opts ...grpc.CallOption) (*AddKeptReasonResponse, error)
 	// QueryRED returns span-derived RED metrics per step, with raw histogram
 	// counts so the query service sums indexers before computing percentiles.
 	QueryRED(ctx context.Context, in *REDRequest, opts ...grpc.CallOption) (*REDResponse, error)
@@ -125,6 +129,16 @@ func (c *readerClient) TagValues(ctx context.Context, in *TagValuesRequest, opts
 	return out, nil
 }
 
+func (c *readerClient) AddKeptReason(ctx context.Context, in *AddKeptReasonRequest, opts ...grpc.CallOption) (*AddKeptReasonResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddKeptReasonResponse)
+	err := c.cc.Invoke(ctx, Reader_AddKeptReason_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *readerClient) QueryRED(ctx context.Context, in *REDRequest, opts ...grpc.CallOption) (*REDResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(REDResponse)
@@ -161,6 +175,9 @@ type ReaderServer interface {
 	TagNames(context.Context, *TagNamesRequest) (*TagNamesResponse, error)
 	// TagValues lists indexed values of one attribute key.
 	TagValues(context.Context, *TagValuesRequest) (*TagValuesResponse, error)
+	// AddKeptReason adds a reason to traces this indexer stores (e.g. "alert"
+	// when an alert links them); traces it does not hold are skipped.
+	AddKeptReason(context.Context, *AddKeptReasonRequest) (*AddKeptReasonResponse, error)
 	// QueryRED returns span-derived RED metrics per step, with raw histogram
 	// counts so the query service sums indexers before computing percentiles.
 	QueryRED(context.Context, *REDRequest) (*REDResponse, error)
@@ -194,6 +211,9 @@ func (UnimplementedReaderServer) TagNames(context.Context, *TagNamesRequest) (*T
 }
 func (UnimplementedReaderServer) TagValues(context.Context, *TagValuesRequest) (*TagValuesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TagValues not implemented")
+}
+func (UnimplementedReaderServer) AddKeptReason(context.Context, *AddKeptReasonRequest) (*AddKeptReasonResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddKeptReason not implemented")
 }
 func (UnimplementedReaderServer) QueryRED(context.Context, *REDRequest) (*REDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method QueryRED not implemented")
@@ -330,6 +350,24 @@ func _Reader_TagValues_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Reader_AddKeptReason_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddKeptReasonRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReaderServer).AddKeptReason(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Reader_AddKeptReason_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReaderServer).AddKeptReason(ctx, req.(*AddKeptReasonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Reader_QueryRED_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(REDRequest)
 	if err := dec(in); err != nil {
@@ -396,6 +434,10 @@ var Reader_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TagValues",
 			Handler:    _Reader_TagValues_Handler,
+		},
+		{
+			MethodName: "AddKeptReason",
+			Handler:    _Reader_AddKeptReason_Handler,
 		},
 		{
 			MethodName: "QueryRED",
