@@ -1,9 +1,11 @@
 package ui
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,26 +13,34 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/threadline/threadline/alerting"
 	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/logstore"
+	logsrpc "github.com/threadline/threadline/proto/logs/v1"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/query"
 	"github.com/threadline/threadline/readapi"
+	"github.com/threadline/threadline/red"
 	"github.com/threadline/threadline/span"
 )
 
 // The browser tests drive a real headless Chromium against the real stack:
-// Badger index.Store → readapi gRPC server → query.API + UI over HTTP.
+// Badger index.Store, red.Store and logstore.Store → readapi gRPC server →
+// query.API (with an alerting.Store behind its Alertmanager webhook) + UI
+// over HTTP. Nothing is faked.
 
 const xssPayload = `<img src=x onerror="window.__pwned=1">`
 
@@ -139,70 +149,105 @@ func bigSpans() []fixSpan {
 	return out
 }
 
-// fakeLogs stands in for the logs correlation API, which does not exist yet,
-// with its documented shape. Traces other than the error trace answer 404,
-// as a query service without a logs store does.
-func fakeLogs(w http.ResponseWriter, r *http.Request) {
-	if r.PathValue("id") != errTraceID.String() {
-		http.NotFound(w, r)
-		return
-	}
-	at := func(d time.Duration) string { return fmt.Sprint(base.Add(d).UnixNano()) }
-	type line map[string]any
-	logs := []line{
-		{"timeUnixNano": at(170 * time.Second), "severityText": "ERROR", "severityNumber": 17, "body": "authorize timed out after 175s", "spanID": sidHex(6), "serviceName": "bank-api"},
-		{"timeUnixNano": at(100 * time.Millisecond), "severityText": "INFO", "severityNumber": 9, "body": "order received", "spanID": sidHex(1), "serviceName": "order"},
-		{"timeUnixNano": at(3 * time.Second), "severityText": "DEBUG", "severityNumber": 5, "body": "calling bank " + xssPayload, "spanID": sidHex(6), "serviceName": "bank-api"},
-		{"timeUnixNano": at(400 * time.Millisecond), "severityText": "WARN", "severityNumber": 13, "body": "member cache miss", "spanID": sidHex(2), "serviceName": "member"},
-	}
-	for _, l := range logs {
-		l["traceID"] = errTraceID.String()
-		l["attributes"] = map[string]any{}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"logs": logs})
+// logLine is one fixture log line of the error trace.
+type logLine struct {
+	at      time.Duration
+	sev     logspb.SeverityNumber
+	level   string
+	body    string
+	span    int
+	service string
 }
 
-// fakeMetrics stands in for the RED metrics and alerts APIs, which do not
-// exist yet, for service=order only; any other request is the 404 of a query
-// service without them.
-func fakeMetrics(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	if q.Get("service") != "order" && r.URL.Path != "/api/v1/alerts" {
-		http.NotFound(w, r)
-		return
-	}
-	start := base.Add(-5 * time.Minute).Unix()
-	w.Header().Set("Content-Type", "application/json")
-	if r.URL.Path == "/api/v1/alerts" {
-		_ = json.NewEncoder(w).Encode(map[string]any{"alerts": []map[string]any{{
-			"id": "a1", "name": "OrderLatencyHigh", "state": "firing", "t": start + 300,
-			"labels": map[string]string{"service": "order"}, "traceIDs": []string{errTraceID.String()}}}})
-		return
-	}
-	var series []map[string]any
-	for i := range 10 {
-		pt := map[string]any{"t": start + int64(i*60), "rate": 2.0 + float64(i%3), "errorRate": 0.0, "p50": 120.0, "p90": 300.0, "p99": 900.0, "traceIDs": []string{}}
-		if i == 5 {
-			pt["errorRate"], pt["p99"], pt["traceIDs"] = 0.5, 180000.0, []string{errTraceID.String()}
-		}
-		series = append(series, pt)
-	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"series": series})
+// errLogs are the error trace's log lines, written out of time order: the
+// store and the UI put them in order.
+var errLogs = []logLine{
+	{170 * time.Second, logspb.SeverityNumber_SEVERITY_NUMBER_ERROR, "ERROR", "authorize timed out after 175s", 6, "bank-api"},
+	{100 * time.Millisecond, logspb.SeverityNumber_SEVERITY_NUMBER_INFO, "INFO", "order received", 1, "order"},
+	{3 * time.Second, logspb.SeverityNumber_SEVERITY_NUMBER_DEBUG, "DEBUG", "calling bank " + xssPayload, 6, "bank-api"},
+	{400 * time.Millisecond, logspb.SeverityNumber_SEVERITY_NUMBER_WARN, "WARN", "member cache miss", 2, "member"},
 }
 
-func startStack(t *testing.T, traces []index.KeptTrace) string {
+func logRecords(id span.TraceID, at time.Time, lines []logLine) []logstore.Record {
+	scope := &commonpb.InstrumentationScope{Name: "noodle-shop", Version: "1.0"}
+	out := make([]logstore.Record, 0, len(lines))
+	for _, l := range lines {
+		out = append(out, logstore.Record{
+			Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{sattr("service.name", l.service), sattr("host.name", l.service+"-1")}},
+			Scope:    scope,
+			Log: &logspb.LogRecord{
+				TimeUnixNano: uint64(at.Add(l.at).UnixNano()), SeverityNumber: l.sev, SeverityText: l.level,
+				Body:    &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: l.body}},
+				TraceId: id[:], SpanId: sidN(l.span),
+			},
+		})
+	}
+	return out
+}
+
+// amPayload is an Alertmanager (version 4) notification of a firing latency
+// alert on service order, started at startsAt.
+func amPayload(startsAt time.Time) []byte {
+	return fmt.Appendf(nil, `{
+  "version": "4",
+  "groupKey": "{}:{alertname=\"OrderLatencyHigh\"}",
+  "truncatedAlerts": 0,
+  "status": "firing",
+  "receiver": "threadline",
+  "groupLabels": {"alertname": "OrderLatencyHigh"},
+  "commonLabels": {"alertname": "OrderLatencyHigh", "service": "order", "severity": "page"},
+  "commonAnnotations": {},
+  "externalURL": "http://alertmanager:9093",
+  "alerts": [
+    {"status": "firing",
+     "labels": {"alertname": "OrderLatencyHigh", "service": "order", "severity": "page"},
+     "annotations": {"summary": "order p99 above 10s"},
+     "startsAt": %q, "endsAt": "0001-01-01T00:00:00Z",
+     "generatorURL": "http://prometheus:9090/graph?g0.expr=x", "fingerprint": "0badc0ffee000001"}
+  ]
+}`, startsAt.Format(time.RFC3339Nano))
+}
+
+// startStack runs the query stack the product runs: the span index, the RED
+// store and the log store behind the indexer's read gRPC API, and the query
+// API with an alert store, fed the way the indexer and Alertmanager feed
+// them: traces written, observed into RED and linked; log lines written;
+// an alert received through the webhook.
+func startStack(t *testing.T, traces []index.KeptTrace, logs []logstore.Record, alertAt time.Time) string {
 	t.Helper()
+	ctx := context.Background()
 	logger := slog.New(slog.DiscardHandler)
 	st, err := index.Open(t.TempDir(), logger, nil, index.DefaultOptions())
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, st.Close()) })
-	require.NoError(t, st.WriteTraces(context.Background(), traces))
+	require.NoError(t, st.WriteTraces(ctx, traces))
+
+	rs, err := red.Open(t.TempDir(), logger, nil, red.DefaultOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, rs.Close()) })
+	for i := range traces {
+		rs.Observe(&traces[i].Trace)
+	}
+	// The indexer links a trace once the sampler kept it.
+	for _, kt := range traces {
+		rs.Link(kt.Trace.ID, kt.Reasons)
+	}
+	require.NoError(t, rs.Flush(ctx))
+
+	ls, err := logstore.Open(t.TempDir(), logger, nil, logstore.DefaultOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, ls.Close()) })
+	require.NoError(t, ls.Write(ctx, logs))
+
+	as, err := alerting.OpenStore(t.TempDir(), logger, nil, alerting.DefaultStoreOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, as.Close()) })
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	gs := grpc.NewServer()
-	readerpb.RegisterReaderServer(gs, readapi.New(st, logger))
+	readerpb.RegisterReaderServer(gs, readapi.New(st, logger, readapi.WithRED(rs)))
+	logsrpc.RegisterLogReaderServer(gs, readapi.NewLogs(ls, ls.Policy(), logger))
 	done := make(chan struct{})
 	go func() { defer close(done); _ = gs.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -210,16 +255,34 @@ func startStack(t *testing.T, traces []index.KeptTrace) string {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close(); gs.Stop(); <-done })
 
-	api := query.New(query.DefaultConfig(), []readerpb.ReaderClient{readerpb.NewReaderClient(conn)}, logger, nil)
+	api := query.New(query.DefaultConfig(), []readerpb.ReaderClient{readerpb.NewReaderClient(conn)}, logger, nil,
+		query.WithLogReaders([]logsrpc.LogReaderClient{logsrpc.NewLogReaderClient(conn)}),
+		query.WithAlerts(as, nil))
 	mux := http.NewServeMux()
 	api.Register(mux)
-	mux.HandleFunc("GET /api/v1/traces/{id}/logs", fakeLogs)
-	mux.HandleFunc("GET /api/v1/metrics/red", fakeMetrics)
-	mux.HandleFunc("GET /api/v1/alerts", fakeMetrics)
 	New(DefaultConfig(), logger).Register(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
+
+	resp, err := http.Post(srv.URL+"/api/v1/alertmanager", "application/json", bytes.NewReader(amPayload(alertAt)))
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
 	return srv.URL
+}
+
+// getJSON decodes a GET of the stack's API.
+func getJSON(t *testing.T, url string, out any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.NoError(t, json.Unmarshal(body, out), string(body))
 }
 
 func chromiumPath() string {
@@ -348,7 +411,53 @@ func TestBrowser(t *testing.T) {
 	okTrace.Reasons = []string{"baseline"}
 	bigTrace := buildTrace(bigTraceID, base.Add(-time.Minute), bigSpans())
 	bigTrace.Reasons = []string{"latency_topn"}
-	url := startStack(t, []index.KeptTrace{errTrace, okTrace, bigTrace})
+	alertAt := base.Add(3 * time.Minute)
+	url := startStack(t, []index.KeptTrace{errTrace, okTrace, bigTrace}, logRecords(errTraceID, base, errLogs), alertAt)
+
+	// What the real stores answer, before the browser looks at it.
+	var alerts struct {
+		Alerts []struct {
+			Name, State string
+			T           int64
+			TraceIDs    []string
+		}
+	}
+	getJSON(t, url+"/api/v1/alerts", &alerts)
+	require.Len(t, alerts.Alerts, 1)
+	require.Equal(t, "OrderLatencyHigh", alerts.Alerts[0].Name)
+	require.Equal(t, "firing", alerts.Alerts[0].State)
+	require.Equal(t, alertAt.Unix(), alerts.Alerts[0].T)
+	require.Contains(t, alerts.Alerts[0].TraceIDs, errTraceID.String(), "the webhook linked the slow order trace")
+	var redRes struct {
+		Series []struct {
+			T        int64
+			Count    uint64
+			P99      float64
+			TraceIDs []string
+		}
+	}
+	getJSON(t, fmt.Sprintf("%s/api/v1/metrics/red?service=order&start=%d&end=%d&step=60s", url, base.Add(-30*time.Minute).Unix(), time.Now().Unix()), &redRes)
+	var slow, fast int
+	for _, pt := range redRes.Series {
+		switch {
+		case slices.Contains(pt.TraceIDs, errTraceID.String()):
+			slow++
+			require.Equal(t, uint64(1), pt.Count)
+			// The 3-minute order is above the histogram's last bound
+			// (≈79 s), which RED reports for it.
+			top := red.Bounds()[len(red.Bounds())-1]
+			require.InDelta(t, float64(top)/float64(time.Millisecond), pt.P99, 0.01)
+			require.NotContains(t, pt.TraceIDs, okTraceID.String())
+		case slices.Contains(pt.TraceIDs, okTraceID.String()):
+			fast++
+			require.Less(t, pt.P99, 1000.0)
+		default:
+			require.Empty(t, pt.TraceIDs)
+		}
+	}
+	require.Equal(t, 1, slow)
+	require.Equal(t, 1, fast)
+
 	b := newBrowser(t, url)
 	start := time.Now()
 
@@ -510,25 +619,28 @@ func TestBrowser(t *testing.T) {
 			Rows                  int
 			LogsNote              string
 		}
-		b.waitJS(`!!document.getElementById('logs-none')`)
+		// The ok trace has no log lines: the logs API answers an empty list.
+		b.waitJS(`/No log lines for this trace/.test(document.getElementById('log-lines').textContent)`)
 		b.eval(`({navHidden: document.getElementById('nav').offsetParent === null,
 			backHidden: document.querySelector('.back').offsetParent === null,
 			rows: document.querySelectorAll('.span-row').length,
-			logsNote: document.getElementById('logs-none').textContent})`, &got)
+			logsNote: document.getElementById('log-lines').textContent})`, &got)
 		require.True(t, got.NavHidden)
 		require.True(t, got.BackHidden)
 		require.Equal(t, 2, got.Rows)
-		require.Contains(t, got.LogsNote, "No logs store yet")
+		require.Equal(t, "No log lines for this trace.", got.LogsNote)
+		var noStore bool
+		b.eval(`!!document.getElementById('logs-none')`, &noStore)
+		require.False(t, noStore, "a logs store answered: no 'no logs store yet' note")
 		b.screenshot("trace-embed")
 
 		// Navigation inside the embed keeps embed mode.
-		b.run(chromedp.Navigate(url+"/metrics-view?embed=1"), chromedp.WaitVisible(chromedp.CSS(`#metrics-unavailable`)))
-		var msg string
-		var navHidden bool
-		b.eval(`document.getElementById('metrics-unavailable').textContent`, &msg)
+		b.run(chromedp.Navigate(url+"/metrics-view?embed=1"), chromedp.WaitVisible(chromedp.CSS(`#charts .chart-svg`)))
+		var navHidden, unavailable bool
 		b.eval(`document.getElementById('nav').offsetParent === null`, &navHidden)
-		require.Contains(t, msg, "Metrics not available yet")
+		b.eval(`!!document.getElementById('metrics-unavailable')`, &unavailable)
 		require.True(t, navHidden)
+		require.False(t, unavailable)
 	})
 
 	t.Run("metric to traces", func(t *testing.T) {
@@ -542,9 +654,19 @@ func TestBrowser(t *testing.T) {
 			alerts: document.querySelectorAll('#charts .alert-mark.firing').length})`, &got)
 		require.Equal(t, 3, got.Charts)
 		require.Equal(t, 3, got.Alerts, "the firing alert is marked on every chart")
-		// Click the p99 spike: the trace behind it is listed and opens.
-		b.run(execJS(`document.querySelector('#charts figure:nth-of-type(3) circle.pt.s2.has-traces').dispatchEvent(new MouseEvent('click', {bubbles: true}))`))
+		// Two p99 points have traces behind them: the slow order and the
+		// fast menu call. Click the spike (the highest point, smallest y):
+		// the error trace behind it is listed, alone, and opens.
+		var linked int
+		b.eval(`document.querySelectorAll('#charts figure:nth-of-type(3) circle.pt.s2.has-traces').length`, &linked)
+		require.Equal(t, 2, linked)
+		b.run(execJS(`[...document.querySelectorAll('#charts figure:nth-of-type(3) circle.pt.s2.has-traces')]
+			.sort((a, b) => a.cy.baseVal.value - b.cy.baseVal.value)[0]
+			.dispatchEvent(new MouseEvent('click', {bubbles: true}))`))
 		b.waitJS(`!!document.querySelector('#point-traces a')`)
+		var listed []string
+		b.eval(`[...document.querySelectorAll('#point-traces a')].map(a => a.textContent)`, &listed)
+		require.Equal(t, []string{errTraceID.String()}, listed)
 		b.screenshot("metrics")
 		b.run(chromedp.Click(chromedp.CSS(`#point-traces a`)),
 			chromedp.WaitVisible(chromedp.CSS(`.trace-view[data-ready="1"] .span-row`)))
