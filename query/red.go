@@ -3,7 +3,7 @@ package query
 // Span-derived RED metrics, merged across indexers. Routes:
 //   - GET /api/v1/metrics/red?service=&operation=&start=&end=&step=
 //     start/end: unix seconds or RFC3339 (default: the last hour); step: a Go
-//     duration, default 10s, rounded up to whole indexer buckets. Answers
+//     duration or bare seconds (as Grafana sends it), default 10s, rounded up to whole indexer buckets. Answers
 //     {"series":[{"t","count","errors","rate","errorRate","p50","p90","p99",
 //     "traceIDs"}]}, one point per step including empty ones; rate is spans/s,
 //     percentiles are milliseconds, traceIDs are kept traces (errors first,
@@ -104,8 +104,14 @@ func parseREDRequest(r *http.Request, now time.Time) (*readerpb.REDRequest, erro
 	}
 	step := defaultREDStep
 	if v := qv.Get("step"); v != "" {
-		if step, err = time.ParseDuration(v); err != nil || step < time.Second {
-			return nil, badRequest("invalid step %q: want a duration of at least 1s, such as 10s or 1m", truncate(v))
+		// A Go duration, or bare seconds as Prometheus and Grafana send it.
+		if secs, perr := strconv.ParseFloat(v, 64); perr == nil {
+			step, err = time.Duration(secs*float64(time.Second)), nil
+		} else {
+			step, err = time.ParseDuration(v)
+		}
+		if err != nil || step < time.Second {
+			return nil, badRequest("invalid step %q: want a duration of at least 1s, such as 10s, 1m or 60", truncate(v))
 		}
 	}
 	if n := end.Sub(start) / step; n >= red.MaxSteps {

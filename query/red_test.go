@@ -92,6 +92,12 @@ func TestREDRoute(t *testing.T) {
 	require.Len(t, m, 1, "only series: %s", body)
 	series := m["series"].([]any)
 	require.Len(t, series, 6, "one point per step, empty ones included")
+
+	// Bare seconds, as Grafana and the UI send the step, mean the same.
+	code, _, secBody := e.grafana(t, strings.Replace(path, "step=10s", "step=10", 1), browserAccept)
+	require.Equal(t, http.StatusOK, code, string(secBody))
+	require.JSONEq(t, string(body), string(secBody))
+
 	p := series[0].(map[string]any)
 	require.Equal(t, float64(t0.Unix()), p["t"])
 	require.Equal(t, 100.0, p["count"])

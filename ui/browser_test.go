@@ -376,6 +376,18 @@ func (b *browser) waitJS(expr string) {
 	require.NoError(b.t, err, expr)
 }
 
+// waitCharts waits for the metric view to load and requires charts: the
+// real RED API answered the UI's request.
+func (b *browser) waitCharts() {
+	b.t.Helper()
+	b.waitJS(`!!document.getElementById('charts') && !!document.getElementById('charts').firstChild && !/Loading/.test(document.getElementById('charts').textContent)`)
+	var charts string
+	b.eval(`document.getElementById('charts').textContent`, &charts)
+	require.NotContains(b.t, charts, "Metrics failed")
+	require.NotContains(b.t, charts, "not available")
+	b.waitJS(`!!document.querySelector('#charts .chart-svg')`)
+}
+
 type rowInfo struct {
 	ID       string  `json:"id"`
 	Index    int     `json:"index"`
@@ -635,7 +647,8 @@ func TestBrowser(t *testing.T) {
 		b.screenshot("trace-embed")
 
 		// Navigation inside the embed keeps embed mode.
-		b.run(chromedp.Navigate(url+"/metrics-view?embed=1"), chromedp.WaitVisible(chromedp.CSS(`#charts .chart-svg`)))
+		b.run(chromedp.Navigate(url + "/metrics-view?embed=1"))
+		b.waitCharts()
 		var navHidden, unavailable bool
 		b.eval(`document.getElementById('nav').offsetParent === null`, &navHidden)
 		b.eval(`!!document.getElementById('metrics-unavailable')`, &unavailable)
@@ -645,8 +658,8 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("metric to traces", func(t *testing.T) {
 		b.t = t
-		b.run(chromedp.Navigate(url+"/metrics-view?service=order&range=1h"),
-			chromedp.WaitVisible(chromedp.CSS(`#charts .chart-svg`)))
+		b.run(chromedp.Navigate(url + "/metrics-view?service=order&range=1h"))
+		b.waitCharts()
 		var got struct {
 			Charts, Alerts int
 		}
