@@ -197,3 +197,20 @@ func get(t *testing.T, url string) (int, http.Header, []byte) {
 	require.NoError(t, err)
 	return resp.StatusCode, resp.Header, b
 }
+
+// metricValue reads a counter or gauge (summed over its series) from h's registry.
+func metricValue(t *testing.T, h *health.Health, name string) float64 {
+	t.Helper()
+	mfs, err := h.Registry().Gather()
+	require.NoError(t, err)
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
