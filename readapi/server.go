@@ -37,12 +37,16 @@ type server struct {
 	red    REDStore // optional, see red.go
 }
 
-// New returns the gRPC read API over store.
+// New returns the gRPC read API over store. A nil store (a RED-only reader)
+// answers the span calls with Unimplemented instead of crashing.
 func New(store Store, logger *slog.Logger, opts ...Option) readerpb.ReaderServer {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	s := &server{store: store, logger: logger}
+	if store == nil {
+		s.store = noStore{}
+	}
 	for _, o := range opts {
 		o(s)
 	}
@@ -146,6 +150,8 @@ func (s *server) AddKeptReason(ctx context.Context, req *readerpb.AddKeptReasonR
 // or expired caller context keeps its own code.
 func (s *server) internal(ctx context.Context, what string, err error) error {
 	switch {
+	case errors.Is(err, errNoStore):
+		return err
 	case errors.Is(err, context.Canceled):
 		return status.Errorf(codes.Canceled, "%s: %v", what, err)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -153,4 +159,27 @@ func (s *server) internal(ctx context.Context, what string, err error) error {
 	}
 	s.logger.ErrorContext(ctx, what, "err", err)
 	return status.Errorf(codes.Internal, "%s: %v", what, err)
+}
+
+// noStore is the span store of a reader built without one.
+type noStore struct{}
+
+var errNoStore = status.Error(codes.Unimplemented, "this reader has no span store")
+
+func (noStore) Trace(context.Context, span.TraceID) (index.StoredTrace, bool, error) {
+	return index.StoredTrace{}, false, errNoStore
+}
+func (noStore) Search(context.Context, *readerpb.SearchRequest) ([]*readerpb.TraceSummary, error) {
+	return nil, errNoStore
+}
+func (noStore) Services(context.Context) ([]string, error) { return nil, errNoStore }
+func (noStore) Operations(context.Context, string) ([]*readerpb.Operation, error) {
+	return nil, errNoStore
+}
+func (noStore) TagNames(context.Context) ([]string, []string, error) { return nil, nil, errNoStore }
+func (noStore) TagValues(context.Context, string, int) ([]string, error) {
+	return nil, errNoStore
+}
+func (noStore) AddReasons(context.Context, span.TraceID, []string) (bool, error) {
+	return false, errNoStore
 }

@@ -180,3 +180,16 @@ func TestReadAPI(t *testing.T) {
 		require.Equal(t, []string{"/home", "/load"}, vals.Values)
 	})
 }
+
+// TestNoStoreIsUnimplemented: a reader built without a span store (RED only)
+// answers span calls with Unimplemented rather than crashing.
+func TestNoStoreIsUnimplemented(t *testing.T) {
+	srv := New(nil, nil)
+	_, err := srv.SearchTraces(context.Background(), &readerpb.SearchRequest{})
+	require.Equal(t, codes.Unimplemented, status.Code(err))
+	_, err = srv.GetTrace(context.Background(), &readerpb.GetTraceRequest{TraceId: make([]byte, 15)})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "argument checks still come first")
+	id := [16]byte{1}
+	_, err = srv.GetTrace(context.Background(), &readerpb.GetTraceRequest{TraceId: id[:]})
+	require.Equal(t, codes.Unimplemented, status.Code(err))
+}
