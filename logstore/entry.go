@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/fnv"
-	"strconv"
-	"strings"
 	"time"
 
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -109,7 +107,7 @@ func prepare(r Record, now time.Time) (prepared, error) {
 	p.adjNs = int64(p.origNs) + int64(r.SkewOffset)
 	p.sev = Severity(l)
 	p.service = serviceName(r.Resource)
-	p.body = anyString(l.GetBody())
+	p.body = span.ValueString(l.GetBody())
 
 	h := fnv.New64a()
 	det := proto.MarshalOptions{Deterministic: true}
@@ -141,7 +139,7 @@ func prepare(r Record, now time.Time) (prepared, error) {
 	if len(l.GetAttributes()) > 0 {
 		p.attrs = make(map[string]string, len(l.GetAttributes()))
 		for _, kv := range l.GetAttributes() {
-			p.attrs[kv.GetKey()] = anyString(kv.GetValue())
+			p.attrs[kv.GetKey()] = span.ValueString(kv.GetValue())
 		}
 	}
 
@@ -197,7 +195,7 @@ func EntryFromProto(pe *logspb.LogEntry) (Entry, error) {
 			return Entry{}, fmt.Errorf("decode log record: %w", err)
 		}
 		if e.Body == "" {
-			e.Body = anyString(l.GetBody())
+			e.Body = span.ValueString(l.GetBody())
 		}
 		e.Attributes = attrMap(l.GetAttributes())
 	}
@@ -232,7 +230,7 @@ func decodeStoredProto(b []byte) (*logspb.LogEntry, error) {
 		if err := proto.Unmarshal(pe.Record, &l); err != nil {
 			return nil, fmt.Errorf("decode log record: %w", err)
 		}
-		pe.Body = anyString(l.GetBody())
+		pe.Body = span.ValueString(l.GetBody())
 	}
 	return pe, nil
 }
@@ -281,36 +279,4 @@ func anyValue(v *commonpb.AnyValue) any {
 		return attrMap(x.KvlistValue.GetValues())
 	}
 	return nil
-}
-
-// anyString renders a value as log text: strings as they are, everything
-// else in a compact JSON-like form.
-func anyString(v *commonpb.AnyValue) string {
-	switch x := v.GetValue().(type) {
-	case nil:
-		return ""
-	case *commonpb.AnyValue_StringValue:
-		return x.StringValue
-	case *commonpb.AnyValue_BoolValue:
-		return strconv.FormatBool(x.BoolValue)
-	case *commonpb.AnyValue_IntValue:
-		return strconv.FormatInt(x.IntValue, 10)
-	case *commonpb.AnyValue_DoubleValue:
-		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64)
-	case *commonpb.AnyValue_BytesValue:
-		return base64.StdEncoding.EncodeToString(x.BytesValue)
-	case *commonpb.AnyValue_ArrayValue:
-		parts := make([]string, 0, len(x.ArrayValue.GetValues()))
-		for _, e := range x.ArrayValue.GetValues() {
-			parts = append(parts, anyString(e))
-		}
-		return "[" + strings.Join(parts, ",") + "]"
-	case *commonpb.AnyValue_KvlistValue:
-		parts := make([]string, 0, len(x.KvlistValue.GetValues()))
-		for _, kv := range x.KvlistValue.GetValues() {
-			parts = append(parts, kv.GetKey()+"="+anyString(kv.GetValue()))
-		}
-		return "{" + strings.Join(parts, ",") + "}"
-	}
-	return ""
 }

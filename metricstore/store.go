@@ -321,7 +321,7 @@ func collect(md *otlpmetrics.MetricsData) []*seriesRec {
 		service := ""
 		for _, kv := range rm.GetResource().GetAttributes() {
 			if kv.GetKey() == ServiceNameLabel {
-				service = valueString(kv.GetValue())
+				service = span.ValueString(kv.GetValue())
 			}
 		}
 		for _, sm := range rm.GetScopeMetrics() {
@@ -457,7 +457,7 @@ func canonicalLabels(service string, attrs []*otlpKV) []*metricspb.Label {
 		if kv.GetKey() == "" || (kv.GetKey() == ServiceNameLabel && service != "") {
 			continue
 		}
-		out = append(out, &metricspb.Label{Name: kv.GetKey(), Value: valueString(kv.GetValue())})
+		out = append(out, &metricspb.Label{Name: kv.GetKey(), Value: span.ValueString(kv.GetValue())})
 	}
 	slices.SortStableFunc(out, func(a, b *metricspb.Label) int { return cmp.Compare(a.Name, b.Name) })
 	// Duplicate keys (invalid OTLP): the first wins, so the ID is stable.
