@@ -8,7 +8,9 @@ import (
 )
 
 func TestValueString(t *testing.T) {
-	str := func(s string) *commonpb.AnyValue { return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}} }
+	str := func(s string) *commonpb.AnyValue {
+		return &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}}
+	}
 	for _, tc := range []struct {
 		v    *commonpb.AnyValue
 		want string
