@@ -76,15 +76,6 @@ func WithMetricSource(src MetricSource) EngineOption {
 	return func(e *Engine) { e.metricSrc = src }
 }
 
-// WithTraceLimit sets how many traces an event links. Default 20.
-func WithTraceLimit(n int) EngineOption {
-	return func(e *Engine) {
-		if n > 0 {
-			e.traceLimit = n
-		}
-	}
-}
-
 // Rule health values of RuleStatus.
 const (
 	HealthUnknown        = "unknown"

@@ -209,15 +209,6 @@ func EntryFromProto(pe *logspb.LogEntry) (Entry, error) {
 	return e, nil
 }
 
-// decodeStored decodes a storage value (a LogEntry without body).
-func decodeStored(b []byte) (Entry, error) {
-	var pe logspb.LogEntry
-	if err := proto.Unmarshal(b, &pe); err != nil {
-		return Entry{}, fmt.Errorf("decode log entry: %w", err)
-	}
-	return EntryFromProto(&pe)
-}
-
 // decodeStoredProto decodes a storage value and fills in the body, for the
 // gRPC API.
 func decodeStoredProto(b []byte) (*logspb.LogEntry, error) {
