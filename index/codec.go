@@ -82,6 +82,9 @@ var deterministic = proto.MarshalOptions{Deterministic: true}
 // encodeResource marshals a resource with its schema URL as an OTLP
 // ResourceSpans without scope spans.
 func encodeResource(r *span.Resource) ([]byte, error) {
+	if r != nil && r.Encoded != nil {
+		return appendEncoded(r.Encoded, r.SchemaURL), nil
+	}
 	rs := &tracepb.ResourceSpans{}
 	if r != nil {
 		rs.Resource, rs.SchemaUrl = r.Resource, r.SchemaURL
@@ -91,6 +94,19 @@ func encodeResource(r *span.Resource) ([]byte, error) {
 		return nil, fmt.Errorf("marshal resource: %w", err)
 	}
 	return b, nil
+}
+
+// appendEncoded frames a resource or scope as it was received the way
+// encodeResource and encodeScope frame a decoded one: ResourceSpans and
+// ScopeSpans both hold it in field 1 and the schema URL in field 3. Bytes
+// from one SDK repeat exactly, so the blob hash still dedupes them.
+func appendEncoded(msg []byte, schemaURL string) []byte {
+	b := make([]byte, 0, len(msg)+len(schemaURL)+8)
+	b = protowire.AppendBytes(protowire.AppendTag(b, 1, protowire.BytesType), msg)
+	if schemaURL != "" {
+		b = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), schemaURL)
+	}
+	return b
 }
 
 func decodeResource(b []byte) (*span.Resource, error) {
@@ -104,6 +120,9 @@ func decodeResource(b []byte) (*span.Resource, error) {
 // encodeScope marshals a scope with its schema URL as an OTLP ScopeSpans
 // without spans.
 func encodeScope(s *span.Scope) ([]byte, error) {
+	if s != nil && s.Encoded != nil {
+		return appendEncoded(s.Encoded, s.SchemaURL), nil
+	}
 	ss := &tracepb.ScopeSpans{}
 	if s != nil {
 		ss.Scope, ss.SchemaUrl = s.Scope, s.SchemaURL

@@ -743,3 +743,40 @@ func TestSameTraceTwiceInOneBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, proto.Equal(span.ToTracesData(full.Trace.Spans), span.ToTracesData(got.Spans)))
 }
+
+// TestWireDecodedResources: spans decoded from the wire carry their resource
+// and scope as received, and the store frames those bytes instead of
+// encoding them again; what comes back must equal what went in, and the
+// same resource must share one blob however it was decoded.
+func TestWireDecodedResources(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	want := fixture()[1]
+	wire, err := proto.Marshal(span.ToTracesData(want.Trace.Spans))
+	require.NoError(t, err)
+	spans, err := span.DecodeTraces(wire)
+	require.NoError(t, err)
+	require.NotNil(t, spans[0].Resource.Encoded, "the fast decoder keeps the received bytes")
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: span.Trace{ID: want.Trace.ID, Spans: spans}, Reasons: want.Reasons}}))
+	blobs := countKeys(t, st, []byte{prefixBlob})
+
+	// A second trace decoded separately (new *Resource values) adds no blob.
+	again, err := span.DecodeTraces(wire)
+	require.NoError(t, err)
+	other := tid(9)
+	for _, s := range again {
+		s.TraceId = other[:]
+	}
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: span.Trace{ID: other, Spans: again}}}))
+	require.Equal(t, blobs, countKeys(t, st, []byte{prefixBlob}))
+
+	got, found, err := st.Trace(ctx, want.Trace.ID)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Len(t, got.Spans, len(want.Trace.Spans))
+	for i, s := range got.Spans {
+		require.True(t, proto.Equal(want.Trace.Spans[i].Resource.Resource, s.Resource.Resource))
+		require.True(t, proto.Equal(want.Trace.Spans[i].Scope.Scope, s.Scope.Scope))
+		require.True(t, proto.Equal(want.Trace.Spans[i].Span, s.Span))
+	}
+}

@@ -25,6 +25,10 @@ import (
 // link keys, which queries cap again.
 const maxLinkSlots = 20000
 
+// maxRowsKnown bounds the cache of rows known to be stored; past it the
+// cache starts over, costing one read per row linked again.
+const maxRowsKnown = 1 << 16
+
 // maxBucketCounts bounds the cached per-bucket series counts; a dropped
 // count is recounted from Badger (a key-only scan of one bucket).
 const maxBucketCounts = 4096
@@ -53,6 +57,7 @@ type Store struct {
 	// flushes touch.
 	flushMu     sync.Mutex
 	seriesCount map[int64]int         // bucket → series rows stored
+	rowsKnown   map[rowID]struct{}    // rows known to be stored, so linking needs no read
 	slots       map[slotKey][]linkRef // (bucket, series) → links stored
 	slotRing    []slotKey             // FIFO bound on slots
 	slotNext    int
@@ -155,6 +160,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		awaiting:    map[span.TraceID]*memo{},
 		ring:        make([]ringEntry, opts.MaxTracesAwaitingLink),
 		seriesCount: map[int64]int{},
+		rowsKnown:   map[rowID]struct{}{},
 		slots:       map[slotKey][]linkRef{},
 		slotRing:    make([]slotKey, maxLinkSlots),
 		cum:         map[Series]*SeriesTotals{},
@@ -667,6 +673,15 @@ func (s *Store) loadIDs(txn *badger.Txn, id span.TraceID, res *chunkResult) (*id
 	return set, nil
 }
 
+// knowRow remembers that a row is stored. Rows leave the store only by
+// expiry, after which nothing links to them.
+func (s *Store) knowRow(rid rowID) {
+	if len(s.rowsKnown) >= maxRowsKnown {
+		clear(s.rowsKnown)
+	}
+	s.rowsKnown[rid] = struct{}{}
+}
+
 // afterChunk publishes a committed chunk to the caches, the cumulative
 // counters and the metrics.
 func (s *Store) afterChunk(res chunkResult) {
@@ -675,6 +690,9 @@ func (s *Store) afterChunk(res chunkResult) {
 	}
 	for b, n := range res.counts {
 		s.seriesCount[b] = n
+	}
+	for rid := range res.rows {
+		s.knowRow(rid)
 	}
 	s.cumMu.Lock()
 	for rid, d := range res.rows {
@@ -734,10 +752,16 @@ func (s *Store) flushLinks(links []pendingLink) error {
 			for _, l := range links[:n] {
 				for _, e := range l.entries {
 					sr := e.series
-					if _, found, err := s.getRow(txn, rowID{e.bucket, sr}, &chunkResult{}); err != nil {
-						return err
-					} else if !found {
-						sr = sr.overflow()
+					if _, known := s.rowsKnown[rowID{e.bucket, sr}]; !known {
+						// Flushes count spans before they link traces, so a
+						// row missing here overflowed its bucket's series cap.
+						if _, found, err := s.getRow(txn, rowID{e.bucket, sr}, &chunkResult{}); err != nil {
+							return err
+						} else if found {
+							s.knowRow(rowID{e.bucket, sr})
+						} else {
+							sr = sr.overflow()
+						}
 					}
 					exemplars = append(exemplars, exemplar{sr, Exemplar{TraceID: l.trace, Duration: time.Duration(e.dur), Time: time.Unix(0, e.end)}})
 					if err := s.linkOne(txn, overlay, slotKey{e.bucket, sr}, linkRef{id: l.trace, err: e.err, dur: e.dur}); err != nil {

@@ -12,7 +12,13 @@ import (
 // may carry invalid UTF-8 in string fields, which proto.Unmarshal rejects
 // outright; rather than lose the whole record, DecodeTraces replaces the bad
 // strings with U+FFFD (RepairUTF8TracesData) and decodes again.
+//
+// Records are decoded by hand first (fastdecode.go); proto.Unmarshal handles
+// what that path leaves to it.
 func DecodeTraces(data []byte) ([]Span, error) {
+	if spans, ok := decodeTracesFast(data); ok {
+		return spans, nil
+	}
 	var td tracepb.TracesData
 	err := proto.Unmarshal(data, &td)
 	if err != nil {

@@ -11,12 +11,19 @@ import (
 type Resource struct {
 	Resource  *resourcepb.Resource
 	SchemaURL string
+	// Encoded is the Resource message as received, when it was decoded
+	// from the wire, so a store can keep it without encoding it again.
+	// Code that changes Resource must set Encoded to nil.
+	Encoded []byte
 }
 
 // Scope is an OTLP instrumentation scope with its schema URL, shared like Resource.
 type Scope struct {
 	Scope     *commonpb.InstrumentationScope
 	SchemaURL string
+	// Encoded is the InstrumentationScope message as received; see
+	// Resource.Encoded.
+	Encoded []byte
 }
 
 // Span is one OTLP span with the resource and scope it was reported under.

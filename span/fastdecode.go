@@ -1,0 +1,553 @@
+package span
+
+import (
+	"math"
+	"unicode/utf8"
+	"unsafe"
+
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The indexer decodes every span it receives, and with the generic
+// proto.Unmarshal that was a fifth of its CPU: one allocation per message,
+// per oneof wrapper and per string, each through reflection. fastDecoder
+// decodes the OTLP trace schema by hand into the same tracepb structs,
+// taking messages from slabs (a few allocations per record rather than ~60
+// per span) and strings and bytes from one private copy of the record.
+//
+// It handles exactly the messages it knows completely. Anything else — an
+// unknown or reserved field, a field with an unexpected wire type, a
+// singular message or oneof sent twice (which proto merges), invalid UTF-8,
+// deep nesting, malformed bytes — makes it give up, and DecodeTraces falls
+// back to proto.Unmarshal, so results always equal proto.Unmarshal's (a fuzz
+// test compares the two).
+
+// maxFastDepth bounds AnyValue nesting on the fast path; deeper values take
+// the proto.Unmarshal path.
+const maxFastDepth = 32
+
+// slab hands out values of T from chunks that grow with use.
+type slab[T any] struct {
+	free []T
+	next int // size of the next chunk
+}
+
+func (s *slab[T]) one() *T {
+	if len(s.free) == 0 {
+		s.grow(1)
+	}
+	p := &s.free[0]
+	s.free = s.free[1:]
+	return p
+}
+
+// many returns n values; the caller may not append beyond them.
+func (s *slab[T]) many(n int) []T {
+	if n == 0 {
+		return nil
+	}
+	if len(s.free) < n {
+		s.grow(n)
+	}
+	out := s.free[:n:n]
+	s.free = s.free[n:]
+	return out
+}
+
+func (s *slab[T]) grow(n int) {
+	s.next = min(max(s.next*2, 8), 512)
+	s.free = make([]T, max(s.next, n))
+}
+
+type fastDecoder struct {
+	buf []byte // the decoder's copy of the record: strings and bytes point into it
+
+	spans    slab[tracepb.Span]
+	spanPtrs slab[*tracepb.Span]
+	events   slab[tracepb.Span_Event]
+	evPtrs   slab[*tracepb.Span_Event]
+	links    slab[tracepb.Span_Link]
+	linkPtrs slab[*tracepb.Span_Link]
+	statuses slab[tracepb.Status]
+	kvs      slab[commonpb.KeyValue]
+	kvPtrs   slab[*commonpb.KeyValue]
+	anys     slab[commonpb.AnyValue]
+	anyPtrs  slab[*commonpb.AnyValue]
+	strVals  slab[commonpb.AnyValue_StringValue]
+	intVals  slab[commonpb.AnyValue_IntValue]
+	dblVals  slab[commonpb.AnyValue_DoubleValue]
+	boolVals slab[commonpb.AnyValue_BoolValue]
+	out      []Span
+}
+
+// decodeTracesFast decodes data, or reports false when the fast path does
+// not apply (see above).
+func decodeTracesFast(data []byte) ([]Span, bool) {
+	d := &fastDecoder{buf: append([]byte(nil), data...)}
+	b := d.buf
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num != 1 || typ != protowire.BytesType {
+			return nil, false
+		}
+		b = b[n:]
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 || !d.resourceSpans(v) {
+			return nil, false
+		}
+		b = b[n:]
+	}
+	return d.out, true
+}
+
+// walkFields walks the fields of one message, calling fn with each field's
+// number, wire type and value: the varint, fixed value, or bytes. fn
+// returns false to give up.
+func walkFields(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		var (
+			v  uint64
+			bs []byte
+		)
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed64Type:
+			v, n = protowire.ConsumeFixed64(b)
+		case protowire.Fixed32Type:
+			var v32 uint32
+			v32, n = protowire.ConsumeFixed32(b)
+			v = uint64(v32)
+		case protowire.BytesType:
+			bs, n = protowire.ConsumeBytes(b)
+		default:
+			return false
+		}
+		if n < 0 || !fn(num, typ, v, bs) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// countFields counts the occurrences of up to three repeated fields of
+// message b, so their pointer slices are allocated once at their final
+// length. It reports false for malformed bytes.
+func countFields(b []byte, nums ...protowire.Number) (c [3]int, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return c, false
+		}
+		b = b[n:]
+		for i, want := range nums {
+			if num == want {
+				c[i]++
+			}
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return c, false
+		}
+		b = b[n:]
+	}
+	return c, true
+}
+
+// wireString returns b as a string sharing the decoder's buffer, or false for
+// invalid UTF-8 (proto3 strings must be UTF-8).
+func wireString(b []byte) (string, bool) {
+	if len(b) == 0 {
+		return "", true
+	}
+	if !utf8.Valid(b) {
+		return "", false
+	}
+	return unsafe.String(&b[0], len(b)), true
+}
+
+// wireBytes returns a bytes field the way proto.Unmarshal does: never nil.
+func wireBytes(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b[:len(b):len(b)]
+}
+
+func (d *fastDecoder) resourceSpans(b []byte) bool {
+	res := &Resource{}
+	var scopes [][]byte
+	sawRes := false
+	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if typ != protowire.BytesType {
+			return false
+		}
+		switch num {
+		case 1:
+			if sawRes {
+				return false
+			}
+			sawRes = true
+			res.Resource = &resourcepb.Resource{}
+			res.Encoded = wireBytes(bs)
+			return d.resource(res.Resource, bs)
+		case 2:
+			scopes = append(scopes, bs)
+			return true
+		case 3:
+			s, ok := wireString(bs)
+			res.SchemaURL = s
+			return ok
+		}
+		return false
+	})
+	if !ok {
+		return false
+	}
+	for _, sb := range scopes {
+		if !d.scopeSpans(res, sb) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *fastDecoder) resource(r *resourcepb.Resource, b []byte) bool {
+	c, ok := countFields(b, 1)
+	if !ok {
+		return false
+	}
+	r.Attributes = d.kvPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			kv := d.kvs.one()
+			r.Attributes[i] = kv
+			i++
+			return d.keyValue(kv, bs, 0)
+		case num == 2 && typ == protowire.VarintType:
+			r.DroppedAttributesCount = uint32(v)
+			return true
+		}
+		return false // entity_refs and anything newer: the slow path
+	})
+}
+
+func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
+	sc := &Scope{}
+	var spans [][]byte
+	sawScope := false
+	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if typ != protowire.BytesType {
+			return false
+		}
+		switch num {
+		case 1:
+			if sawScope {
+				return false
+			}
+			sawScope = true
+			sc.Scope = &commonpb.InstrumentationScope{}
+			sc.Encoded = wireBytes(bs)
+			return d.scope(sc.Scope, bs)
+		case 2:
+			spans = append(spans, bs)
+			return true
+		case 3:
+			s, ok := wireString(bs)
+			sc.SchemaURL = s
+			return ok
+		}
+		return false
+	})
+	if !ok {
+		return false
+	}
+	for _, sb := range spans {
+		sp := d.spans.one()
+		if !d.span(sp, sb) {
+			return false
+		}
+		d.out = append(d.out, Span{Span: sp, Resource: res, Scope: sc})
+	}
+	return true
+}
+
+func (d *fastDecoder) scope(s *commonpb.InstrumentationScope, b []byte) bool {
+	c, ok := countFields(b, 3)
+	if !ok {
+		return false
+	}
+	s.Attributes = d.kvPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		var ok bool
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			s.Name, ok = wireString(bs)
+		case num == 2 && typ == protowire.BytesType:
+			s.Version, ok = wireString(bs)
+		case num == 3 && typ == protowire.BytesType:
+			kv := d.kvs.one()
+			s.Attributes[i] = kv
+			i++
+			ok = d.keyValue(kv, bs, 0)
+		case num == 4 && typ == protowire.VarintType:
+			s.DroppedAttributesCount, ok = uint32(v), true
+		}
+		return ok
+	})
+}
+
+func (d *fastDecoder) span(sp *tracepb.Span, b []byte) bool {
+	c, ok := countFields(b, 9, 11, 13)
+	if !ok {
+		return false
+	}
+	sp.Attributes = d.kvPtrs.many(c[0])
+	sp.Events = d.evPtrs.many(c[1])
+	sp.Links = d.linkPtrs.many(c[2])
+	na, ne, nl := 0, 0, 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		var ok bool
+		switch typ {
+		case protowire.BytesType:
+			switch num {
+			case 1:
+				sp.TraceId, ok = wireBytes(bs), true
+			case 2:
+				sp.SpanId, ok = wireBytes(bs), true
+			case 3:
+				sp.TraceState, ok = wireString(bs)
+			case 4:
+				sp.ParentSpanId, ok = wireBytes(bs), true
+			case 5:
+				sp.Name, ok = wireString(bs)
+			case 9:
+				kv := d.kvs.one()
+				sp.Attributes[na] = kv
+				na++
+				ok = d.keyValue(kv, bs, 0)
+			case 11:
+				ev := d.events.one()
+				sp.Events[ne] = ev
+				ne++
+				ok = d.event(ev, bs)
+			case 13:
+				l := d.links.one()
+				sp.Links[nl] = l
+				nl++
+				ok = d.link(l, bs)
+			case 15:
+				if sp.Status != nil {
+					return false // proto merges a repeated singular message
+				}
+				sp.Status = d.statuses.one()
+				ok = d.status(sp.Status, bs)
+			}
+		case protowire.VarintType:
+			switch num {
+			case 6:
+				sp.Kind, ok = tracepb.Span_SpanKind(int32(v)), true
+			case 10:
+				sp.DroppedAttributesCount, ok = uint32(v), true
+			case 12:
+				sp.DroppedEventsCount, ok = uint32(v), true
+			case 14:
+				sp.DroppedLinksCount, ok = uint32(v), true
+			}
+		case protowire.Fixed64Type:
+			switch num {
+			case 7:
+				sp.StartTimeUnixNano, ok = v, true
+			case 8:
+				sp.EndTimeUnixNano, ok = v, true
+			}
+		case protowire.Fixed32Type:
+			if num == 16 {
+				sp.Flags, ok = uint32(v), true
+			}
+		}
+		return ok
+	})
+}
+
+func (d *fastDecoder) event(ev *tracepb.Span_Event, b []byte) bool {
+	c, ok := countFields(b, 3)
+	if !ok {
+		return false
+	}
+	ev.Attributes = d.kvPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		var ok bool
+		switch {
+		case num == 1 && typ == protowire.Fixed64Type:
+			ev.TimeUnixNano, ok = v, true
+		case num == 2 && typ == protowire.BytesType:
+			ev.Name, ok = wireString(bs)
+		case num == 3 && typ == protowire.BytesType:
+			kv := d.kvs.one()
+			ev.Attributes[i] = kv
+			i++
+			ok = d.keyValue(kv, bs, 0)
+		case num == 4 && typ == protowire.VarintType:
+			ev.DroppedAttributesCount, ok = uint32(v), true
+		}
+		return ok
+	})
+}
+
+func (d *fastDecoder) link(l *tracepb.Span_Link, b []byte) bool {
+	c, ok := countFields(b, 4)
+	if !ok {
+		return false
+	}
+	l.Attributes = d.kvPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		var ok bool
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			l.TraceId, ok = wireBytes(bs), true
+		case num == 2 && typ == protowire.BytesType:
+			l.SpanId, ok = wireBytes(bs), true
+		case num == 3 && typ == protowire.BytesType:
+			l.TraceState, ok = wireString(bs)
+		case num == 4 && typ == protowire.BytesType:
+			kv := d.kvs.one()
+			l.Attributes[i] = kv
+			i++
+			ok = d.keyValue(kv, bs, 0)
+		case num == 5 && typ == protowire.VarintType:
+			l.DroppedAttributesCount, ok = uint32(v), true
+		case num == 6 && typ == protowire.Fixed32Type:
+			l.Flags, ok = uint32(v), true
+		}
+		return ok
+	})
+}
+
+func (d *fastDecoder) status(s *tracepb.Status, b []byte) bool {
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		var ok bool
+		switch {
+		case num == 2 && typ == protowire.BytesType:
+			s.Message, ok = wireString(bs)
+		case num == 3 && typ == protowire.VarintType:
+			s.Code, ok = tracepb.Status_StatusCode(int32(v)), true
+		}
+		return ok // field 1 is reserved: the slow path keeps it as unknown
+	})
+}
+
+func (d *fastDecoder) keyValue(kv *commonpb.KeyValue, b []byte, depth int) bool {
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if typ != protowire.BytesType {
+			return false // key_strindex (3) and the like: the slow path
+		}
+		switch num {
+		case 1:
+			var ok bool
+			kv.Key, ok = wireString(bs)
+			return ok
+		case 2:
+			if kv.Value != nil {
+				return false
+			}
+			kv.Value = d.anys.one()
+			return d.anyValue(kv.Value, bs, depth)
+		}
+		return false
+	})
+}
+
+func (d *fastDecoder) anyValue(a *commonpb.AnyValue, b []byte, depth int) bool {
+	if depth > maxFastDepth {
+		return false
+	}
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+		if a.Value != nil {
+			return false // a second oneof member: proto's last-wins/merge rules
+		}
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			s, ok := wireString(bs)
+			w := d.strVals.one()
+			w.StringValue = s
+			a.Value = w
+			return ok
+		case num == 2 && typ == protowire.VarintType:
+			w := d.boolVals.one()
+			w.BoolValue = v != 0
+			a.Value = w
+		case num == 3 && typ == protowire.VarintType:
+			w := d.intVals.one()
+			w.IntValue = int64(v)
+			a.Value = w
+		case num == 4 && typ == protowire.Fixed64Type:
+			w := d.dblVals.one()
+			w.DoubleValue = math.Float64frombits(v)
+			a.Value = w
+		case num == 5 && typ == protowire.BytesType:
+			arr := &commonpb.ArrayValue{}
+			a.Value = &commonpb.AnyValue_ArrayValue{ArrayValue: arr}
+			return d.arrayValue(arr, bs, depth+1)
+		case num == 6 && typ == protowire.BytesType:
+			list := &commonpb.KeyValueList{}
+			a.Value = &commonpb.AnyValue_KvlistValue{KvlistValue: list}
+			return d.kvList(list, bs, depth+1)
+		case num == 7 && typ == protowire.BytesType:
+			a.Value = &commonpb.AnyValue_BytesValue{BytesValue: wireBytes(bs)}
+		default:
+			return false
+		}
+		return true
+	})
+}
+
+func (d *fastDecoder) arrayValue(arr *commonpb.ArrayValue, b []byte, depth int) bool {
+	c, ok := countFields(b, 1)
+	if !ok {
+		return false
+	}
+	arr.Values = d.anyPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if num != 1 || typ != protowire.BytesType {
+			return false
+		}
+		a := d.anys.one()
+		arr.Values[i] = a
+		i++
+		return d.anyValue(a, bs, depth)
+	})
+}
+
+func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) bool {
+	c, ok := countFields(b, 1)
+	if !ok {
+		return false
+	}
+	list.Values = d.kvPtrs.many(c[0])
+	i := 0
+	return walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if num != 1 || typ != protowire.BytesType {
+			return false
+		}
+		kv := d.kvs.one()
+		list.Values[i] = kv
+		i++
+		return d.keyValue(kv, bs, depth)
+	})
+}

@@ -1,0 +1,234 @@
+package span
+
+import (
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// requireSameAsProto checks the fast path against proto.Unmarshal: when it
+// takes an input, its spans must equal proto's, resource, scope and schema
+// URLs included. It returns whether the fast path took the input.
+func requireSameAsProto(t *testing.T, data []byte) bool {
+	t.Helper()
+	fast, ok := decodeTracesFast(data)
+	var td tracepb.TracesData
+	err := proto.Unmarshal(data, &td)
+	if !ok {
+		return false
+	}
+	require.NoError(t, err, "the fast path accepted what proto.Unmarshal rejects")
+	want := FromTracesData(&td)
+	require.Len(t, fast, len(want))
+	for i := range want {
+		require.True(t, proto.Equal(want[i].Span, fast[i].Span), "span %d:\nwant %v\n got %v", i, want[i].Span, fast[i].Span)
+		require.True(t, proto.Equal(want[i].Resource.Resource, fast[i].Resource.Resource), "resource of span %d", i)
+		require.Equal(t, want[i].Resource.Resource == nil, fast[i].Resource.Resource == nil)
+		require.Equal(t, want[i].Resource.SchemaURL, fast[i].Resource.SchemaURL)
+		require.True(t, proto.Equal(want[i].Scope.Scope, fast[i].Scope.Scope), "scope of span %d", i)
+		require.Equal(t, want[i].Scope.Scope == nil, fast[i].Scope.Scope == nil)
+		require.Equal(t, want[i].Scope.SchemaURL, fast[i].Scope.SchemaURL)
+		if i > 0 {
+			// Spans of one batch share one Resource, as FromTracesData's do.
+			require.Equal(t, want[i].Resource == want[i-1].Resource, fast[i].Resource == fast[i-1].Resource)
+			require.Equal(t, want[i].Scope == want[i-1].Scope, fast[i].Scope == fast[i-1].Scope)
+		}
+	}
+	return true
+}
+
+// everyField sets every field the fast path decodes, with every AnyValue kind
+// and nesting.
+func everyField() *tracepb.TracesData {
+	nested := &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &commonpb.KeyValueList{Values: []*commonpb.KeyValue{
+		{Key: "arr", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: []*commonpb.AnyValue{
+			{Value: &commonpb.AnyValue_StringValue{StringValue: "x"}},
+			{Value: &commonpb.AnyValue_BoolValue{BoolValue: true}},
+			{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: math.Inf(-1)}},
+			{},
+		}}}}},
+		{Key: "empty-list", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_KvlistValue{KvlistValue: &commonpb.KeyValueList{}}}},
+		{Key: "no-value"},
+	}}}}
+	attrs := []*commonpb.KeyValue{
+		strAttr("s", "héllo"), intAttr("i", -42),
+		{Key: "b", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{BoolValue: false}}},
+		{Key: "d", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: 3.25}}},
+		{Key: "bytes", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BytesValue{BytesValue: []byte{0, 1, 2}}}},
+		{Key: "kv", Value: nested},
+	}
+	return &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{
+		{
+			Resource:  &resourcepb.Resource{Attributes: attrs, DroppedAttributesCount: 3},
+			SchemaUrl: "https://opentelemetry.io/schemas/1.26.0",
+			ScopeSpans: []*tracepb.ScopeSpans{{
+				Scope:     &commonpb.InstrumentationScope{Name: "lib", Version: "1.0", Attributes: attrs[:2], DroppedAttributesCount: 1},
+				SchemaUrl: "scope-schema",
+				Spans: []*tracepb.Span{{
+					TraceId: tid(1), SpanId: sid(2), ParentSpanId: sid(1), TraceState: "a=b", Flags: 0x301,
+					Name: "GET /x", Kind: tracepb.Span_SPAN_KIND_CLIENT,
+					StartTimeUnixNano: 1, EndTimeUnixNano: math.MaxUint64,
+					Attributes: attrs, DroppedAttributesCount: 4,
+					Events:             []*tracepb.Span_Event{{TimeUnixNano: 5, Name: "exception", Attributes: attrs[:1], DroppedAttributesCount: 2}, {}},
+					DroppedEventsCount: 6,
+					Links:              []*tracepb.Span_Link{{TraceId: tid(3), SpanId: sid(3), TraceState: "c=d", Attributes: attrs[1:3], DroppedAttributesCount: 1, Flags: 1}},
+					DroppedLinksCount:  7,
+					Status:             &tracepb.Status{Message: "boom", Code: tracepb.Status_STATUS_CODE_ERROR},
+				}, mkSpan(tid(1), sid(3), "second")},
+			}, {}},
+		},
+		{}, // no resource, no scopes
+		{ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{{}}}}}, // all defaults
+	}}
+}
+
+func TestDecodeFastMatchesProto(t *testing.T) {
+	_, bench := benchRequest(t)
+	for name, data := range map[string][]byte{
+		"every field":  marshal(t, everyField()),
+		"interleaved":  marshal(t, interleaved()),
+		"bench shape":  bench,
+		"empty":        {},
+		"empty batch":  {0x0a, 0x00},
+		"empty fields": marshal(t, &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{Resource: &resourcepb.Resource{}, ScopeSpans: []*tracepb.ScopeSpans{{Scope: &commonpb.InstrumentationScope{}, Spans: []*tracepb.Span{{Status: &tracepb.Status{}}}}}}}}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			require.True(t, requireSameAsProto(t, data), "the fast path must take valid OTLP")
+		})
+	}
+}
+
+// TestDecodeFastFallsBack covers what the fast path leaves to proto.Unmarshal;
+// DecodeTraces must still give proto's answer for each.
+func TestDecodeFastFallsBack(t *testing.T) {
+	unknown := interleaved()
+	sp(unknown, 1).ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 20, protowire.VarintType), 7))
+	reserved := interleaved()
+	sp(reserved, 0).Status = &tracepb.Status{}
+	sp(reserved, 0).Status.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 2))
+	strindex := interleaved()
+	sp(strindex, 0).Attributes = []*commonpb.KeyValue{{Key: "k", KeyStrindex: 4}}
+	entity := interleaved()
+	entity.ResourceSpans[0].Resource.EntityRefs = []*commonpb.EntityRef{{Type: "service"}}
+	deep := &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "leaf"}}
+	for range maxFastDepth + 2 {
+		deep = &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: []*commonpb.AnyValue{deep}}}}
+	}
+	bad := interleaved()
+	sp(bad, 1).Name = marker
+	deepTD := interleaved()
+	sp(deepTD, 0).Attributes = []*commonpb.KeyValue{{Key: "deep", Value: deep}}
+	// Two status fields: proto merges them.
+	st := protowire.AppendBytes(protowire.AppendTag(nil, 15, protowire.BytesType), marshal(t, &tracepb.Status{Code: 2}))
+	twiceTD := &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{{Name: "a", Status: &tracepb.Status{Message: "m"}}}}}}}}
+	b := marshal(t, twiceTD)
+	merged := appendNested(b, st)
+
+	for name, data := range map[string][]byte{
+		"unknown field":   marshal(t, unknown),
+		"reserved field":  marshal(t, reserved),
+		"key strindex":    marshal(t, strindex),
+		"entity refs":     marshal(t, entity),
+		"deep nesting":    marshal(t, deepTD),
+		"invalid utf-8":   withInvalidUTF8(t, bad),
+		"status twice":    merged,
+		"truncated":       marshal(t, interleaved())[:40],
+		"wrong wire type": {0x08, 0x01},
+	} {
+		t.Run(name, func(t *testing.T) {
+			require.False(t, requireSameAsProto(t, data), "the fast path must leave this to proto.Unmarshal")
+			got, err := DecodeTraces(data)
+			var td tracepb.TracesData
+			if uerr := proto.Unmarshal(data, &td); uerr == nil {
+				require.NoError(t, err)
+				want := FromTracesData(&td)
+				require.Len(t, got, len(want))
+				for i := range want {
+					require.True(t, proto.Equal(want[i].Span, got[i].Span))
+				}
+			}
+		})
+	}
+}
+
+// appendNested appends extra bytes inside the innermost span of a
+// TracesData holding one resource, scope and span, fixing the lengths.
+func appendNested(td, extra []byte) []byte {
+	_, _, n := protowire.ConsumeTag(td)
+	rs, _ := protowire.ConsumeBytes(td[n:])
+	_, _, n = protowire.ConsumeTag(rs)
+	ss, _ := protowire.ConsumeBytes(rs[n:])
+	_, _, n = protowire.ConsumeTag(ss)
+	s, _ := protowire.ConsumeBytes(ss[n:])
+	s = append(append([]byte(nil), s...), extra...)
+	ss = protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), s)
+	rs = protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), ss)
+	return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), rs)
+}
+
+// TestDecodeFastOwnsItsBytes: the decoded spans must not change when the
+// caller reuses the record's buffer.
+func TestDecodeFastOwnsItsBytes(t *testing.T) {
+	data := marshal(t, everyField())
+	spans, err := DecodeTraces(data)
+	require.NoError(t, err)
+	want := proto.Clone(spans[0].Span)
+	for i := range data {
+		data[i] = 0xff
+	}
+	require.True(t, proto.Equal(want, spans[0].Span))
+}
+
+func FuzzDecodeTraces(f *testing.F) {
+	f.Add(marshal(f, everyField()))
+	f.Add(marshal(f, interleaved()))
+	bad := interleaved()
+	sp(bad, 0).Attributes[0].Key = marker
+	f.Add(withInvalidUTF8(f, bad))
+	f.Add([]byte{0x0a, 0x02, 0x12, 0x00})
+	f.Add([]byte{0x0a, 0x04, 0x12, 0x02, 0x12, 0x00})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		requireSameAsProto(t, data)
+		_, err := DecodeTraces(data) // must not panic, whatever the input
+		var td tracepb.TracesData
+		if proto.Unmarshal(data, &td) == nil {
+			require.NoError(t, err)
+		}
+	})
+}
+
+func BenchmarkDecodeTraces(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		decode func([]byte) ([]Span, error)
+	}{
+		{"fast", DecodeTraces},
+		{"proto.Unmarshal", func(data []byte) ([]Span, error) {
+			var td tracepb.TracesData
+			err := proto.Unmarshal(data, &td)
+			return FromTracesData(&td), err
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			_, req := benchRequest(b)
+			b.SetBytes(int64(len(req)))
+			b.ReportAllocs()
+			spans := 0
+			cpu0, _ := processCPU()
+			for b.Loop() {
+				out, err := bc.decode(req)
+				if err != nil || len(out) != 512 {
+					b.Fatalf("decode: %v, %d spans", err, len(out))
+				}
+				spans += len(out)
+			}
+			reportSpans(b, spans, cpu0)
+		})
+	}
+}
