@@ -62,14 +62,17 @@ func NewAllInOne(ctx context.Context, cfg AllInOneConfig, logger *slog.Logger, h
 	}()
 	if len(cfg.Collector.Kafka.Brokers) == 0 {
 		cfg.Embedded.DataDir = filepath.Join(cfg.Indexer.DataDir, "kafka")
-		k := cfg.Collector.Kafka
-		a.embedded, err = bus.StartEmbedded(ctx, cfg.Embedded, []string{k.TracesTopic, k.LogsTopic, k.MetricsTopic}, logger.With("component", "kafka"))
+		a.embedded, err = bus.StartEmbedded(ctx, cfg.Embedded, cfg.Collector.Kafka.Topics(), logger.With("component", "kafka"))
 		if err != nil {
 			return nil, err
 		}
 		cfg.Collector.Kafka.Brokers = []string{a.embedded.Addr()}
 	}
 	cfg.Indexer.Kafka = cfg.Collector.Kafka
+	if cfg.Indexer.AlertRules == "" {
+		// One process: the ruler's rules name the alerting metrics.
+		cfg.Indexer.AlertRules = cfg.Query.Alerts.RulesFile
+	}
 	if a.indexer, err = NewIndexer(cfg.Indexer, logger, h); err != nil {
 		return nil, err
 	}

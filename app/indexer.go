@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/threadline/threadline/alerting"
 	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/health"
@@ -35,15 +36,20 @@ type IndexerConfig struct {
 	DataDir string
 	// GRPCAddr serves the read API to the query service. Default "127.0.0.1:9095".
 	GRPCAddr string
-	Sampling sampling.Config
-	Skew     clockskew.Config
-	Kafka    bus.Config
-	Consumer bus.ConsumerConfig
-	Indexer  indexer.Config
-	Store    index.Options
-	RED      red.Options
-	Logs     logstore.Options
-	Metrics  metricstore.Options
+	// AlertRules is the alert rules YAML (the ruler's file): exemplars of
+	// the metrics its kind-metric rules evaluate keep their traces (reason
+	// exemplar). In the all-in-one it is the query role's --alert-rules.
+	// Default "" (no exemplar pinning).
+	AlertRules string
+	Sampling   sampling.Config
+	Skew       clockskew.Config
+	Kafka      bus.Config
+	Consumer   bus.ConsumerConfig
+	Indexer    indexer.Config
+	Store      index.Options
+	RED        red.Options
+	Logs       logstore.Options
+	Metrics    metricstore.Options
 }
 
 // DefaultIndexerConfig returns the packages' defaults.
@@ -73,6 +79,7 @@ func (c *IndexerConfig) RegisterFlags(fs *flag.FlagSet, withKafka bool) {
 	fs.StringVar(&c.Consumer.Group, "kafka-consumer-group", c.Consumer.Group, "Kafka consumer group of the indexers")
 	if withKafka {
 		c.Kafka.RegisterFlags(fs)
+		fs.StringVar(&c.AlertRules, "alert-rules", c.AlertRules, "alert rules YAML (the ruler's file): exemplars of the metrics its kind-metric rules evaluate keep the traces they name")
 	}
 	c.Indexer.RegisterFlags(fs)
 	c.Store.RegisterFlags(fs)
@@ -101,6 +108,20 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil, err
 	}
 	decider, err := sampling.NewTailSampler(cfg.Sampling, h.Registry())
+	if err != nil {
+		return nil, err
+	}
+	var alertingMetrics indexer.AlertingMetrics
+	if cfg.AlertRules != "" {
+		groups, err := alerting.LoadRules(cfg.AlertRules)
+		if err != nil {
+			return nil, err
+		}
+		if rules := alerting.NewMetricRules(groups); rules.Len() > 0 {
+			alertingMetrics = rules
+		}
+	}
+	fetcher, err := bus.NewFetcher(cfg.Kafka)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +166,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		}
 	}()
 	cfg.Indexer.LogsTopic, cfg.Indexer.MetricsTopic = cfg.Kafka.LogsTopic, cfg.Kafka.MetricsTopic
+	cfg.Indexer.TracesTopic, cfg.Indexer.ExemplarsTopic = cfg.Kafka.TracesTopic, cfg.Kafka.ExemplarsTopic
 	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
 		Store:    store,
 		Stages:   []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}},
@@ -152,11 +174,13 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		Observer: redStore,
 		Logs:     logSink{logStore},
 		Metrics:  metricStore,
+		Alerting: alertingMetrics,
+		Fetcher:  fetcher,
 	}, logger.With("component", "indexer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}
-	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, []string{cfg.Kafka.TracesTopic, cfg.Kafka.LogsTopic, cfg.Kafka.MetricsTopic}, ix, logger.With("component", "consumer"), h.Registry())
+	consumer, err := bus.NewConsumer(cfg.Kafka, cfg.Consumer, cfg.Kafka.Topics(), ix, logger.With("component", "consumer"), h.Registry())
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,13 @@ type Config struct {
 	LogsTopic string
 	// MetricsTopic carries OTLP MetricsData records. Default "otlp_metrics".
 	MetricsTopic string
+	// ExemplarsTopic carries exemplar links: per trace, an OTLP MetricsData
+	// holding only the data points with exemplars of that trace, keyed by
+	// the trace ID like its spans, so the indexer that owns the trace sees
+	// them. It needs as many partitions as TracesTopic. Empty disables
+	// exemplar links (and so keeping traces for alerting metrics' exemplars).
+	// Default "otlp_exemplars".
+	ExemplarsTopic string
 	// ClientID names this process to the brokers. Default "threadline".
 	ClientID string
 	// ProduceTimeout bounds how long a record may wait for an acknowledgement
@@ -71,6 +78,7 @@ func DefaultConfig() Config {
 		TracesTopic:      "otlp_spans",
 		LogsTopic:        "otlp_logs",
 		MetricsTopic:     "otlp_metrics",
+		ExemplarsTopic:   "otlp_exemplars",
 		ClientID:         "threadline",
 		ProduceTimeout:   10 * time.Second,
 		Compression:      "snappy",
@@ -86,7 +94,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.TracesTopic, "kafka-traces-topic", c.TracesTopic, "topic for OTLP spans, keyed by hex trace ID")
 	fs.StringVar(&c.LogsTopic, "kafka-logs-topic", c.LogsTopic, "topic for OTLP logs, keyed by hex trace ID")
-	fs.StringVar(&c.MetricsTopic, "kafka-metrics-topic", c.MetricsTopic, "topic for OTLP metrics and exemplar links")
+	fs.StringVar(&c.MetricsTopic, "kafka-metrics-topic", c.MetricsTopic, "topic for OTLP metrics (whole requests, unkeyed)")
+	fs.StringVar(&c.ExemplarsTopic, "kafka-exemplars-topic", c.ExemplarsTopic, "topic for exemplar links (per trace, keyed by hex trace ID; same partition count as the traces topic); empty disables them")
 	fs.StringVar(&c.ClientID, "kafka-client-id", c.ClientID, "Kafka client ID")
 	fs.DurationVar(&c.ProduceTimeout, "kafka-produce-timeout", c.ProduceTimeout, "how long a record may wait for Kafka's acknowledgement before the sender is told to retry")
 	fs.StringVar(&c.Compression, "kafka-compression", c.Compression, "producer batch compression: none, snappy, lz4 or zstd")
@@ -128,6 +137,16 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("kafka: unknown SASL mechanism %q; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASLMechanism)
 	}
 	return nil
+}
+
+// Topics returns every signal topic, in the order the indexer subscribes to
+// them: spans, logs, metrics and (unless disabled) exemplar links.
+func (c *Config) Topics() []string {
+	ts := []string{c.TracesTopic, c.LogsTopic, c.MetricsTopic}
+	if c.ExemplarsTopic != "" {
+		ts = append(ts, c.ExemplarsTopic)
+	}
+	return ts
 }
 
 // clientOpts are the options every client shares: brokers, TLS, SASL.

@@ -34,6 +34,7 @@ type partLedger struct {
 // Ticket is one consumed record's reference count.
 type Ticket struct {
 	l      *Ledger
+	tp     tp
 	offset int64
 	epoch  int32
 	refs   int
@@ -52,12 +53,23 @@ func (l *Ledger) Begin(r *kgo.Record) *Ticket {
 		p = &partLedger{}
 		l.parts[k] = p
 	}
-	t := &Ticket{l: l, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
+	t := &Ticket{l: l, tp: k, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
 	p.pending = append(p.pending, t)
 	p.next = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
 	p.valid = true
 	return t
 }
+
+// Topic, Partition and Offset locate the ticket's record, so a consumer can
+// fetch it again later (the indexer does, for traces an exemplar pins after
+// they were dropped).
+func (t *Ticket) Topic() string { return t.tp.topic }
+
+// Partition is the record's partition.
+func (t *Ticket) Partition() int32 { return t.tp.partition }
+
+// Offset is the record's offset.
+func (t *Ticket) Offset() int64 { return t.offset }
 
 // Acquire takes another reference on the record.
 func (t *Ticket) Acquire() {

@@ -113,10 +113,24 @@ func (p *Producer) PublishLogs(ctx context.Context, batches []span.LogBatch) err
 	return p.produce(ctx, p.cfg.LogsTopic, recs)
 }
 
-// PublishMetrics produces an OTLP MetricsData request as one record, unkeyed:
-// a request mixes series and exemplars of many traces.
+// PublishMetrics produces an OTLP MetricsData request as one record, unkeyed
+// (a request mixes series and exemplars of many traces), and, unless the
+// exemplars topic is disabled, one exemplar-link record per trace its
+// exemplars name, keyed by the hex trace ID like the trace's spans so they
+// reach the same partition and indexer. All of them are acknowledged before
+// it returns, so an accepted request's links are never lost.
 func (p *Producer) PublishMetrics(ctx context.Context, data []byte, _ int) error {
-	return p.produce(ctx, p.cfg.MetricsTopic, []kgo.Record{{Topic: p.cfg.MetricsTopic, Value: data}})
+	recs := []kgo.Record{{Topic: p.cfg.MetricsTopic, Value: data}}
+	if p.cfg.ExemplarsTopic != "" {
+		batches, err := SplitExemplars(data)
+		if err != nil {
+			return err
+		}
+		for _, b := range batches {
+			recs = append(recs, kgo.Record{Topic: p.cfg.ExemplarsTopic, Key: b.ID.AppendHex(make([]byte, 0, 32)), Value: b.Data})
+		}
+	}
+	return p.produce(ctx, p.cfg.MetricsTopic, recs)
 }
 
 // produce hands every record to the client without blocking (TryProduce) and
@@ -159,22 +173,39 @@ func (p *Producer) produce(ctx context.Context, topic string, recs []kgo.Record)
 	case <-ctx.Done():
 		return fmt.Errorf("produce to %s: %w", topic, ctx.Err())
 	case <-timer.C:
-		p.records.WithLabelValues(topic, "timeout").Add(float64(len(recs)))
+		p.count(recs, "timeout")
 		return fmt.Errorf("produce to %s: %w after %s", topic, ErrNotAcknowledged, p.cfg.ProduceTimeout)
 	}
 	err := firstErr
 	switch {
 	case err == nil:
-		p.records.WithLabelValues(topic, "ok").Add(float64(len(recs)))
+		p.count(recs, "ok")
 		p.latency.Observe(time.Since(start).Seconds())
 		return nil
 	case errors.Is(err, kgo.ErrMaxBuffered):
-		p.records.WithLabelValues(topic, "buffer_full").Add(float64(len(recs)))
+		p.count(recs, "buffer_full")
 		return fmt.Errorf("produce to %s: %w", topic, ErrBufferFull)
 	default:
-		p.records.WithLabelValues(topic, "error").Add(float64(len(recs)))
+		p.count(recs, "error")
 		p.log.Warn("kafka produce failed", "topic", topic, "records", len(recs), "err", err)
 		return fmt.Errorf("produce to %s: %w", topic, err)
+	}
+}
+
+// count adds recs to the produced-records counter under each record's topic
+// (a metrics request produces to two topics).
+func (p *Producer) count(recs []kgo.Record, result string) {
+	n, topic := 0, ""
+	for i := range recs {
+		if recs[i].Topic != topic && n > 0 {
+			p.records.WithLabelValues(topic, result).Add(float64(n))
+			n = 0
+		}
+		topic = recs[i].Topic
+		n++
+	}
+	if n > 0 {
+		p.records.WithLabelValues(topic, result).Add(float64(n))
 	}
 }
 

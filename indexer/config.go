@@ -40,6 +40,27 @@ type Config struct {
 	LogsTopic string
 	// MetricsTopic carries OTLP MetricsData. Default "otlp_metrics".
 	MetricsTopic string
+	// TracesTopic is the spans topic: the indexer remembers where dropped
+	// traces' records are in it, to fetch them again for an exemplar pin.
+	// Default "otlp_spans".
+	TracesTopic string
+	// ExemplarsTopic carries exemplar links keyed by trace ID; empty: none.
+	// Default "otlp_exemplars".
+	ExemplarsTopic string
+	// ExemplarLookback is how long the spans-topic offsets of a dropped
+	// trace are remembered, so an alerting metric's exemplar that names it
+	// later (SDKs export metrics every 10–60 s) can still keep it: the
+	// trace is fetched from Kafka again. 0 disables the refetch. Default 10m.
+	ExemplarLookback time.Duration
+	// ExemplarLookbackMaxTraces caps the dropped traces remembered (about
+	// 130 bytes each); the oldest go first, counted. Default 262144.
+	ExemplarLookbackMaxTraces int
+	// ExemplarPinTTL is how long a pin for a trace with no spans yet (its
+	// exemplar came first) waits for them. Default 2m.
+	ExemplarPinTTL time.Duration
+	// ExemplarMaxPins caps pins waiting for their trace; past it the oldest
+	// are shed, counted. Default 65536.
+	ExemplarMaxPins int
 	// WatermarkSlack is added to DecisionMaxWait when deriving the sampler's
 	// event-time watermark, for pipeline delay. Default 10s.
 	WatermarkSlack time.Duration
@@ -52,17 +73,23 @@ type Config struct {
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		DecisionWait:      5 * time.Second,
-		DecisionMaxWait:   60 * time.Second,
-		MaxTraces:         200000,
-		MaxSpansPerTrace:  10000,
-		MaxBufferedSpans:  400000,
-		DecisionCacheSize: 200000,
-		WriteBatchSpans:   4096,
-		LogsTopic:         "otlp_logs",
-		MetricsTopic:      "otlp_metrics",
-		WatermarkSlack:    10 * time.Second,
-		IdleAdvance:       15 * time.Second,
+		DecisionWait:              5 * time.Second,
+		DecisionMaxWait:           60 * time.Second,
+		MaxTraces:                 200000,
+		MaxSpansPerTrace:          10000,
+		MaxBufferedSpans:          400000,
+		DecisionCacheSize:         200000,
+		WriteBatchSpans:           4096,
+		LogsTopic:                 "otlp_logs",
+		MetricsTopic:              "otlp_metrics",
+		TracesTopic:               "otlp_spans",
+		ExemplarsTopic:            "otlp_exemplars",
+		ExemplarLookback:          10 * time.Minute,
+		ExemplarLookbackMaxTraces: 262144,
+		ExemplarPinTTL:            2 * time.Minute,
+		ExemplarMaxPins:           65536,
+		WatermarkSlack:            10 * time.Second,
+		IdleAdvance:               15 * time.Second,
 	}
 }
 
@@ -74,6 +101,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxSpansPerTrace, "max-spans-per-trace", c.MaxSpansPerTrace, "a trace with this many buffered spans is decided at once")
 	fs.IntVar(&c.MaxBufferedSpans, "max-buffered-spans", c.MaxBufferedSpans, "spans buffered across all traces; past it the oldest traces are decided early")
 	fs.IntVar(&c.DecisionCacheSize, "decision-cache-size", c.DecisionCacheSize, "decisions remembered for late spans")
+	fs.DurationVar(&c.ExemplarLookback, "exemplar-lookback", c.ExemplarLookback, "how long a dropped trace can still be kept (fetched again from Kafka) when an alerting metric's exemplar names it; 0 disables")
+	fs.IntVar(&c.ExemplarLookbackMaxTraces, "exemplar-lookback-max-traces", c.ExemplarLookbackMaxTraces, "dropped traces remembered for exemplar refetch (about 130 bytes each); the oldest are forgotten first")
+	fs.DurationVar(&c.ExemplarPinTTL, "exemplar-pin-ttl", c.ExemplarPinTTL, "how long an exemplar pin waits for the spans of its trace when it arrives first")
+	fs.IntVar(&c.ExemplarMaxPins, "exemplar-max-pins", c.ExemplarMaxPins, "exemplar pins waiting for their trace; past it the oldest are shed")
 	fs.DurationVar(&c.WatermarkSlack, "watermark-slack", c.WatermarkSlack, "extra event-time delay before a sampling window closes, for pipeline lag")
 	fs.DurationVar(&c.IdleAdvance, "watermark-idle-advance", c.IdleAdvance, "after this long without new traces, sampling windows close by wall time")
 }
@@ -88,6 +119,12 @@ func (c *Config) Validate() error {
 	}
 	if c.WatermarkSlack < 0 || c.IdleAdvance <= 0 {
 		return errors.New("watermark slack must not be negative and idle advance must be positive")
+	}
+	if c.ExemplarLookback < 0 || c.ExemplarPinTTL <= 0 || c.ExemplarMaxPins < 1 || c.ExemplarLookbackMaxTraces < 1 {
+		return errors.New("exemplar lookback must not be negative, and the pin TTL, max pins and lookback max traces must be positive")
+	}
+	if c.ExemplarPinTTL < c.DecisionMaxWait {
+		return fmt.Errorf("exemplar pin TTL (%s) must not be shorter than decision max wait (%s): a pin must outlive the assembly of its trace", c.ExemplarPinTTL, c.DecisionMaxWait)
 	}
 	if c.MaxTraces < 1 || c.MaxSpansPerTrace < 1 || c.MaxBufferedSpans < 1 || c.DecisionCacheSize < 1 || c.WriteBatchSpans < 1 {
 		return errors.New("buffer bounds (traces, spans per trace, buffered spans, decision cache, write batch) must be positive")

@@ -46,6 +46,9 @@ type Decider interface {
 	Advance(watermark time.Time) []sampling.Decision
 	// Flush decides everything held (graceful shutdown).
 	Flush() []sampling.Decision
+	// Pin decides a held trace now, kept for reason, when an exemplar of an
+	// alerting metric names it; false when the trace is not held.
+	Pin(id span.TraceID, reason string) (sampling.Decision, bool)
 }
 
 // Observer derives metrics from every span before sampling (RED metrics).
@@ -75,6 +78,12 @@ type Parts struct {
 	Observer Observer   // optional: metrics from every span
 	Logs     LogSink    // optional: without it, log records are consumed and dropped
 	Metrics  MetricSink // optional: without it, metric records are consumed and dropped
+	// Alerting names the alerting metrics whose exemplars keep their traces
+	// (see exemplars.go); optional: without it, exemplar links pin nothing.
+	Alerting AlertingMetrics
+	// Fetcher reads dropped traces' records again when an exemplar pins
+	// them after the decision; optional: without it they stay dropped.
+	Fetcher SpanFetcher
 }
 
 // Indexer assembles, decides and writes traces and their log lines. It
@@ -89,6 +98,7 @@ type Indexer struct {
 	metrics MetricSink
 	log     *slog.Logger
 	m       *metrics
+	ex      *exemplarState
 
 	mu        sync.Mutex
 	traces    map[span.TraceID]*pending // assembling
@@ -177,6 +187,9 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 		return nil, err
 	}
 	ix.m = m
+	if err := ix.initExemplars(parts, reg); err != nil {
+		return nil, err
+	}
 	return ix, nil
 }
 
@@ -211,6 +224,11 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		return
 	case ix.cfg.MetricsTopic:
 		if err := ix.handleMetricRecord(r.Value); err != nil {
+			ix.badRecord(r, err)
+		}
+		return
+	case ix.cfg.ExemplarsTopic:
+		if err := ix.handleExemplarRecord(r, t); err != nil {
 			ix.badRecord(r, err)
 		}
 		return
@@ -349,6 +367,7 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		ix.mu.Unlock()
 		if d == nil {
 			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(c.spans))
+			ix.rememberDropped(id, []*bus.Ticket{t})
 			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t})
 			return
 		}
@@ -430,6 +449,8 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 // still buffered and writes it (graceful shutdown flushes what it holds).
 // Call it before the consumer starts; it returns once everything is written.
 func (ix *Indexer) Run(ctx context.Context) error {
+	exemplarsDone := ix.runExemplarWorker(ctx)
+	defer exemplarsDone()
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- ix.writeLoop() }()
 	logsDone := make(chan struct{})
@@ -465,6 +486,7 @@ func tickFor(wait time.Duration) time.Duration {
 // decide pops the traces that are due (or all, at shutdown) and sends them
 // through the stages and the sampler.
 func (ix *Indexer) decide(now time.Time, all bool) {
+	ix.applyPins(now)
 	for {
 		due := ix.popDue(now, all, decideBatch)
 		if len(due) == 0 {
@@ -560,6 +582,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		ix.maxStart = info.Start
 	}
 	ix.lastOffer = time.Now()
+	info.Pinned = ix.takePins(id, info.Pinned)
 	ds := ix.decider.Offer(info)
 	mine := -1
 	for i, d := range ds {
@@ -624,6 +647,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	ix.mu.Lock()
 	h := ix.held[id]
 	if h != nil {
+		reasons = ix.mergePinLocked(id, h, reasons)
 		delete(ix.held, id)
 		ix.heldSpans -= h.nspans
 		ix.decisions.put(id, reasons)
@@ -638,6 +662,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	}
 	if len(reasons) == 0 {
 		ix.m.traces.WithLabelValues("dropped").Inc()
+		ix.rememberDropped(id, h.tickets)
 		ix.observeChunks(id, h.chunks, h.tickets)
 		for _, tk := range h.tickets {
 			tk.Release()

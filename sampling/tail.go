@@ -364,6 +364,22 @@ func (s *TailSampler) Flush() []Decision {
 	return out
 }
 
+// Pin decides a held trace now, kept for reason (the exemplar path: an
+// alerting metric's exemplar named it while it waited in a top-N heap), and
+// frees its heap slot. It reports false when id is not held — not offered
+// yet, or already decided — and then changes nothing. Like a pinned Offer,
+// the trace leaves no sampler state behind once decided.
+func (s *TailSampler) Pin(id span.TraceID, reason string) (Decision, bool) {
+	e, ok := s.held[id]
+	if !ok {
+		return Decision{}, false
+	}
+	s.removeEntry(e)
+	s.m.keptPinned.Inc()
+	s.updateGauges()
+	return Decision{ID: id, Reasons: []string{reason}}, true
+}
+
 // Held reports how many traces are held awaiting their window's close.
 func (s *TailSampler) Held() int { return len(s.held) }
 

@@ -525,3 +525,31 @@ func TestFloorDivAndNanos(t *testing.T) {
 	// A zero time saturates instead of wrapping into the future.
 	require.Less(t, nanos(time.Time{}), int64(0))
 }
+
+// TestPinHeld: a trace held in a top-N heap is decided at once by Pin, kept
+// only for the pin's reason; its slot frees for the next trace, and a trace
+// that is not held is left alone.
+func TestPinHeld(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.TopN = 2
+	s, reg := newSampler(t, cfg)
+	tr := func(n int, d time.Duration) TraceInfo {
+		return TraceInfo{ID: idN(n), RootService: "a", RootOperation: "x", Start: t0, Duration: d}
+	}
+	require.Empty(t, s.Offer(tr(1, 5)))
+	require.Empty(t, s.Offer(tr(2, 7)))
+	d, ok := s.Pin(idN(1), ReasonExemplar)
+	require.True(t, ok)
+	require.Equal(t, Decision{ID: idN(1), Reasons: []string{ReasonExemplar}}, d)
+	require.Equal(t, 1, s.Held())
+	_, ok = s.Pin(idN(1), ReasonExemplar)
+	require.False(t, ok, "already decided")
+	_, ok = s.Pin(idN(9), ReasonExemplar)
+	require.False(t, ok, "never offered")
+	require.Empty(t, s.Offer(tr(3, 1)), "the freed slot takes a trace that would have been too fast")
+	require.Equal(t, []Decision{{ID: idN(2), Reasons: []string{ReasonLatencyTopN}}, {ID: idN(3), Reasons: []string{ReasonLatencyTopN}}}, s.Advance(t0.Add(time.Minute)))
+	require.Equal(t, 1.0, outcomes(t, reg)[outcomeKeptPinned])
+	_, ok = s.Pin(idN(2), ReasonExemplar)
+	require.False(t, ok)
+	require.Equal(t, 0, s.Keys())
+}
