@@ -50,6 +50,8 @@ func FuzzWalkChunk(f *testing.F) {
 	f.Add([]byte{valueVersion})
 	f.Add([]byte{valueVersion, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Add([]byte("\xffgarbage"))
+	f.Add(compressChunk(chunkOf(f, fixture()[1])))
+	f.Add([]byte{chunkSnappy, 0x05, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		err := walkChunk(b, func(e chunkEntry) error {
 			sp, err := decodeSpanBody(e.body, tr.ID, e.sid)
@@ -86,9 +88,23 @@ func FuzzDecodeFragment(f *testing.F) {
 
 func TestChunkRoundTrip(t *testing.T) {
 	for _, kt := range fixture() {
+		plain := chunkOf(t, kt)
+		packed := compressChunk(plain)
+		require.Less(t, len(packed), len(plain), "the chunk compresses")
+		for _, value := range [][]byte{plain, packed} {
+			requireChunkMatches(t, kt, value)
+		}
+	}
+}
+
+// requireChunkMatches walks a chunk value, plain or compressed, and checks
+// it holds kt's spans.
+func requireChunkMatches(t *testing.T, kt KeptTrace, value []byte) {
+	t.Helper()
+	{
 		var got []*tracepb.Span
 		var hashes []uint64
-		require.NoError(t, walkChunk(chunkOf(t, kt), func(e chunkEntry) error {
+		require.NoError(t, walkChunk(value, func(e chunkEntry) error {
 			sp, err := decodeSpanBody(e.body, kt.Trace.ID, e.sid)
 			got = append(got, sp)
 			hashes = append(hashes, e.res, e.scope)

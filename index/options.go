@@ -27,6 +27,9 @@ type Options struct {
 	// fewer, larger L0 tables cut compaction work (16 MiB cost about 10%
 	// more CPU per span written).
 	MemTableSize int64
+	// BaseTableSize is the size of one SSTable in the LSM's base level
+	// (deeper levels double it). Default 2 MiB, Badger's.
+	BaseTableSize int64
 	// NumMemtables is how many memtables may be held before writes stall.
 	// Default 2.
 	NumMemtables int
@@ -44,11 +47,10 @@ type Options struct {
 	NumCompactors int
 	// ValueLogFileSize caps one value-log file. Default 64 MiB.
 	ValueLogFileSize int64
-	// Compression is the SSTable block compression: "snappy" or "zstd"
-	// (level 1). Default "snappy": on the benchmark workload it costs
-	// about 115 bytes per span on disk against ZSTD's 87, but flushes and
-	// compactions spend a third of the store's CPU compressing with ZSTD,
-	// and the write path's CPU, not disk, is the binding budget.
+	// Compression is the SSTable block compression: "snappy", "zstd"
+	// (level 1) or "none". Default "snappy". Span chunks, most of the
+	// bytes, are Snappy-compressed once when written (FORMAT.md), so this
+	// compresses the keys, summaries and postings around them.
 	Compression string
 	// GCInterval is how often value-log GC runs. Default 5 minutes.
 	GCInterval time.Duration
@@ -72,6 +74,7 @@ func DefaultOptions() Options {
 	return Options{
 		Retention:          7 * 24 * time.Hour,
 		MemTableSize:       32 << 20,
+		BaseTableSize:      2 << 20,
 		NumMemtables:       2,
 		BlockCacheSize:     32 << 20,
 		IndexCacheSize:     16 << 20,
@@ -94,13 +97,14 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Retention, "store.retention", o.Retention, "How long kept traces are stored (Badger TTL, whole seconds); 0 keeps them forever.")
 	fs.BoolVar(&o.SyncWrites, "store.sync-writes", o.SyncWrites, "Fsync every span-store commit. Off by default: Kafka replays anything not yet written.")
 	fs.Int64Var(&o.MemTableSize, "store.memtable-size", o.MemTableSize, "Bytes per Badger memtable.")
+	fs.Int64Var(&o.BaseTableSize, "store.base-table-size", o.BaseTableSize, "Bytes per SSTable in the LSM's base level (deeper levels double it).")
 	fs.IntVar(&o.NumMemtables, "store.num-memtables", o.NumMemtables, "Badger memtables held before writes stall.")
 	fs.Int64Var(&o.BlockCacheSize, "store.block-cache-size", o.BlockCacheSize, "Bytes of decompressed blocks Badger caches.")
 	fs.Int64Var(&o.IndexCacheSize, "store.index-cache-size", o.IndexCacheSize, "Bytes of table indexes and bloom filters Badger caches.")
 	fs.IntVar(&o.BlockSize, "store.block-size", o.BlockSize, "Uncompressed bytes per SSTable block; larger compresses better.")
 	fs.IntVar(&o.NumCompactors, "store.num-compactors", o.NumCompactors, "Concurrent Badger compactions (at least 2).")
 	fs.Int64Var(&o.ValueLogFileSize, "store.value-log-file-size", o.ValueLogFileSize, "Bytes per Badger value-log file.")
-	fs.StringVar(&o.Compression, "store.compression", o.Compression, "SSTable block compression: zstd (smaller) or snappy (less CPU).")
+	fs.StringVar(&o.Compression, "store.compression", o.Compression, "SSTable block compression of keys, summaries and postings: snappy, zstd or none (span chunks are always Snappy-compressed).")
 	fs.DurationVar(&o.GCInterval, "store.gc-interval", o.GCInterval, "How often value-log garbage collection runs.")
 	fs.IntVar(&o.MaxTagKeys, "store.max-tag-keys", o.MaxTagKeys, "Distinct attribute keys remembered for the tag-name API.")
 	fs.IntVar(&o.MaxTagValuesPerKey, "store.max-tag-values", o.MaxTagValuesPerKey, "Distinct values remembered per attribute key (and operations per service).")
@@ -120,6 +124,9 @@ func (o Options) Validate() error {
 	if o.MemTableSize < 1<<20 {
 		errs = append(errs, fmt.Errorf("store memtable size %d is below 1 MiB", o.MemTableSize))
 	}
+	if o.BaseTableSize < 64<<10 {
+		errs = append(errs, fmt.Errorf("store base table size %d is below 64 KiB", o.BaseTableSize))
+	}
 	if o.NumMemtables < 1 {
 		errs = append(errs, errors.New("store needs at least one memtable"))
 	}
@@ -138,8 +145,8 @@ func (o Options) Validate() error {
 	if o.ValueLogFileSize < 1<<20 || o.ValueLogFileSize >= 2<<30 {
 		errs = append(errs, fmt.Errorf("store value-log file size %d must be between 1 MiB and 2 GiB", o.ValueLogFileSize))
 	}
-	if o.Compression != "zstd" && o.Compression != "snappy" {
-		errs = append(errs, fmt.Errorf("store compression %q is not zstd or snappy", o.Compression))
+	if o.Compression != "zstd" && o.Compression != "snappy" && o.Compression != "none" {
+		errs = append(errs, fmt.Errorf("store compression %q is not zstd, snappy or none", o.Compression))
 	}
 	if o.GCInterval <= 0 {
 		errs = append(errs, errors.New("store value-log GC interval must be positive"))
@@ -154,14 +161,18 @@ func (o Options) Validate() error {
 // (where the block compressor sees them) rather than the value log.
 func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options {
 	compression := options.ZSTD
-	if o.Compression == "snappy" {
+	switch o.Compression {
+	case "snappy":
 		compression = options.Snappy
+	case "none":
+		compression = options.None
 	}
 	return badger.DefaultOptions(dir).
 		WithLogger(logger).
 		WithSyncWrites(o.SyncWrites).
 		WithMemTableSize(o.MemTableSize).
 		WithNumMemtables(o.NumMemtables).
+		WithBaseTableSize(o.BaseTableSize).
 		// Four L0 tables before compacting into L1: every L0 table spans
 		// the whole key range (summaries are keyed by random trace IDs),
 		// so each L0 compaction rewrites all of L1, and doing it every

@@ -272,11 +272,11 @@ type preparer struct {
 	trace      int32           // number of the trace being prepared, from 1
 	high       map[string]bool // high-cardinality keys when the batch started
 
-	buf, val, bodies []byte // scratch
-	stripped         tracepb.Span
-	resHash          map[*span.Resource]uint64
-	resPostings      map[*span.Resource][]int32
-	scHash           map[*span.Scope]uint64
+	buf, val, bodies, chunk []byte // scratch
+	stripped                tracepb.Span
+	resHash                 map[*span.Resource]uint64
+	resPostings             map[*span.Resource][]int32
+	scHash                  map[*span.Scope]uint64
 }
 
 func newPreparer(s *Store) *preparer {
@@ -515,7 +515,9 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 			size += len(entries[n].body)
 			n++
 		}
-		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), appendChunk(make([]byte, 0, size+32*n+64), entries[:n])})
+		plain := appendChunk(p.chunk[:0], entries[:n])
+		p.chunk = plain
+		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), compressChunk(plain)})
 		entries = entries[n:]
 	}
 	return pt, nil
