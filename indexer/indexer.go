@@ -99,6 +99,7 @@ type Indexer struct {
 	log     *slog.Logger
 	m       *metrics
 	ex      *exemplarState
+	decoder span.Decoder // shares resources and scopes between decoded records
 
 	mu        sync.Mutex
 	traces    map[span.TraceID]*pending // assembling
@@ -245,7 +246,7 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		return
 	}
 	// Other records may mix traces: decode, regroup, re-encode.
-	spans, err := span.DecodeTraces(r.Value)
+	spans, err := ix.decoder.DecodeTraces(r.Value)
 	if err != nil {
 		ix.badRecord(r, err)
 		return
@@ -296,7 +297,7 @@ func keyTraceID(key []byte) (span.TraceID, bool) {
 // record keyed by one trace ID that carries others is counted, not trusted).
 func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk, into []span.Span) []span.Span {
 	for _, c := range chunks {
-		spans, err := span.DecodeTraces(c.data)
+		spans, err := ix.decoder.DecodeTraces(c.data)
 		if err != nil {
 			ix.m.badRecords.Inc()
 			ix.log.Warn("skipping undecodable spans", "trace_id", id.String(), "err", err)

@@ -15,8 +15,10 @@ import (
 //
 // Records are decoded by hand first (fastdecode.go); proto.Unmarshal handles
 // what that path leaves to it.
-func DecodeTraces(data []byte) ([]Span, error) {
-	if spans, ok := decodeTracesFast(data); ok {
+func DecodeTraces(data []byte) ([]Span, error) { return decodeTraces(data, nil) }
+
+func decodeTraces(data []byte, cache *Decoder) ([]Span, error) {
+	if spans, ok := decodeTracesFast(data, cache); ok {
 		return spans, nil
 	}
 	var td tracepb.TracesData

@@ -1,7 +1,9 @@
 package span
 
 import (
+	"encoding/binary"
 	"math"
+	"sync"
 	"unicode/utf8"
 	"unsafe"
 
@@ -81,12 +83,14 @@ type fastDecoder struct {
 	dblVals  slab[commonpb.AnyValue_DoubleValue]
 	boolVals slab[commonpb.AnyValue_BoolValue]
 	out      []Span
+	cache    *Decoder // nil: no sharing between records
 }
 
 // decodeTracesFast decodes data, or reports false when the fast path does
-// not apply (see above).
-func decodeTracesFast(data []byte) ([]Span, bool) {
-	d := &fastDecoder{buf: append([]byte(nil), data...)}
+// not apply (see above). cache, when not nil, shares resources and scopes
+// with earlier records.
+func decodeTracesFast(data []byte, cache *Decoder) ([]Span, bool) {
+	d := &fastDecoder{buf: append([]byte(nil), data...), cache: cache}
 	b := d.buf
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -184,9 +188,11 @@ func wireBytes(b []byte) []byte {
 }
 
 func (d *fastDecoder) resourceSpans(b []byte) bool {
-	res := &Resource{}
-	var scopes [][]byte
-	sawRes := false
+	var (
+		resBytes, schema []byte
+		scopes           [][]byte
+		sawRes           bool
+	)
 	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
 		if typ != protowire.BytesType {
 			return false
@@ -196,22 +202,33 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 			if sawRes {
 				return false
 			}
-			sawRes = true
-			res.Resource = &resourcepb.Resource{}
-			res.Encoded = wireBytes(bs)
-			return d.resource(res.Resource, bs)
+			sawRes, resBytes = true, wireBytes(bs)
 		case 2:
 			scopes = append(scopes, bs)
-			return true
 		case 3:
-			s, ok := wireString(bs)
-			res.SchemaURL = s
-			return ok
+			schema = bs
+		default:
+			return false
 		}
-		return false
+		return true
 	})
 	if !ok {
 		return false
+	}
+	res := d.cache.resource(resBytes, schema)
+	if res == nil {
+		s, ok := wireString(schema)
+		if !ok {
+			return false
+		}
+		res = &Resource{SchemaURL: s}
+		if sawRes {
+			res.Resource, res.Encoded = &resourcepb.Resource{}, resBytes
+			if !d.resource(res.Resource, resBytes) {
+				return false
+			}
+		}
+		d.cache.putResource(resBytes, schema, res, len(d.buf))
 	}
 	for _, sb := range scopes {
 		if !d.scopeSpans(res, sb) {
@@ -244,9 +261,11 @@ func (d *fastDecoder) resource(r *resourcepb.Resource, b []byte) bool {
 }
 
 func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
-	sc := &Scope{}
-	var spans [][]byte
-	sawScope := false
+	var (
+		scBytes, schema []byte
+		spans           [][]byte
+		sawScope        bool
+	)
 	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
 		if typ != protowire.BytesType {
 			return false
@@ -256,22 +275,33 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 			if sawScope {
 				return false
 			}
-			sawScope = true
-			sc.Scope = &commonpb.InstrumentationScope{}
-			sc.Encoded = wireBytes(bs)
-			return d.scope(sc.Scope, bs)
+			sawScope, scBytes = true, wireBytes(bs)
 		case 2:
 			spans = append(spans, bs)
-			return true
 		case 3:
-			s, ok := wireString(bs)
-			sc.SchemaURL = s
-			return ok
+			schema = bs
+		default:
+			return false
 		}
-		return false
+		return true
 	})
 	if !ok {
 		return false
+	}
+	sc := d.cache.scope(scBytes, schema)
+	if sc == nil {
+		s, ok := wireString(schema)
+		if !ok {
+			return false
+		}
+		sc = &Scope{SchemaURL: s}
+		if sawScope {
+			sc.Scope, sc.Encoded = &commonpb.InstrumentationScope{}, scBytes
+			if !d.scope(sc.Scope, scBytes) {
+				return false
+			}
+		}
+		d.cache.putScope(scBytes, schema, sc, len(d.buf))
 	}
 	for _, sb := range spans {
 		sp := d.spans.one()
@@ -550,4 +580,83 @@ func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) b
 		i++
 		return d.keyValue(kv, bs, depth)
 	})
+}
+
+// Decoder decodes trace records like DecodeTraces and shares decoded
+// resources and scopes between them. A service sends the same resource
+// (a dozen attributes) and scope in every record, one record per trace, so
+// decoding them once saves a sixth of the decode, and spans of different
+// traces then point at one *Resource, which stores use to encode and hash
+// it once per batch. Shared values must not be changed. A Decoder is safe
+// for concurrent use; the zero value is ready.
+type Decoder struct {
+	mu     sync.Mutex
+	res    map[string]*Resource
+	scopes map[string]*Scope
+	key    []byte // scratch, under mu
+}
+
+const (
+	// maxDecoderEntries bounds each of a Decoder's maps; a full map starts
+	// over.
+	maxDecoderEntries = 1024
+	// maxSharedRecord is the largest record whose resources and scopes are
+	// shared: a shared value keeps its record's bytes alive.
+	maxSharedRecord = 64 << 10
+)
+
+// DecodeTraces is DecodeTraces, sharing resources and scopes.
+func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) { return decodeTraces(data, c) }
+
+// cacheKey builds the lookup key of a message and schema URL in c.key.
+// present tells an absent message (nil Resource) from an empty one.
+func (c *Decoder) cacheKey(msg, schema []byte) []byte {
+	c.key = binary.AppendUvarint(c.key[:0], uint64(len(schema)))
+	c.key = append(c.key, schema...)
+	if msg != nil {
+		c.key = append(c.key, 1)
+	}
+	return append(c.key, msg...)
+}
+
+func (c *Decoder) resource(msg, schema []byte) *Resource {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.res[string(c.cacheKey(msg, schema))]
+}
+
+func (c *Decoder) putResource(msg, schema []byte, r *Resource, recordLen int) {
+	if c == nil || recordLen > maxSharedRecord {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.res == nil || len(c.res) >= maxDecoderEntries {
+		c.res = make(map[string]*Resource, 64)
+	}
+	c.res[string(c.cacheKey(msg, schema))] = r
+}
+
+func (c *Decoder) scope(msg, schema []byte) *Scope {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.scopes[string(c.cacheKey(msg, schema))]
+}
+
+func (c *Decoder) putScope(msg, schema []byte, s *Scope, recordLen int) {
+	if c == nil || recordLen > maxSharedRecord {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.scopes == nil || len(c.scopes) >= maxDecoderEntries {
+		c.scopes = make(map[string]*Scope, 64)
+	}
+	c.scopes[string(c.cacheKey(msg, schema))] = s
 }

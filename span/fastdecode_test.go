@@ -17,7 +17,7 @@ import (
 // URLs included. It returns whether the fast path took the input.
 func requireSameAsProto(t *testing.T, data []byte) bool {
 	t.Helper()
-	fast, ok := decodeTracesFast(data)
+	fast, ok := decodeTracesFast(data, nil)
 	var td tracepb.TracesData
 	err := proto.Unmarshal(data, &td)
 	if !ok {
@@ -193,12 +193,22 @@ func FuzzDecodeTraces(f *testing.F) {
 	f.Add(withInvalidUTF8(f, bad))
 	f.Add([]byte{0x0a, 0x02, 0x12, 0x00})
 	f.Add([]byte{0x0a, 0x04, 0x12, 0x02, 0x12, 0x00})
+	var dec Decoder // shared across inputs, as the indexer shares one
 	f.Fuzz(func(t *testing.T, data []byte) {
 		requireSameAsProto(t, data)
-		_, err := DecodeTraces(data) // must not panic, whatever the input
+		got, err := dec.DecodeTraces(data) // must not panic, whatever the input
 		var td tracepb.TracesData
 		if proto.Unmarshal(data, &td) == nil {
 			require.NoError(t, err)
+			want := FromTracesData(&td)
+			require.Len(t, got, len(want))
+			for i := range want {
+				require.True(t, proto.Equal(want[i].Span, got[i].Span))
+				require.True(t, proto.Equal(want[i].Resource.Resource, got[i].Resource.Resource))
+				require.True(t, proto.Equal(want[i].Scope.Scope, got[i].Scope.Scope))
+				require.Equal(t, want[i].Resource.SchemaURL, got[i].Resource.SchemaURL)
+				require.Equal(t, want[i].Scope.SchemaURL, got[i].Scope.SchemaURL)
+			}
 		}
 	})
 }
@@ -231,4 +241,47 @@ func BenchmarkDecodeTraces(b *testing.B) {
 			reportSpans(b, spans, cpu0)
 		})
 	}
+}
+
+// TestDecoderSharesResources: records decoded by one Decoder share equal
+// resources and scopes, and only equal ones; what they decode to is still
+// what proto.Unmarshal gives.
+func TestDecoderSharesResources(t *testing.T) {
+	var dec Decoder
+	rec := func(service, schema string, withResource bool) []byte {
+		rs := &tracepb.ResourceSpans{SchemaUrl: schema, ScopeSpans: []*tracepb.ScopeSpans{{
+			Scope: mkScope("lib"), Spans: []*tracepb.Span{mkSpan(tid(1), sid(1), "op")},
+		}}}
+		if withResource {
+			rs.Resource = mkResource(service)
+		}
+		return marshal(t, &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{rs}})
+	}
+	decode := func(data []byte) Span {
+		t.Helper()
+		spans, err := dec.DecodeTraces(data)
+		require.NoError(t, err)
+		require.Len(t, spans, 1)
+		var td tracepb.TracesData
+		require.NoError(t, proto.Unmarshal(data, &td))
+		want := FromTracesData(&td)[0]
+		require.True(t, proto.Equal(want.Resource.Resource, spans[0].Resource.Resource))
+		require.Equal(t, want.Resource.Resource == nil, spans[0].Resource.Resource == nil)
+		require.Equal(t, want.Resource.SchemaURL, spans[0].Resource.SchemaURL)
+		require.True(t, proto.Equal(want.Scope.Scope, spans[0].Scope.Scope))
+		return spans[0]
+	}
+	a := decode(rec("checkout", "s1", true))
+	b := decode(rec("checkout", "s1", true))
+	require.Same(t, a.Resource, b.Resource, "the same resource is decoded once")
+	require.Same(t, a.Scope, b.Scope)
+	require.NotSame(t, a.Span, b.Span, "spans are never shared")
+	require.NotSame(t, a.Resource, decode(rec("payment", "s1", true)).Resource)
+	require.NotSame(t, a.Resource, decode(rec("checkout", "s2", true)).Resource)
+	none := decode(rec("", "s1", false))
+	require.Nil(t, none.Resource.Resource)
+	empty := decode(marshal(t, &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{Resource: &resourcepb.Resource{}, SchemaUrl: "s1",
+		ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{mkSpan(tid(1), sid(1), "op")}}}}}}))
+	require.NotNil(t, empty.Resource.Resource, "an empty resource is not an absent one")
+	require.NotSame(t, none.Resource, empty.Resource)
 }
