@@ -25,8 +25,9 @@ type rawRequest struct {
 
 // rawCodec is the server codec: *rawRequest passes through as bytes, every
 // other message goes to gRPC's standard proto codec, so proto services (such
-// as health) can share the server.
-type rawCodec struct{}
+// as health) can share the server. pool is the server's buffer pool, which
+// also holds requests that arrive in several buffers.
+type rawCodec struct{ pool mem.BufferPool }
 
 var _ encoding.CodecV2 = rawCodec{}
 
@@ -45,7 +46,11 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if r, ok := v.(*rawRequest); ok {
 		// gRPC frees data when Unmarshal returns; MaterializeToBuffer takes
 		// our own reference (a single-buffer message is not copied).
-		r.buf = data.MaterializeToBuffer(mem.DefaultBufferPool())
+		pool := c.pool
+		if pool == nil {
+			pool = mem.DefaultBufferPool()
+		}
+		r.buf = data.MaterializeToBuffer(pool)
 		return nil
 	}
 	return c.protoCodec().Unmarshal(data, v)

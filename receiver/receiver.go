@@ -35,6 +35,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	_ "google.golang.org/grpc/encoding/gzip" // OTLP exporters may gzip requests; registering the compressor accepts them.
+	"google.golang.org/grpc/experimental"
 
 	"github.com/threadline/threadline/span"
 )
@@ -164,8 +165,10 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		}
 	}
 
+	pool := &bufferPool{}
 	r.grpcServer = grpc.NewServer(
-		grpc.ForceServerCodecV2(rawCodec{}),
+		grpc.ForceServerCodecV2(rawCodec{pool: pool}),
+		experimental.BufferPool(pool),
 		// gRPC enforces this after decompression too and answers
 		// RESOURCE_EXHAUSTED itself, as the spec expects.
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
