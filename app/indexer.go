@@ -172,7 +172,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		Stages:   []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}},
 		Decider:  decider,
 		Observer: redStore,
-		Logs:     logSink{logStore},
+		Logs:     logStore,
 		Metrics:  metricStore,
 		Alerting: alertingMetrics,
 		Fetcher:  fetcher,
@@ -242,10 +242,3 @@ func (i *Indexer) Run(ctx context.Context) error {
 type skewStage struct{ adj clockskew.Adjuster }
 
 func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }
-
-// logSink joins the log store and its level policy for the indexer.
-type logSink struct{ *logstore.Store }
-
-func (l logSink) Keep(service string, severity int32, traceKept, hasTrace bool, now time.Time) bool {
-	return l.Policy().Keep(service, severity, traceKept, hasTrace, now)
-}

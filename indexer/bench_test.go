@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
@@ -22,6 +23,7 @@ import (
 	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/logstore"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
@@ -166,6 +168,82 @@ func BenchmarkAssembleSkewSample(b *testing.B) {
 	if bad := counterValue(b, ix.m.badSpans); bad > 0 {
 		b.Fatalf("%v spans did not match their record's trace ID", bad)
 	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkLogIngest feeds log records (10 WARN/ERROR lines of one trace
+// each, the way the collector keys them) through the indexer into a real
+// log store (Bleve + Badger in a temp dir), and reports lines/s per core.
+func BenchmarkLogIngest(b *testing.B) {
+	logs, err := logstore.Open(b.TempDir(), slog.New(slog.DiscardHandler), nil, logstore.DefaultOptions())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logs.Close()
+	dec, err := sampling.NewTailSampler(sampling.DefaultConfig(), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.DecisionWait = 20 * time.Millisecond
+	ix, err := New(cfg, Parts{Store: discardWriter{}, Decider: dec, Logs: logs}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ix.Run(ctx) }()
+
+	const linesPerTrace, batch = 10, 100
+	words := []string{"connection", "refused", "cart", "payment", "retry", "timeout", "inventory", "cache", "slow", "query"}
+	now := time.Now()
+	record := func(n int) *kgo.Record {
+		var id span.TraceID
+		binary.BigEndian.PutUint64(id[:8], uint64(n)+1)
+		var lrs []*logspb.LogRecord
+		for i := range linesPerTrace {
+			k := n*linesPerTrace + i
+			lrs = append(lrs, &logspb.LogRecord{
+				TimeUnixNano:   uint64(now.Add(time.Duration(k) * time.Microsecond).UnixNano()),
+				SeverityNumber: logspb.SeverityNumber_SEVERITY_NUMBER_WARN + logspb.SeverityNumber(4*(k%2)),
+				TraceId:        id[:], SpanId: []byte{7: byte(i + 1)},
+				Body:       &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("%s %s for order %d took %dms", words[k%10], words[(k/3)%10], k, k%997)}},
+				Attributes: []*commonpb.KeyValue{{Key: "http.route", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "/api/" + words[k%10]}}}},
+			})
+		}
+		ld := &logspb.LogsData{ResourceLogs: []*logspb.ResourceLogs{{
+			Resource:  &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: "checkout"}}}}},
+			ScopeLogs: []*logspb.ScopeLogs{{LogRecords: lrs}},
+		}}}
+		v, _ := proto.Marshal(ld)
+		return &kgo.Record{Topic: cfg.LogsTopic, Key: id.AppendHex(nil), Value: v, Offset: int64(n)}
+	}
+	ledger := bus.NewLedger()
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0, wall0 := cpuTime(), time.Now()
+	traces := 0
+	for i := 0; b.Loop(); i++ {
+		recs := make([]*kgo.Record, batch)
+		tickets := make([]*bus.Ticket, batch)
+		for j := range recs {
+			recs[j] = record(i*batch + j)
+			tickets[j] = ledger.Begin(recs[j])
+		}
+		ix.HandleRecords(ctx, recs, tickets)
+		traces += batch
+	}
+	want := float64(traces * linesPerTrace)
+	for counterValue(b, ix.m.logLines.WithLabelValues("stored")) < want {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	cpu, wall := cpuTime()-cpu0, time.Since(wall0)
+	b.ReportMetric(want/wall.Seconds(), "lines/s")
+	b.ReportMetric(want/cpu.Seconds(), "lines/s/core")
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)

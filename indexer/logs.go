@@ -98,11 +98,25 @@ func skewOffsets(spans []span.Span) map[clockskew.Instance]time.Duration {
 	return out
 }
 
+// Log lines are written in batches: every Write is a Bleve segment (and a
+// Badger transaction), and a job holds one trace's few lines, so writing
+// each job alone made segments of a dozen documents that Bleve then spent
+// most of its time merging. A batch closes at logBatchLines lines or
+// logBatchWait after its first job.
+const (
+	logBatchLines = 2000
+	logBatchWait  = 100 * time.Millisecond
+)
+
 // logLoop filters and stores log lines. A failed write is retried until it
 // succeeds; the lines' records stay uncommitted meanwhile.
 func (ix *Indexer) logLoop() {
-	for j := range ix.logWrites {
-		recs := ix.logRecords(j)
+	var (
+		recs    []logstore.Record
+		tickets []*bus.Ticket
+		pending bool // a job is in the batch (its lines may all be filtered out)
+	)
+	flush := func() {
 		for attempt := 0; len(recs) > 0; attempt++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err := ix.logs.Write(ctx, recs)
@@ -115,8 +129,41 @@ func (ix *Indexer) logLoop() {
 			ix.log.Error("write logs failed; retrying", "lines", len(recs), "attempt", attempt+1, "err", err)
 			time.Sleep(min(time.Duration(attempt+1)*200*time.Millisecond, 5*time.Second))
 		}
-		for _, t := range j.tickets {
+		for _, t := range tickets {
 			t.Release()
+		}
+		clear(recs) // drop references for the GC
+		recs, tickets, pending = recs[:0], tickets[:0], false
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var (
+			j  logJob
+			ok bool
+		)
+		if !pending {
+			j, ok = <-ix.logWrites
+		} else {
+			select {
+			case j, ok = <-ix.logWrites:
+			case <-timer.C:
+				flush()
+				continue
+			}
+		}
+		if !ok {
+			flush()
+			return
+		}
+		if !pending {
+			timer.Reset(logBatchWait)
+			pending = true
+		}
+		recs = append(recs, ix.logRecords(j)...)
+		tickets = append(tickets, j.tickets...)
+		if len(recs) >= logBatchLines {
+			flush()
 		}
 	}
 }

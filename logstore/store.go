@@ -148,6 +148,11 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 // Policy returns the level policy the indexer applies before Write.
 func (s *Store) Policy() *Policy { return s.policy }
 
+// Keep reports whether the store's level policy keeps a line (Policy.Keep).
+func (s *Store) Keep(service string, severity int32, traceKept, hasTrace bool, now time.Time) bool {
+	return s.policy.Keep(service, severity, traceKept, hasTrace, now)
+}
+
 // Write stores records. Records already past retention are skipped. A
 // record without a trace ID is only indexed in Bleve. Writing the same
 // record twice leaves one copy.
