@@ -58,7 +58,7 @@ lint:
 
 ## bench: collector ingest and end-to-end throughput, plus the package benchmarks.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./span/ ./index/ ./receiver/ ./clockskew/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./span/ ./index/ ./receiver/ ./clockskew/ ./indexer/ ./logstore/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v ./bench/
 
 ## proto: regenerate the indexer read API (installs Debian's protoc if missing).
