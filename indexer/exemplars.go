@@ -371,8 +371,8 @@ func (ix *Indexer) applyPins(now time.Time) {
 // rememberDropped notes where a dropped trace's span records are, for a
 // refetch if an exemplar names it within the lookback.
 func (ix *Indexer) rememberDropped(id span.TraceID, tickets []*bus.Ticket) {
-	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil {
-		return
+	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil || ix.ex.alerting == nil {
+		return // without alerting metrics no exemplar can ask for it
 	}
 	ex := ix.ex
 	now := time.Now().UnixNano()
