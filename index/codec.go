@@ -218,16 +218,9 @@ func appendChunk(dst []byte, entries []chunkEntry) []byte {
 	return dst
 }
 
-// chunkSnappy heads a chunk value compressed as a whole: the byte, then the
-// Snappy block of the plain chunk (which starts with valueVersion).
-//
-// Chunks are compressed once, when written, rather than by Badger's block
-// compression at every flush and compaction. Badger sizes tables by their
-// compressed bytes and builds each one in memory, so with compressible
-// values a table builder held about five times the table size, and its
-// pooled allocators (up to eight per database, never shrunk) kept about a
-// gigabyte live under load. Per-chunk Snappy stores a 5-span trace in about
-// a third of its plain size.
+// chunkSnappy heads a chunk value compressed alone: the byte, then the
+// Snappy block of the plain chunk (which starts with valueVersion). Chunks
+// written before the store has its dictionary take this form (dict.go).
 const chunkSnappy byte = 2
 
 // compressChunk compresses a plain chunk value.
@@ -238,17 +231,15 @@ func compressChunk(plain []byte) []byte {
 	return buf[:1+len(enc)]
 }
 
-// walkChunk calls fn for every span of a chunk value, in stored order; body
-// aliases b (or, for a compressed chunk, its decompressed copy). Callers
-// that only need the span IDs never parse a body.
-func walkChunk(b []byte, fn func(e chunkEntry) error) error {
+// walkChunk calls fn for every span of a chunk value of any kind, in
+// stored order; body aliases b or its decompressed copy. dicts resolves
+// dictionary-compressed chunks (nil: none known). Callers that only need the
+// span IDs never parse a body.
+func walkChunk(b []byte, dicts *chunkDicts, fn func(e chunkEntry) error) error {
 	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
-	if len(b) > 0 && b[0] == chunkSnappy {
-		plain, err := s2.Decode(nil, b[1:])
-		if err != nil {
-			return bad(err.Error())
-		}
-		b = plain
+	b, err := dicts.plain(b)
+	if err != nil {
+		return err
 	}
 	if len(b) == 0 || b[0] != valueVersion {
 		return bad("bad header")

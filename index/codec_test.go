@@ -52,8 +52,9 @@ func FuzzWalkChunk(f *testing.F) {
 	f.Add([]byte("\xffgarbage"))
 	f.Add(compressChunk(chunkOf(f, fixture()[1])))
 	f.Add([]byte{chunkSnappy, 0x05, 0x00})
+	f.Add([]byte{chunkDictS2, 0x01, 0x05, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		err := walkChunk(b, func(e chunkEntry) error {
+		err := walkChunk(b, nil, func(e chunkEntry) error {
 			sp, err := decodeSpanBody(e.body, tr.ID, e.sid)
 			if err == nil {
 				require.Equal(t, e.sid[:], sp.SpanId)
@@ -92,19 +93,19 @@ func TestChunkRoundTrip(t *testing.T) {
 		packed := compressChunk(plain)
 		require.Less(t, len(packed), len(plain), "the chunk compresses")
 		for _, value := range [][]byte{plain, packed} {
-			requireChunkMatches(t, kt, value)
+			requireChunkMatches(t, kt, value, nil)
 		}
 	}
 }
 
 // requireChunkMatches walks a chunk value, plain or compressed, and checks
 // it holds kt's spans.
-func requireChunkMatches(t *testing.T, kt KeptTrace, value []byte) {
+func requireChunkMatches(t *testing.T, kt KeptTrace, value []byte, dicts *chunkDicts) {
 	t.Helper()
 	{
 		var got []*tracepb.Span
 		var hashes []uint64
-		require.NoError(t, walkChunk(value, func(e chunkEntry) error {
+		require.NoError(t, walkChunk(value, dicts, func(e chunkEntry) error {
 			sp, err := decodeSpanBody(e.body, kt.Trace.ID, e.sid)
 			got = append(got, sp)
 			hashes = append(hashes, e.res, e.scope)

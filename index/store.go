@@ -52,6 +52,7 @@ type Store struct {
 	lists   *listCache
 	blobs   *blobCache
 	card    *cardinality
+	dicts   *chunkDicts
 	writeMu sync.Mutex // serialises commits, see writeTraces
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
@@ -100,6 +101,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		lists:  newListCache(opts.Retention),
 		blobs:  &blobCache{refresh: opts.Retention / 2, written: map[uint64]time.Time{}},
 		card:   newCardinality(opts.MaxIndexedValuesPerKey, opts.Retention),
+		dicts:  &chunkDicts{},
 		stop:   make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
@@ -188,6 +190,9 @@ func (s *Store) DiskBytes() int64 {
 // keys that stopped being indexed stay unindexed.
 func (s *Store) load() error {
 	return s.db.View(func(txn *badger.Txn) error {
+		if err := s.dicts.load(txn); err != nil {
+			return err
+		}
 		now := time.Now()
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixHighCard}})
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -10,6 +10,7 @@ package index
 //	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
 //	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
 //	0x04 seq[8] tid[16] chunk[8]     -> span chunk: spans of one write, see below
+//	0x05 id[4]                       -> chunk compression dictionary, no TTL (dict.go)
 //	0x10 lv(service) F               -> service posting fragment
 //	0x11 lv(service) lv(span name) F -> operation posting fragment (one span has both)
 //	0x12 lv(span name) F             -> span-name posting fragment
@@ -91,6 +92,7 @@ const (
 	prefixBlob       byte = 0x02
 	prefixSeq        byte = 0x03
 	prefixChunk      byte = 0x04
+	prefixDict       byte = 0x05
 	prefixSvcPost    byte = 0x10
 	prefixOpPost     byte = 0x11
 	prefixNamePost   byte = 0x12
@@ -251,6 +253,16 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 			s.blobs.mark(beUint64(b.k[2:]), now)
 		}
 	}
+	if p.train {
+		// Later chunks compress against the dictionary; until then they
+		// are Snappy chunks, and a failure only postpones it.
+		persist := func(id uint32, dict []byte) error {
+			return s.db.Update(func(txn *badger.Txn) error { return txn.Set(dictKey(id), dict) })
+		}
+		if err := s.dicts.trainAndStore(persist); err != nil {
+			s.logger.Warn("could not build the chunk dictionary; chunks stay Snappy-compressed", "err", err)
+		}
+	}
 	return nSpans, nil
 }
 
@@ -273,6 +285,7 @@ type preparer struct {
 	high       map[string]bool // high-cardinality keys when the batch started
 
 	buf, val, bodies, chunk []byte // scratch
+	train                   bool   // enough chunk samples to train the dictionary
 	stripped                tracepb.Span
 	resHash                 map[*span.Resource]uint64
 	resPostings             map[*span.Resource][]int32
@@ -517,7 +530,10 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		}
 		plain := appendChunk(p.chunk[:0], entries[:n])
 		p.chunk = plain
-		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), compressChunk(plain)})
+		if s.dicts.sample(plain) {
+			p.train = true
+		}
+		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), s.dicts.compress(plain)})
 		entries = entries[n:]
 	}
 	return pt, nil
@@ -574,7 +590,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		var stored map[span.SpanID]bool
 		if found {
 			// Only a trace written before can already hold the spans.
-			if stored, err = storedSpanIDs(txn, chunkPrefix(merged.Seq, pt.id)); err != nil {
+			if stored, err = storedSpanIDs(txn, s.dicts, chunkPrefix(merged.Seq, pt.id)); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
@@ -691,13 +707,13 @@ func fragmentID(val []byte) uint64 {
 
 // storedSpanIDs returns the IDs of the spans in the chunks under prefix
 // (chunkPrefix), parsing no span.
-func storedSpanIDs(txn *badger.Txn, prefix []byte) (map[span.SpanID]bool, error) {
+func storedSpanIDs(txn *badger.Txn, dicts *chunkDicts, prefix []byte) (map[span.SpanID]bool, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
 	out := map[span.SpanID]bool{}
 	for it.Rewind(); it.Valid(); it.Next() {
 		err := it.Item().Value(func(v []byte) error {
-			return walkChunk(v, func(e chunkEntry) error {
+			return walkChunk(v, dicts, func(e chunkEntry) error {
 				out[e.sid] = true
 				return nil
 			})
