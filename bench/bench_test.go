@@ -138,7 +138,7 @@ func BenchmarkCollectorIngest(b *testing.B) {
 	require.NoError(b, err)
 	emb := bus.DefaultEmbeddedConfig()
 	emb.Addr, emb.DataDir, emb.SyncWrites = "127.0.0.1:0", b.TempDir(), false
-	broker, err := bus.StartEmbedded(context.Background(), emb, []string{"otlp_spans", "otlp_logs", "otlp_metrics"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	broker, err := bus.StartEmbedded(context.Background(), emb, bus.DefaultConfig().Topics(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(b, err)
 	defer broker.Close()
 	grpcAddr, admin := freePort(b), freePort(b)

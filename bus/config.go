@@ -141,7 +141,7 @@ func (c *Config) Validate() error {
 
 // Topics returns every signal topic, in the order the indexer subscribes to
 // them: spans, logs, metrics and (unless disabled) exemplar links.
-func (c *Config) Topics() []string {
+func (c Config) Topics() []string {
 	ts := []string{c.TracesTopic, c.LogsTopic, c.MetricsTopic}
 	if c.ExemplarsTopic != "" {
 		ts = append(ts, c.ExemplarsTopic)

@@ -25,7 +25,7 @@ func TestDistributedRoles(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	emb := bus.DefaultEmbeddedConfig()
 	emb.Addr, emb.DataDir, emb.SyncWrites = "127.0.0.1:0", t.TempDir(), false
-	broker, err := bus.StartEmbedded(ctx, emb, []string{"otlp_spans", "otlp_logs", "otlp_metrics"}, quietLogger())
+	broker, err := bus.StartEmbedded(ctx, emb, bus.DefaultConfig().Topics(), quietLogger())
 	require.NoError(t, err)
 
 	var runs []func() error

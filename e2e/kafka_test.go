@@ -63,7 +63,7 @@ func TestKafkaRecordFormat(t *testing.T) {
 	// Use an external-style broker so the test can read the topic itself.
 	emb := bus.DefaultEmbeddedConfig()
 	emb.Addr, emb.DataDir, emb.SyncWrites, emb.Partitions = "127.0.0.1:0", t.TempDir(), false, 6
-	broker, err := bus.StartEmbedded(context.Background(), emb, []string{"otlp_spans", "otlp_logs", "otlp_metrics"}, quietLogger())
+	broker, err := bus.StartEmbedded(context.Background(), emb, bus.DefaultConfig().Topics(), quietLogger())
 	require.NoError(t, err)
 	defer broker.Close()
 	cfg.Collector.Kafka.Brokers = []string{broker.Addr()}
