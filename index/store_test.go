@@ -754,14 +754,14 @@ func TestWireDecodedResources(t *testing.T) {
 	want := fixture()[1]
 	wire, err := proto.Marshal(span.ToTracesData(want.Trace.Spans))
 	require.NoError(t, err)
-	spans, err := span.DecodeTraces(wire)
+	spans, err := new(span.Decoder).DecodeTraces(wire)
 	require.NoError(t, err)
 	require.NotNil(t, spans[0].Resource.Encoded, "the fast decoder keeps the received bytes")
 	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: span.Trace{ID: want.Trace.ID, Spans: spans}, Reasons: want.Reasons}}))
 	blobs := countKeys(t, st, []byte{prefixBlob})
 
 	// A second trace decoded separately (new *Resource values) adds no blob.
-	again, err := span.DecodeTraces(wire)
+	again, err := new(span.Decoder).DecodeTraces(wire)
 	require.NoError(t, err)
 	other := tid(9)
 	for _, s := range again {

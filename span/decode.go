@@ -7,18 +7,18 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// DecodeTraces decodes an encoded TracesData (a Kafka record value) into spans.
-// Records written by other producers, an OpenTelemetry Collector among them,
-// may carry invalid UTF-8 in string fields, which proto.Unmarshal rejects
-// outright; rather than lose the whole record, DecodeTraces replaces the bad
-// strings with U+FFFD (RepairUTF8TracesData) and decodes again.
+// DecodeTraces decodes an encoded TracesData (a Kafka record value) into
+// spans. Records written by other producers, an OpenTelemetry Collector
+// among them, may carry invalid UTF-8 in string fields, which
+// proto.Unmarshal rejects outright; rather than lose the whole record,
+// DecodeTraces replaces the bad strings with U+FFFD (RepairUTF8TracesData)
+// and decodes again.
 //
 // Records are decoded by hand first (fastdecode.go); proto.Unmarshal handles
-// what that path leaves to it.
-func DecodeTraces(data []byte) ([]Span, error) { return decodeTraces(data, nil) }
-
-func decodeTraces(data []byte, cache *Decoder) ([]Span, error) {
-	if spans, ok := decodeTracesFast(data, cache); ok {
+// what that path leaves to it. Resources and scopes are shared with the
+// records the Decoder decoded before.
+func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) {
+	if spans, ok := decodeTracesFast(data, c); ok {
 		return spans, nil
 	}
 	var td tracepb.TracesData

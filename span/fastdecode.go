@@ -582,8 +582,8 @@ func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) b
 	})
 }
 
-// Decoder decodes trace records like DecodeTraces and shares decoded
-// resources and scopes between them. A service sends the same resource
+// Decoder decodes trace records (DecodeTraces) and shares decoded resources
+// and scopes between them. A service sends the same resource
 // (a dozen attributes) and scope in every record, one record per trace, so
 // decoding them once saves a sixth of the decode, and spans of different
 // traces then point at one *Resource, which stores use to encode and hash
@@ -604,9 +604,6 @@ const (
 	// shared: a shared value keeps its record's bytes alive.
 	maxSharedRecord = 64 << 10
 )
-
-// DecodeTraces is DecodeTraces, sharing resources and scopes.
-func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) { return decodeTraces(data, c) }
 
 // cacheKey builds the lookup key of a message and schema URL in c.key.
 // present tells an absent message (nil Resource) from an empty one.

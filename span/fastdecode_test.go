@@ -143,7 +143,7 @@ func TestDecodeFastFallsBack(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			require.False(t, requireSameAsProto(t, data), "the fast path must leave this to proto.Unmarshal")
-			got, err := DecodeTraces(data)
+			got, err := new(Decoder).DecodeTraces(data)
 			var td tracepb.TracesData
 			if uerr := proto.Unmarshal(data, &td); uerr == nil {
 				require.NoError(t, err)
@@ -176,7 +176,7 @@ func appendNested(td, extra []byte) []byte {
 // caller reuses the record's buffer.
 func TestDecodeFastOwnsItsBytes(t *testing.T) {
 	data := marshal(t, everyField())
-	spans, err := DecodeTraces(data)
+	spans, err := new(Decoder).DecodeTraces(data)
 	require.NoError(t, err)
 	want := proto.Clone(spans[0].Span)
 	for i := range data {
@@ -218,7 +218,7 @@ func BenchmarkDecodeTraces(b *testing.B) {
 		name   string
 		decode func([]byte) ([]Span, error)
 	}{
-		{"fast", DecodeTraces},
+		{"fast", new(Decoder).DecodeTraces},
 		{"proto.Unmarshal", func(data []byte) ([]Span, error) {
 			var td tracepb.TracesData
 			err := proto.Unmarshal(data, &td)

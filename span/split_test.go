@@ -369,7 +369,7 @@ func TestSplitRepairsUTF8(t *testing.T) {
 			requireSplitMatches(t, &want, res)
 
 			// And DecodeTraces reads the unrepaired bytes.
-			spans, err := DecodeTraces(req)
+			spans, err := new(Decoder).DecodeTraces(req)
 			require.NoError(t, err)
 			require.Len(t, spans, 2)
 		})
@@ -389,13 +389,13 @@ func TestRepairUTF8NoChange(t *testing.T) {
 }
 
 func TestDecodeTraces(t *testing.T) {
-	spans, err := DecodeTraces(marshal(t, interleaved()))
+	spans, err := new(Decoder).DecodeTraces(marshal(t, interleaved()))
 	require.NoError(t, err)
 	require.Len(t, spans, 8)
 	require.Equal(t, "frontend", spans[0].ServiceName())
 	require.Equal(t, "backend", spans[7].ServiceName())
 
-	_, err = DecodeTraces([]byte{0x0a, 0x05, 0x01})
+	_, err = new(Decoder).DecodeTraces([]byte{0x0a, 0x05, 0x01})
 	require.ErrorContains(t, err, "decode traces")
 }
 
