@@ -1,5 +1,22 @@
 package alerting
 
+import "strings"
+
+// MetricFuncs are the functions a kind-metric rule's name may end in
+// ("latency:p99"), with the quantile each one takes (0 for none).
+var MetricFuncs = map[string]float64{"rate": 0, "count": 0, "avg": 0, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+// SplitMetricFunc splits a rule's metric name into the received metric's
+// name and the function applied to it ("" for none).
+func SplitMetricFunc(name string) (metric, fn string) {
+	if i := strings.LastIndexByte(name, ':'); i > 0 {
+		if _, ok := MetricFuncs[name[i+1:]]; ok {
+			return name[:i], name[i+1:]
+		}
+	}
+	return name, ""
+}
+
 // MetricRules answers, from loaded rules, whether a received metric series is
 // an alerting metric: some rule of kind metric evaluates it (its name, and
 // every matcher equal to the series' label). The indexer asks it for each
@@ -17,7 +34,9 @@ func NewMetricRules(groups []Group) *MetricRules {
 			if r.Expr.Kind != KindMetric {
 				continue
 			}
-			m.byName[r.Expr.Name] = append(m.byName[r.Expr.Name], r.Expr.Matchers)
+			// Exemplars name the received metric, not the rule's function of it.
+			name, _ := SplitMetricFunc(r.Expr.Name)
+			m.byName[name] = append(m.byName[name], r.Expr.Matchers)
 		}
 	}
 	return m

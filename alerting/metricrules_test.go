@@ -17,12 +17,14 @@ groups:
         expr: {kind: metric, name: queue.depth, op: ">", threshold: 100}
       - alert: NoRegion
         expr: {kind: metric, name: cache.misses, matchers: {region: ""}, op: ">", threshold: 1}
+      - alert: BankP99
+        expr: {kind: metric, name: "http.server.request.duration:p99", matchers: {service.name: bank-api}, op: ">", threshold: 2}
       - alert: CheckoutP99
         expr: {kind: red, service: checkout, signal: p99, op: ">", threshold: 500}
 `))
 	require.NoError(t, err)
 	m := NewMetricRules(groups)
-	require.Equal(t, 3, m.Len(), "red rules are not metric rules")
+	require.Equal(t, 4, m.Len(), "red rules are not metric rules")
 	for _, c := range []struct {
 		metric string
 		labels map[string]string
@@ -37,7 +39,24 @@ groups:
 		{"cache.misses", map[string]string{"region": "eu"}, false},
 		{"checkout", map[string]string{"service.name": "checkout"}, false},
 		{"unknown", nil, false},
+		// A rule over a function of a metric watches the metric itself.
+		{"http.server.request.duration", map[string]string{"service.name": "bank-api"}, true},
+		{"http.server.request.duration:p99", map[string]string{"service.name": "bank-api"}, false},
 	} {
 		require.Equal(t, c.want, m.Alerting(c.metric, c.labels), "%s %v", c.metric, c.labels)
+	}
+}
+
+func TestSplitMetricFunc(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"a":            {"a", ""},
+		"a:p99":        {"a", "p99"},
+		"a:rate":       {"a", "rate"},
+		"a:unknown":    {"a:unknown", ""},
+		":p99":         {":p99", ""},
+		"ns:a.b:count": {"ns:a.b", "count"},
+	} {
+		m, fn := SplitMetricFunc(in)
+		require.Equal(t, want, [2]string{m, fn}, in)
 	}
 }

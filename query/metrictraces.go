@@ -275,19 +275,6 @@ type metricSource struct{ a *API }
 
 var _ alerting.MetricSource = metricSource{}
 
-// metricFuncs are the functions a rule name may end in, with the quantile
-// each one takes (0 for none).
-var metricFuncs = map[string]float64{"rate": 0, "count": 0, "avg": 0, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-
-func splitMetricFunc(name string) (metric, fn string) {
-	if i := strings.LastIndexByte(name, ':'); i > 0 {
-		if _, ok := metricFuncs[name[i+1:]]; ok {
-			return name[:i], name[i+1:]
-		}
-	}
-	return name, ""
-}
-
 // QueryMetric fans QuerySeries (and QueryExemplars) out to every indexer.
 // A partial answer is an error, as for RED: a missing indexer's points would
 // read as a gap or a reset, and the engine keeps the alert's state on errors.
@@ -296,7 +283,7 @@ func (s metricSource) QueryMetric(ctx context.Context, name string, matchers map
 	if len(a.metricReaders) == 0 {
 		return nil, errMetricsDisabled
 	}
-	metric, fn := splitMetricFunc(name)
+	metric, fn := alerting.SplitMetricFunc(name)
 	// Look back one extra window so the first point in range has a
 	// predecessor to difference against.
 	lookback := start.Add(-max(end.Sub(start), time.Minute))
@@ -484,7 +471,7 @@ func seriesValues(ser *metricspb.Series, fn string) ([]alerting.MetricPoint, err
 		if kind != metricspb.Kind_KIND_HISTOGRAM {
 			return nil, fmt.Errorf("%s needs explicit histogram buckets; use :avg, :count or :rate", fn)
 		}
-		q := metricFuncs[fn]
+		q := alerting.MetricFuncs[fn]
 		for _, iv := range intervals(ser) {
 			if v, ok := bucketQuantile(q, iv.bounds, iv.buckets); ok {
 				out = append(out, alerting.MetricPoint{T: iv.t, Value: v})

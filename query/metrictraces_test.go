@@ -364,17 +364,3 @@ func TestBucketQuantile(t *testing.T) {
 	f(0.5, nil, []float64{3}, 0, false)
 	f(0.5, []float64{1}, []float64{3}, 0, false)
 }
-
-func TestSplitMetricFunc(t *testing.T) {
-	for in, want := range map[string][2]string{
-		"a":            {"a", ""},
-		"a:p99":        {"a", "p99"},
-		"a:rate":       {"a", "rate"},
-		"a:unknown":    {"a:unknown", ""},
-		":p99":         {":p99", ""},
-		"ns:a.b:count": {"ns:a.b", "count"},
-	} {
-		m, fn := splitMetricFunc(in)
-		require.Equal(t, want, [2]string{m, fn}, in)
-	}
-}
