@@ -26,6 +26,11 @@
 // span. A few lines without trace context (the kitchen's fryer readings
 // every few seconds, an occasional warning) exercise Threadline's policy
 // for traceless logs.
+//
+// Every instance also exports http.server.request.duration, recorded for
+// each SERVER span while it is current, so the histogram carries exemplars
+// naming real traces; the example alert rules watch the bank's, so
+// `make run` shows exemplar traces kept for that reason.
 package demo
 
 import (
@@ -41,6 +46,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -197,6 +203,9 @@ func (e *emitter) emit(ctx context.Context, s *step) {
 	ctx, span := tracer.Start(ctx, s.name, opts...)
 	s.sc = span.SpanContext()
 	e.stats.spans++
+	if s.kind == trace.SpanKindServer {
+		s.inst.serverDuration.Record(ctx, (s.end - s.start).Seconds(), metric.WithAttributes(httpMetricAttrs(s.attrs)...))
+	}
 
 	for _, ev := range s.events {
 		span.AddEvent(ev.name, trace.WithTimestamp(e.at(s.inst, ev.at)), trace.WithAttributes(ev.attrs...))
@@ -221,6 +230,19 @@ func (e *emitter) emit(ctx context.Context, s *step) {
 		e.emit(ctx, c)
 	}
 	span.End(trace.WithTimestamp(e.at(s.inst, s.end)))
+}
+
+// httpMetricAttrs picks the request-duration metric's attributes out of a
+// SERVER span's: low-cardinality ones only, as otelhttp does.
+func httpMetricAttrs(attrs []attribute.KeyValue) []attribute.KeyValue {
+	var out []attribute.KeyValue
+	for _, a := range attrs {
+		switch a.Key {
+		case "http.request.method", "http.route", "http.response.status_code":
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // background emits the log lines that belong to no request: every few

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace"
 	collectorlogspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	collectormetricspb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	collectortracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
@@ -32,9 +33,24 @@ func TestMain(m *testing.M) {
 // request.
 type receiver struct {
 	collectortracepb.UnimplementedTraceServiceServer
+	mu      sync.Mutex
+	reqs    []*collectortracepb.ExportTraceServiceRequest
+	logs    logReceiver
+	metrics metricReceiver
+}
+
+// metricReceiver is the receiver's MetricsService.
+type metricReceiver struct {
+	collectormetricspb.UnimplementedMetricsServiceServer
 	mu   sync.Mutex
-	reqs []*collectortracepb.ExportTraceServiceRequest
-	logs logReceiver
+	reqs []*collectormetricspb.ExportMetricsServiceRequest
+}
+
+func (r *metricReceiver) Export(_ context.Context, req *collectormetricspb.ExportMetricsServiceRequest) (*collectormetricspb.ExportMetricsServiceResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs = append(r.reqs, proto.CloneOf(req))
+	return &collectormetricspb.ExportMetricsServiceResponse{}, nil
 }
 
 // logReceiver is the receiver's LogsService; a type of its own because
@@ -67,6 +83,7 @@ func startReceiver(t *testing.T) (*receiver, string) {
 	gs := grpc.NewServer()
 	collectortracepb.RegisterTraceServiceServer(gs, r)
 	collectorlogspb.RegisterLogsServiceServer(gs, &r.logs)
+	collectormetricspb.RegisterMetricsServiceServer(gs, &r.metrics)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -172,6 +189,51 @@ func runDemoWithLogs(t *testing.T, cfg Config) ([]rspan, []rlog) {
 	cfg.Endpoint = addr
 	require.NoError(t, Run(t.Context(), cfg))
 	return r.spans(), r.logRecords()
+}
+
+// TestRequestDurationExemplars: every service exports
+// http.server.request.duration, and its exemplars name SERVER spans the
+// demo sent, so a rule over the metric can pin those traces.
+func TestRequestDurationExemplars(t *testing.T) {
+	r, addr := startReceiver(t)
+	cfg := DefaultConfig()
+	cfg.Endpoint, cfg.Rate, cfg.Orders, cfg.Seed = addr, 5000, 100, 7
+	require.NoError(t, Run(t.Context(), cfg))
+	server := map[string]bool{}
+	for _, s := range r.spans() {
+		if s.Kind == tracepb.Span_SPAN_KIND_SERVER {
+			server[string(s.TraceId)+string(s.SpanId)] = true
+		}
+	}
+	services := map[string]bool{}
+	exemplars := 0
+	r.metrics.mu.Lock()
+	defer r.metrics.mu.Unlock()
+	for _, req := range r.metrics.reqs {
+		for _, rm := range req.GetResourceMetrics() {
+			for _, sm := range rm.GetScopeMetrics() {
+				for _, m := range sm.GetMetrics() {
+					if m.GetName() != "http.server.request.duration" {
+						continue
+					}
+					for _, a := range rm.GetResource().GetAttributes() {
+						if a.GetKey() == "service.name" {
+							services[a.GetValue().GetStringValue()] = true
+						}
+					}
+					for _, dp := range m.GetHistogram().GetDataPoints() {
+						for _, ex := range dp.GetExemplars() {
+							require.True(t, server[string(ex.GetTraceId())+string(ex.GetSpanId())], "an exemplar names a SERVER span the demo sent")
+							exemplars++
+						}
+					}
+				}
+			}
+		}
+	}
+	require.True(t, services["bank-api"], "the bank exports its request durations")
+	require.GreaterOrEqual(t, len(services), 8)
+	require.Positive(t, exemplars)
 }
 
 func TestRunProducesRealisticTraces(t *testing.T) {

@@ -13,8 +13,11 @@ import (
 	"go.opentelemetry.io/contrib/bridges/otelslog"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/metric"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -52,6 +55,11 @@ type instance struct {
 	port     int
 	provider *sdktrace.TracerProvider
 	loggers  *sdklog.LoggerProvider
+	meters   *sdkmetric.MeterProvider
+	// serverDuration is http.server.request.duration, recorded for every
+	// SERVER span while the span is current, so the SDK attaches the span
+	// as an exemplar (its default trace-based filter).
+	serverDuration metric.Float64Histogram
 	// log is the service's slog handler, bridged to loggers: the demo
 	// calls Handle itself with records dated in simulated time, which
 	// slog.Logger's methods (always time.Now) cannot do.
@@ -184,8 +192,29 @@ func startProviders(ctx context.Context, cfg *Config, conn *grpc.ClientConn, ids
 		sdklog.WithProcessor(sdklog.NewBatchProcessor(logs, sdklog.WithExportInterval(batchTimeout))),
 	)
 	inst.log = otelslog.NewHandler(logScope, otelslog.WithLoggerProvider(inst.loggers), otelslog.WithVersion(spec.version))
+	metrics, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithGRPCConn(conn))
+	if err != nil {
+		return errors.Join(fmt.Errorf("create OTLP metric exporter: %w", err), inst.provider.Shutdown(ctx), inst.loggers.Shutdown(ctx))
+	}
+	inst.meters = sdkmetric.NewMeterProvider(
+		sdkmetric.WithResource(res),
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metrics, sdkmetric.WithInterval(metricInterval))),
+	)
+	inst.serverDuration, err = inst.meters.Meter(metricScope).Float64Histogram("http.server.request.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of HTTP server requests."),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10))
+	if err != nil {
+		return errors.Join(fmt.Errorf("create request-duration histogram: %w", err), inst.provider.Shutdown(ctx), inst.loggers.Shutdown(ctx), inst.meters.Shutdown(ctx))
+	}
 	return nil
 }
+
+// metricInterval is how often each instance exports its metrics: the
+// SDK's default is a minute; ten seconds makes exemplar links show soon.
+const metricInterval = 10 * time.Second
+
+// metricScope is the instrumentation scope of the request-duration metric.
+const metricScope = "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 // instanceID is a stable, pod-like ID for a service on a host.
 func instanceID(service, hostName string) string {
@@ -205,17 +234,25 @@ func instanceID(service, hostName string) string {
 // shutdown flushes and stops every provider. They flush in parallel so
 // that one slow export does not use up the others' share of ctx.
 func (t *topology) shutdown(ctx context.Context) error {
-	errs := make([]error, 2*len(t.all))
+	errs := make([]error, 3*len(t.all))
 	var wg sync.WaitGroup
 	for i, inst := range t.all {
 		wg.Go(func() {
 			if err := inst.provider.Shutdown(ctx); err != nil {
-				errs[2*i] = fmt.Errorf("flush traces of %s on %s: %w", inst.service, inst.host.name, err)
+				errs[3*i] = fmt.Errorf("flush traces of %s on %s: %w", inst.service, inst.host.name, err)
 			}
 		})
 		wg.Go(func() {
 			if err := inst.loggers.Shutdown(ctx); err != nil {
-				errs[2*i+1] = fmt.Errorf("flush logs of %s on %s: %w", inst.service, inst.host.name, err)
+				errs[3*i+1] = fmt.Errorf("flush logs of %s on %s: %w", inst.service, inst.host.name, err)
+			}
+		})
+		wg.Go(func() {
+			if inst.meters == nil {
+				return // its start failed before the meter provider
+			}
+			if err := inst.meters.Shutdown(ctx); err != nil {
+				errs[3*i+2] = fmt.Errorf("flush metrics of %s on %s: %w", inst.service, inst.host.name, err)
 			}
 		})
 	}
