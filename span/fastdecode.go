@@ -187,50 +187,60 @@ func wireBytes(b []byte) []byte {
 	return b[:len(b):len(b)]
 }
 
-func (d *fastDecoder) resourceSpans(b []byte) bool {
-	var (
-		resBytes, schema []byte
-		scopes           [][]byte
-		sawRes           bool
-	)
+// wireGroup is a ResourceSpans or ScopeSpans as found on the wire: both hold
+// their resource or scope in field 1, their children in field 2 and a
+// schema URL in field 3.
+type wireGroup struct {
+	msg      []byte // the resource or scope; nil when absent
+	schema   []byte
+	children [][]byte
+}
+
+func splitGroup(b []byte) (wireGroup, bool) {
+	var g wireGroup
 	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
 		if typ != protowire.BytesType {
 			return false
 		}
 		switch num {
 		case 1:
-			if sawRes {
-				return false
+			if g.msg != nil {
+				return false // proto merges a repeated singular message
 			}
-			sawRes, resBytes = true, wireBytes(bs)
+			g.msg = wireBytes(bs)
 		case 2:
-			scopes = append(scopes, bs)
+			g.children = append(g.children, bs)
 		case 3:
-			schema = bs
+			g.schema = bs
 		default:
 			return false
 		}
 		return true
 	})
+	return g, ok
+}
+
+func (d *fastDecoder) resourceSpans(b []byte) bool {
+	g, ok := splitGroup(b)
 	if !ok {
 		return false
 	}
-	res := d.cache.resource(resBytes, schema)
+	res := d.cache.resources().get(g.msg, g.schema)
 	if res == nil {
-		s, ok := wireString(schema)
+		s, ok := wireString(g.schema)
 		if !ok {
 			return false
 		}
 		res = &Resource{SchemaURL: s}
-		if sawRes {
-			res.Resource, res.Encoded = &resourcepb.Resource{}, resBytes
-			if !d.resource(res.Resource, resBytes) {
+		if g.msg != nil {
+			res.Resource, res.Encoded = &resourcepb.Resource{}, g.msg
+			if !d.resource(res.Resource, g.msg) {
 				return false
 			}
 		}
-		d.cache.putResource(resBytes, schema, res, len(d.buf))
+		d.cache.resources().put(g.msg, g.schema, res, len(d.buf))
 	}
-	for _, sb := range scopes {
+	for _, sb := range g.children {
 		if !d.scopeSpans(res, sb) {
 			return false
 		}
@@ -261,49 +271,26 @@ func (d *fastDecoder) resource(r *resourcepb.Resource, b []byte) bool {
 }
 
 func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
-	var (
-		scBytes, schema []byte
-		spans           [][]byte
-		sawScope        bool
-	)
-	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
-		if typ != protowire.BytesType {
-			return false
-		}
-		switch num {
-		case 1:
-			if sawScope {
-				return false
-			}
-			sawScope, scBytes = true, wireBytes(bs)
-		case 2:
-			spans = append(spans, bs)
-		case 3:
-			schema = bs
-		default:
-			return false
-		}
-		return true
-	})
+	g, ok := splitGroup(b)
 	if !ok {
 		return false
 	}
-	sc := d.cache.scope(scBytes, schema)
+	sc := d.cache.scopes().get(g.msg, g.schema)
 	if sc == nil {
-		s, ok := wireString(schema)
+		s, ok := wireString(g.schema)
 		if !ok {
 			return false
 		}
 		sc = &Scope{SchemaURL: s}
-		if sawScope {
-			sc.Scope, sc.Encoded = &commonpb.InstrumentationScope{}, scBytes
-			if !d.scope(sc.Scope, scBytes) {
+		if g.msg != nil {
+			sc.Scope, sc.Encoded = &commonpb.InstrumentationScope{}, g.msg
+			if !d.scope(sc.Scope, g.msg) {
 				return false
 			}
 		}
-		d.cache.putScope(scBytes, schema, sc, len(d.buf))
+		d.cache.scopes().put(g.msg, g.schema, sc, len(d.buf))
 	}
-	for _, sb := range spans {
+	for _, sb := range g.children {
 		sp := d.spans.one()
 		if !d.span(sp, sb) {
 			return false
@@ -583,77 +570,76 @@ func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) b
 }
 
 // Decoder decodes trace records (DecodeTraces) and shares decoded resources
-// and scopes between them. A service sends the same resource
-// (a dozen attributes) and scope in every record, one record per trace, so
-// decoding them once saves a sixth of the decode, and spans of different
-// traces then point at one *Resource, which stores use to encode and hash
-// it once per batch. Shared values must not be changed. A Decoder is safe
-// for concurrent use; the zero value is ready.
+// and scopes between them. A service sends the same resource (a dozen
+// attributes) and scope in every record, one record per trace, so decoding
+// them once saves a sixth of the decode, and spans of different traces
+// then point at one *Resource, which stores use to encode and hash it once
+// per batch. Shared values must not be changed. A Decoder is safe for
+// concurrent use; the zero value is ready.
 type Decoder struct {
-	mu     sync.Mutex
-	res    map[string]*Resource
-	scopes map[string]*Scope
-	key    []byte // scratch, under mu
+	resCache   shared[Resource]
+	scopeCache shared[Scope]
 }
 
 const (
-	// maxDecoderEntries bounds each of a Decoder's maps; a full map starts
-	// over.
+	// maxDecoderEntries bounds each of a Decoder's caches; a full cache
+	// starts over.
 	maxDecoderEntries = 1024
 	// maxSharedRecord is the largest record whose resources and scopes are
 	// shared: a shared value keeps its record's bytes alive.
 	maxSharedRecord = 64 << 10
 )
 
-// cacheKey builds the lookup key of a message and schema URL in c.key.
-// present tells an absent message (nil Resource) from an empty one.
-func (c *Decoder) cacheKey(msg, schema []byte) []byte {
-	c.key = binary.AppendUvarint(c.key[:0], uint64(len(schema)))
-	c.key = append(c.key, schema...)
+func (c *Decoder) resources() *shared[Resource] {
+	if c == nil {
+		return nil
+	}
+	return &c.resCache
+}
+
+func (c *Decoder) scopes() *shared[Scope] {
+	if c == nil {
+		return nil
+	}
+	return &c.scopeCache
+}
+
+// shared maps an encoded message and its schema URL to its decoded value.
+// A nil *shared finds nothing and keeps nothing.
+type shared[T any] struct {
+	mu  sync.Mutex
+	m   map[string]*T
+	key []byte // scratch, under mu
+}
+
+// keyOf builds the lookup key of a message and schema URL in s.key. A nil
+// msg (absent) and an empty one (present, all defaults) differ.
+func (s *shared[T]) keyOf(msg, schema []byte) []byte {
+	s.key = binary.AppendUvarint(s.key[:0], uint64(len(schema)))
+	s.key = append(s.key, schema...)
 	if msg != nil {
-		c.key = append(c.key, 1)
+		s.key = append(s.key, 1)
 	}
-	return append(c.key, msg...)
+	return append(s.key, msg...)
 }
 
-func (c *Decoder) resource(msg, schema []byte) *Resource {
-	if c == nil {
+func (s *shared[T]) get(msg, schema []byte) *T {
+	if s == nil {
 		return nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.res[string(c.cacheKey(msg, schema))]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[string(s.keyOf(msg, schema))]
 }
 
-func (c *Decoder) putResource(msg, schema []byte, r *Resource, recordLen int) {
-	if c == nil || recordLen > maxSharedRecord {
+func (s *shared[T]) put(msg, schema []byte, v *T, recordLen int) {
+	if s == nil || recordLen > maxSharedRecord {
 		return
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.res == nil || len(c.res) >= maxDecoderEntries {
-		c.res = make(map[string]*Resource, 64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil || len(s.m) >= maxDecoderEntries {
+		s.m = make(map[string]*T, 64)
 	}
-	c.res[string(c.cacheKey(msg, schema))] = r
-}
-
-func (c *Decoder) scope(msg, schema []byte) *Scope {
-	if c == nil {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.scopes[string(c.cacheKey(msg, schema))]
-}
-
-func (c *Decoder) putScope(msg, schema []byte, s *Scope, recordLen int) {
-	if c == nil || recordLen > maxSharedRecord {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.scopes == nil || len(c.scopes) >= maxDecoderEntries {
-		c.scopes = make(map[string]*Scope, 64)
-	}
-	c.scopes[string(c.cacheKey(msg, schema))] = s
+	s.m[string(s.keyOf(msg, schema))] = v
 }
