@@ -73,20 +73,21 @@ func (c *chunkDicts) load(txn *badger.Txn) error {
 	return nil
 }
 
-// compress compresses a plain chunk with the current dictionary, or with
-// Snappy alone before there is one.
-func (c *chunkDicts) compress(plain []byte) []byte {
+// compress compresses a plain chunk with the current dictionary. Before
+// there is one it compresses with Snappy alone and keeps the chunk as a
+// training sample, reporting train once enough has been gathered.
+func (c *chunkDicts) compress(plain []byte) (value []byte, train bool) {
 	c.mu.RLock()
 	d, id := c.cur, c.curID
 	c.mu.RUnlock()
 	if d == nil {
-		return compressChunk(plain)
+		return compressChunk(plain), c.sample(plain)
 	}
 	buf := make([]byte, 1+binary.MaxVarintLen32+s2.MaxEncodedLen(len(plain)))
 	buf[0] = chunkDictS2
 	n := 1 + binary.PutUvarint(buf[1:], uint64(id))
 	enc := d.Encode(buf[n:], plain)
-	return buf[:n+len(enc)]
+	return buf[:n+len(enc)], false
 }
 
 // sample keeps a plain chunk for training while there is no dictionary,

@@ -87,8 +87,8 @@ func TestChunkDictionary(t *testing.T) {
 func TestChunkDictionaryCodec(t *testing.T) {
 	w := newWorkload(5)
 	dicts := &chunkDicts{byID: map[uint32]*s2.Dict{}}
-	for trained := false; !trained; {
-		trained = dicts.sample(chunkOf(t, w.kept(1)[0]))
+	for train := false; !train; {
+		_, train = dicts.compress(chunkOf(t, w.kept(1)[0]))
 	}
 	var stored []byte
 	require.NoError(t, dicts.trainAndStore(func(id uint32, dict []byte) error {
@@ -97,12 +97,13 @@ func TestChunkDictionaryCodec(t *testing.T) {
 		return nil
 	}))
 	require.NotEmpty(t, stored)
-	require.False(t, dicts.sample(chunkOf(t, w.kept(1)[0])), "no more samples once trained")
+	_, train := dicts.compress(chunkOf(t, w.kept(1)[0]))
+	require.False(t, train, "no more samples once trained")
 
 	var plainB, snappyB, dictB int
 	for _, kt := range w.kept(50) {
 		plain := chunkOf(t, kt)
-		packed := dicts.compress(plain)
+		packed, _ := dicts.compress(plain)
 		require.Equal(t, chunkDictS2, packed[0])
 		plainB, snappyB, dictB = plainB+len(plain), snappyB+len(compressChunk(plain)), dictB+len(packed)
 		requireChunkMatches(t, kt, packed, dicts)

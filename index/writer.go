@@ -530,10 +530,9 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		}
 		plain := appendChunk(p.chunk[:0], entries[:n])
 		p.chunk = plain
-		if s.dicts.sample(plain) {
-			p.train = true
-		}
-		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), s.dicts.compress(plain)})
+		value, train := s.dicts.compress(plain)
+		p.train = p.train || train
+		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), value})
 		entries = entries[n:]
 	}
 	return pt, nil
