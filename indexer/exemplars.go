@@ -307,6 +307,9 @@ func (ix *Indexer) shedPinLocked(p *pin) {
 // there was one. Caller holds ix.mu.
 func (ix *Indexer) takePinLocked(id span.TraceID, h *heldTrace) bool {
 	ex := ix.ex
+	if ex.alerting == nil {
+		return false // no pins without alerting metrics: skip the lock per trace
+	}
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	p := ex.pins[id]
@@ -322,6 +325,9 @@ func (ix *Indexer) takePinLocked(id span.TraceID, h *heldTrace) bool {
 // takePins adds ReasonExemplar to pinned when the trace about to be offered
 // has a waiting pin.
 func (ix *Indexer) takePins(id span.TraceID, pinned []string) []string {
+	if ix.ex.alerting == nil {
+		return pinned
+	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if h := ix.held[id]; h != nil && ix.takePinLocked(id, h) && !slices.Contains(pinned, sampling.ReasonExemplar) {

@@ -689,53 +689,7 @@ func (ix *Indexer) writeLoop() error {
 		tickets []*bus.Ticket
 		nspans  int
 	)
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		start := time.Now()
-		for attempt := 0; ; attempt++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := ix.store.WriteTraces(ctx, batch)
-			cancel()
-			if err == nil {
-				break
-			}
-			ix.m.writeErrors.Inc()
-			ix.log.Error("write traces failed; retrying", "traces", len(batch), "attempt", attempt+1, "err", err)
-			time.Sleep(min(time.Duration(attempt+1)*200*time.Millisecond, 5*time.Second))
-		}
-		ix.m.writeLatency.Observe(time.Since(start).Seconds())
-		ix.m.spansWritten.Add(float64(nspans))
-		for _, tk := range tickets {
-			tk.Release()
-		}
-		batch, tickets, nspans = batch[:0], tickets[:0], 0
-	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		var (
-			job writeJob
-			ok  bool
-		)
-		if len(batch) == 0 {
-			job, ok = <-ix.writes
-		} else {
-			select {
-			case job, ok = <-ix.writes:
-			case <-timer.C:
-				flush()
-				continue
-			}
-		}
-		if !ok {
-			flush()
-			return nil
-		}
-		if len(batch) == 0 {
-			timer.Reset(20 * time.Millisecond)
-		}
+	add := func(job writeJob) bool {
 		spans := job.spans
 		for _, c := range job.chunks {
 			decoded := ix.decodeChunks(job.id, []chunk{c}, nil)
@@ -747,10 +701,20 @@ func (ix *Indexer) writeLoop() error {
 		batch = append(batch, index.KeptTrace{Trace: span.Trace{ID: job.id, Spans: spans}, Reasons: job.reasons, Warnings: job.warnings})
 		tickets = append(tickets, job.tickets...)
 		nspans += len(spans)
-		if nspans >= ix.cfg.WriteBatchSpans {
-			flush()
-		}
+		return nspans >= ix.cfg.WriteBatchSpans
 	}
+	flush := func() {
+		start := time.Now()
+		ix.retryWrite("traces", "traces", len(batch), func(ctx context.Context) error { return ix.store.WriteTraces(ctx, batch) })
+		ix.m.writeLatency.Observe(time.Since(start).Seconds())
+		ix.m.spansWritten.Add(float64(nspans))
+		for _, tk := range tickets {
+			tk.Release()
+		}
+		batch, tickets, nspans = batch[:0], tickets[:0], 0
+	}
+	batchJobs(ix.writes, 20*time.Millisecond, add, flush)
+	return nil
 }
 
 // Buffered reports traces and spans awaiting a decision: assembling, or

@@ -114,58 +114,24 @@ func (ix *Indexer) logLoop() {
 	var (
 		recs    []logstore.Record
 		tickets []*bus.Ticket
-		pending bool // a job is in the batch (its lines may all be filtered out)
 	)
+	add := func(j logJob) bool {
+		recs = append(recs, ix.logRecords(j)...)
+		tickets = append(tickets, j.tickets...)
+		return len(recs) >= logBatchLines
+	}
 	flush := func() {
-		for attempt := 0; len(recs) > 0; attempt++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := ix.logs.Write(ctx, recs)
-			cancel()
-			if err == nil {
-				ix.m.logLines.WithLabelValues("stored").Add(float64(len(recs)))
-				break
-			}
-			ix.m.writeErrors.Inc()
-			ix.log.Error("write logs failed; retrying", "lines", len(recs), "attempt", attempt+1, "err", err)
-			time.Sleep(min(time.Duration(attempt+1)*200*time.Millisecond, 5*time.Second))
+		if len(recs) > 0 { // a batch may hold only lines the policy dropped
+			ix.retryWrite("logs", "lines", len(recs), func(ctx context.Context) error { return ix.logs.Write(ctx, recs) })
+			ix.m.logLines.WithLabelValues("stored").Add(float64(len(recs)))
 		}
 		for _, t := range tickets {
 			t.Release()
 		}
 		clear(recs) // drop references for the GC
-		recs, tickets, pending = recs[:0], tickets[:0], false
+		recs, tickets = recs[:0], tickets[:0]
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		var (
-			j  logJob
-			ok bool
-		)
-		if !pending {
-			j, ok = <-ix.logWrites
-		} else {
-			select {
-			case j, ok = <-ix.logWrites:
-			case <-timer.C:
-				flush()
-				continue
-			}
-		}
-		if !ok {
-			flush()
-			return
-		}
-		if !pending {
-			timer.Reset(logBatchWait)
-			pending = true
-		}
-		recs = append(recs, ix.logRecords(j)...)
-		tickets = append(tickets, j.tickets...)
-		if len(recs) >= logBatchLines {
-			flush()
-		}
-	}
+	batchJobs(ix.logWrites, logBatchWait, add, flush)
 }
 
 // logRecords decodes a job's lines and keeps those the level policy keeps.

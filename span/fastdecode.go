@@ -225,20 +225,16 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 	if !ok {
 		return false
 	}
-	res := d.cache.resources().get(g.msg, g.schema)
-	if res == nil {
-		s, ok := wireString(g.schema)
-		if !ok {
-			return false
+	res, ok := decodeShared(d, d.cache.resources(), g, func(schemaURL string) (*Resource, bool) {
+		r := &Resource{SchemaURL: schemaURL, Encoded: g.msg}
+		if g.msg == nil {
+			return r, true
 		}
-		res = &Resource{SchemaURL: s}
-		if g.msg != nil {
-			res.Resource, res.Encoded = &resourcepb.Resource{}, g.msg
-			if !d.resource(res.Resource, g.msg) {
-				return false
-			}
-		}
-		d.cache.resources().put(g.msg, g.schema, res, len(d.buf))
+		r.Resource = &resourcepb.Resource{}
+		return r, d.resource(r.Resource, g.msg)
+	})
+	if !ok {
+		return false
 	}
 	for _, sb := range g.children {
 		if !d.scopeSpans(res, sb) {
@@ -246,6 +242,25 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// decodeShared returns a group's resource or scope: the one an earlier
+// record decoded when cache has it, else the one decode builds from the
+// group (given its validated schema URL), which is then shared.
+func decodeShared[T any](d *fastDecoder, cache *shared[T], g wireGroup, decode func(schemaURL string) (*T, bool)) (*T, bool) {
+	if v := cache.get(g.msg, g.schema); v != nil {
+		return v, true
+	}
+	schemaURL, ok := wireString(g.schema)
+	if !ok {
+		return nil, false
+	}
+	v, ok := decode(schemaURL)
+	if !ok {
+		return nil, false
+	}
+	cache.put(g.msg, g.schema, v, len(d.buf))
+	return v, true
 }
 
 func (d *fastDecoder) resource(r *resourcepb.Resource, b []byte) bool {
@@ -275,20 +290,16 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 	if !ok {
 		return false
 	}
-	sc := d.cache.scopes().get(g.msg, g.schema)
-	if sc == nil {
-		s, ok := wireString(g.schema)
-		if !ok {
-			return false
+	sc, ok := decodeShared(d, d.cache.scopes(), g, func(schemaURL string) (*Scope, bool) {
+		sc := &Scope{SchemaURL: schemaURL, Encoded: g.msg}
+		if g.msg == nil {
+			return sc, true
 		}
-		sc = &Scope{SchemaURL: s}
-		if g.msg != nil {
-			sc.Scope, sc.Encoded = &commonpb.InstrumentationScope{}, g.msg
-			if !d.scope(sc.Scope, g.msg) {
-				return false
-			}
-		}
-		d.cache.scopes().put(g.msg, g.schema, sc, len(d.buf))
+		sc.Scope = &commonpb.InstrumentationScope{}
+		return sc, d.scope(sc.Scope, g.msg)
+	})
+	if !ok {
+		return false
 	}
 	for _, sb := range g.children {
 		sp := d.spans.one()
