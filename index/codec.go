@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/klauspost/compress/s2"
 	"github.com/threadline/threadline/span"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -218,26 +217,17 @@ func appendChunk(dst []byte, entries []chunkEntry) []byte {
 	return dst
 }
 
-// chunkSnappy heads a chunk value compressed alone: the byte, then the
-// Snappy block of the plain chunk (which starts with valueVersion). Chunks
-// written before the store has its dictionary take this form (dict.go).
+// chunkSnappy heads a chunk value of the version before groups, compressed
+// alone: the byte, then the Snappy block of the plain chunk. Read only.
 const chunkSnappy byte = 2
-
-// compressChunk compresses a plain chunk value.
-func compressChunk(plain []byte) []byte {
-	buf := make([]byte, 1+s2.MaxEncodedLen(len(plain)))
-	buf[0] = chunkSnappy
-	enc := s2.EncodeSnappy(buf[1:], plain)
-	return buf[:1+len(enc)]
-}
 
 // walkChunk calls fn for every span of a chunk value of any kind, in
 // stored order; body aliases b or its decompressed copy. dicts resolves
 // dictionary-compressed chunks (nil: none known). Callers that only need the
 // span IDs never parse a body.
-func walkChunk(b []byte, dicts *chunkDicts, fn func(e chunkEntry) error) error {
+func walkChunk(b []byte, chunks *chunkReader, fn func(e chunkEntry) error) error {
 	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
-	b, err := dicts.plain(b)
+	b, err := chunks.plain(b)
 	if err != nil {
 		return err
 	}

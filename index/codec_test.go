@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/stretchr/testify/require"
 	"github.com/threadline/threadline/span"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -50,7 +51,9 @@ func FuzzWalkChunk(f *testing.F) {
 	f.Add([]byte{valueVersion})
 	f.Add([]byte{valueVersion, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1})
 	f.Add([]byte("\xffgarbage"))
-	f.Add(compressChunk(chunkOf(f, fixture()[1])))
+	f.Add(snappyChunk(chunkOf(f, fixture()[1])))
+	f.Add(appendChunkRef(nil, 7, 0, 12))
+	f.Add([]byte{chunkGrouped, 1, 2})
 	f.Add([]byte{chunkSnappy, 0x05, 0x00})
 	f.Add([]byte{chunkDictS2, 0x01, 0x05, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -87,10 +90,15 @@ func FuzzDecodeFragment(f *testing.F) {
 	})
 }
 
+// snappyChunk is a chunk in the Snappy form of the version before groups.
+func snappyChunk(plain []byte) []byte {
+	return append([]byte{chunkSnappy}, s2.EncodeSnappy(nil, plain)...)
+}
+
 func TestChunkRoundTrip(t *testing.T) {
 	for _, kt := range fixture() {
 		plain := chunkOf(t, kt)
-		packed := compressChunk(plain)
+		packed := snappyChunk(plain)
 		require.Less(t, len(packed), len(plain), "the chunk compresses")
 		for _, value := range [][]byte{plain, packed} {
 			requireChunkMatches(t, kt, value, nil)
@@ -100,12 +108,12 @@ func TestChunkRoundTrip(t *testing.T) {
 
 // requireChunkMatches walks a chunk value, plain or compressed, and checks
 // it holds kt's spans.
-func requireChunkMatches(t *testing.T, kt KeptTrace, value []byte, dicts *chunkDicts) {
+func requireChunkMatches(t *testing.T, kt KeptTrace, value []byte, chunks *chunkReader) {
 	t.Helper()
 	{
 		var got []*tracepb.Span
 		var hashes []uint64
-		require.NoError(t, walkChunk(value, dicts, func(e chunkEntry) error {
+		require.NoError(t, walkChunk(value, chunks, func(e chunkEntry) error {
 			sp, err := decodeSpanBody(e.body, kt.Trace.ID, e.sid)
 			got = append(got, sp)
 			hashes = append(hashes, e.res, e.scope)

@@ -196,7 +196,7 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		WithZSTDCompressionLevel(1).
 		// Spans are a few hundred bytes; only pathological ones (huge
 		// attribute blobs) go to the value log.
-		WithValueThreshold(64 << 10).
+		WithValueThreshold(4 << 10).
 		// Commits of span data are serialised (Store.writeMu) and nothing
 		// else writes the keys they read, so tracking every read for
 		// conflicts would be pure overhead.

@@ -23,7 +23,7 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 	err := s.db.View(func(txn *badger.Txn) error {
 		var sum *summary
 		var err error
-		st.Spans, sum, err = readTrace(ctx, txn, s.dicts, id)
+		st.Spans, sum, err = readTrace(ctx, txn, s.chunkReader(txn), id)
 		if err != nil {
 			return err
 		}
@@ -40,12 +40,12 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 }
 
 // readTrace reads the summary of one trace, then its spans (readSpans).
-func readTrace(ctx context.Context, txn *badger.Txn, dicts *chunkDicts, id span.TraceID) ([]span.Span, *summary, error) {
+func readTrace(ctx context.Context, txn *badger.Txn, chunks *chunkReader, id span.TraceID) ([]span.Span, *summary, error) {
 	sum, found, err := getSummary(txn, traceKey(id, subSummary))
 	if err != nil || !found {
 		return nil, nil, err
 	}
-	spans, err := readSpans(ctx, txn, dicts, id, &sum)
+	spans, err := readSpans(ctx, txn, chunks, id, &sum)
 	return spans, &sum, err
 }
 
@@ -55,7 +55,7 @@ func readTrace(ctx context.Context, txn *badger.Txn, dicts *chunkDicts, id span.
 // scope that is missing (it can only have expired early, e.g. after the
 // retention was shortened) leaves its spans with an empty one and adds a
 // warning to sum.
-func readSpans(ctx context.Context, txn *badger.Txn, dicts *chunkDicts, id span.TraceID, sum *summary) ([]span.Span, error) {
+func readSpans(ctx context.Context, txn *badger.Txn, chunks *chunkReader, id span.TraceID, sum *summary) ([]span.Span, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(sum.Seq, id), PrefetchValues: true, PrefetchSize: 16})
 	defer it.Close()
 	type ref struct{ res, scope uint64 }
@@ -69,7 +69,7 @@ func readSpans(ctx context.Context, txn *badger.Txn, dicts *chunkDicts, id span.
 			return nil, err
 		}
 		err := it.Item().Value(func(v []byte) error {
-			return walkChunk(v, dicts, func(e chunkEntry) error {
+			return walkChunk(v, chunks, func(e chunkEntry) error {
 				if seen[e.sid] {
 					return nil
 				}

@@ -151,7 +151,7 @@ func (s *Store) Search(ctx context.Context, q *readerpb.SearchRequest) ([]*reade
 	}
 	var out []*readerpb.TraceSummary
 	err = s.db.View(func(txn *badger.Txn) error {
-		srch := &searcher{ctx: ctx, txn: txn, dicts: s.dicts, q: cq, seen: map[uint64]bool{}}
+		srch := &searcher{ctx: ctx, txn: txn, chunks: s.chunkReader(txn), q: cq, seen: map[uint64]bool{}}
 		defer srch.close()
 		err := srch.run()
 		out = srch.out
@@ -169,7 +169,7 @@ func (s *Store) Search(ctx context.Context, q *readerpb.SearchRequest) ([]*reade
 type searcher struct {
 	ctx      context.Context
 	txn      *badger.Txn
-	dicts    *chunkDicts
+	chunks   *chunkReader
 	q        *compiledQuery
 	seen     map[uint64]bool
 	others   []*postingStream // the postings after the driver, advanced in step with it
@@ -455,7 +455,7 @@ func (s *searcher) visit(seq uint64) error {
 		return nil
 	}
 	if s.q.needSpan {
-		spans, err := readSpans(s.ctx, s.txn, s.dicts, tid, &sum)
+		spans, err := readSpans(s.ctx, s.txn, s.chunks, tid, &sum)
 		if err != nil {
 			return fmt.Errorf("trace %s: %w", tid, err)
 		}

@@ -53,6 +53,7 @@ type Store struct {
 	blobs   *blobCache
 	card    *cardinality
 	dicts   *chunkDicts
+	groups  *groupCodec
 	writeMu sync.Mutex // serialises commits, see writeTraces
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
@@ -93,7 +94,17 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 			}
 		}
 	}()
+	codec, err := newGroupCodec()
+	if err != nil {
+		return nil, fmt.Errorf("open span store %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			codec.close()
+		}
+	}()
 	s := &Store{
+		groups: codec,
 		db:     db,
 		dir:    dir,
 		logger: logger,
@@ -224,9 +235,9 @@ func (s *Store) load() error {
 	})
 }
 
-// gcLoop runs value-log GC every GCInterval until Close. Values are mostly
-// kept in the LSM, so the value log holds only outsized spans; GC reclaims
-// their space after TTL expiry.
+// gcLoop runs value-log GC every GCInterval until Close. The value log
+// holds the chunk groups (group.go); a file is rewritten, or deleted, once
+// compactions have found at least half of it expired or replaced.
 func (s *Store) gcLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.opts.GCInterval)
@@ -263,6 +274,7 @@ func (s *Store) Close() error {
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close span store: %w", err)
 		}
+		s.groups.close()
 	})
 	return s.closeErr
 }

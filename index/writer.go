@@ -9,8 +9,9 @@ package index
 //	0x02 'c' hash[8]                 -> instrumentation scope (OTLP ScopeSpans without spans)
 //	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
 //	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
-//	0x04 seq[8] tid[16] chunk[8]     -> span chunk: spans of one write, see below
-//	0x05 id[4]                       -> chunk compression dictionary, no TTL (dict.go)
+//	0x04 seq[8] tid[16] chunk[8]     -> span chunk: spans of one write, as a reference into a group
+//	0x05 id[4]                       -> chunk compression dictionary of the previous version, read only (dict.go)
+//	0x06 group[8]                    -> chunk group: a batch's plain chunks, zstd-compressed together (group.go)
 //	0x10 lv(service) F               -> service posting fragment
 //	0x11 lv(service) lv(span name) F -> operation posting fragment (one span has both)
 //	0x12 lv(span name) F             -> span-name posting fragment
@@ -34,13 +35,14 @@ package index
 // regroups spans adds chunks that repeat spans, which reads merge by span
 // ID: regrouping costs space, never correctness.
 //
-// Chunks, most of the bytes, are keyed by seq (start time), not trace ID,
-// so new chunks land at the end of the 0x04 range: a compaction below L1
-// then merges a table of chunks with few tables of the next level, where
-// random trace-ID keys overlapped every table there. A read finds the seq
-// in the summary. The trace ID in the key keeps a seq that is reused
-// (after its trace expired, or an orphan of a partial commit) from ever
-// mixing traces.
+// The spans themselves, most of the bytes, live in chunk groups: a
+// batch's chunks compressed together (group.go), values big enough that
+// Badger keeps them in its value log, written once and never compacted.
+// A chunk key holds only the chunk's place in its group. Chunk keys are
+// keyed by seq (start time), not trace ID, so new ones land at the end of
+// the 0x04 range. A read finds the seq in the summary. The trace ID in the
+// key keeps a seq that is reused (after its trace expired, or an orphan of
+// a partial commit) from ever mixing traces.
 //
 // Postings are written per batch, not per trace: a posting fragment holds
 // the seqs of every trace of one write that has the value (delta-encoded,
@@ -93,6 +95,7 @@ const (
 	prefixSeq        byte = 0x03
 	prefixChunk      byte = 0x04
 	prefixDict       byte = 0x05
+	prefixGroup      byte = 0x06
 	prefixSvcPost    byte = 0x10
 	prefixOpPost     byte = 0x11
 	prefixNamePost   byte = 0x12
@@ -120,9 +123,8 @@ const (
 	maxIndexedValue = 64
 
 	// maxChunkSpans and maxChunkBytes split a big write of one trace into
-	// several chunks, keeping values in the LSM (below the value threshold)
-	// and reads of one chunk small. The split follows span-ID order, so the
-	// same spans always split the same way.
+	// several chunks, keeping groups near their target size. The split
+	// follows span-ID order, so the same spans always split the same way.
 	maxChunkSpans = 256
 	maxChunkBytes = 32 << 10
 
@@ -176,11 +178,11 @@ func highCardKey(key string) []byte { return append([]byte{prefixHighCard}, key.
 
 type kv struct{ k, v []byte }
 
-// chunkValue is an encoded chunk and its ID; the key needs the seq, known
-// only at commit.
+// chunkValue is a chunk's ID and where in the batch's groups it went; the
+// key needs the seq, known only at commit.
 type chunkValue struct {
-	id  uint64
-	val []byte
+	id            uint64
+	group, off, n int
 }
 
 // preparedTrace is everything about one KeptTrace that does not depend on
@@ -234,6 +236,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 		nSpans += len(pt.spanIDs)
 		prepared = append(prepared, pt)
 	}
+	p.groupValues, p.groupIDs = p.groups.seal(s.groups)
 	// Commits are serialised: concurrent read-modify-writes of one hot
 	// trace would otherwise need conflict detection and retries (Badger's
 	// is off, see badgerOptions), and Badger applies writes one batch at a
@@ -251,16 +254,6 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 	for _, pt := range prepared {
 		for _, b := range pt.blobs {
 			s.blobs.mark(beUint64(b.k[2:]), now)
-		}
-	}
-	if p.train {
-		// Later chunks compress against the dictionary; until then they
-		// are Snappy chunks, and a failure only postpones it.
-		persist := func(id uint32, dict []byte) error {
-			return s.db.Update(func(txn *badger.Txn) error { return txn.Set(dictKey(id), dict) })
-		}
-		if err := s.dicts.trainAndStore(persist); err != nil {
-			s.logger.Warn("could not build the chunk dictionary; chunks stay Snappy-compressed", "err", err)
 		}
 	}
 	return nSpans, nil
@@ -284,12 +277,14 @@ type preparer struct {
 	trace      int32           // number of the trace being prepared, from 1
 	high       map[string]bool // high-cardinality keys when the batch started
 
-	buf, val, bodies, chunk []byte // scratch
-	train                   bool   // enough chunk samples to train the dictionary
-	stripped                tracepb.Span
-	resHash                 map[*span.Resource]uint64
-	resPostings             map[*span.Resource][]int32
-	scHash                  map[*span.Scope]uint64
+	buf, val, bodies []byte // scratch
+	stripped         tracepb.Span
+	groups           groupBuilder
+	groupValues      []kv     // sealed groups, written before every trace
+	groupIDs         []uint64 // per group
+	resHash          map[*span.Resource]uint64
+	resPostings      map[*span.Resource][]int32
+	scHash           map[*span.Scope]uint64
 }
 
 func newPreparer(s *Store) *preparer {
@@ -528,11 +523,9 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 			size += len(entries[n].body)
 			n++
 		}
-		plain := appendChunk(p.chunk[:0], entries[:n])
-		p.chunk = plain
-		value, train := s.dicts.compress(plain)
-		p.train = p.train || train
-		pt.chunks = append(pt.chunks, chunkValue{chunkID(entries[:n]), value})
+		id := chunkID(entries[:n])
+		g, off, size := p.groups.add(kt.Trace.ID, id, func(dst []byte) []byte { return appendChunk(dst, entries[:n]) })
+		pt.chunks = append(pt.chunks, chunkValue{id: id, group: g, off: off, n: size})
 		entries = entries[n:]
 	}
 	return pt, nil
@@ -574,6 +567,13 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	}
 	set := func(k, v []byte) error { return setTTL(k, v, s.opts.Retention) }
 
+	// Groups first: a chunk reference on disk always finds its group.
+	for _, g := range batch.groupValues {
+		if err := setTTL(g.k, g.v, s.groupTTL()); err != nil {
+			return fmt.Errorf("write chunk groups: %w", err)
+		}
+	}
+	chunks := s.chunkReader(txn)
 	// Per batch posting: the seqs of the traces holding it.
 	frags := make([][]uint64, len(batch.postings))
 	for i := range prepared {
@@ -589,7 +589,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		var stored map[span.SpanID]bool
 		if found {
 			// Only a trace written before can already hold the spans.
-			if stored, err = storedSpanIDs(txn, s.dicts, chunkPrefix(merged.Seq, pt.id)); err != nil {
+			chunks.txn = txn // commit may have started a new transaction
+			if stored, err = storedSpanIDs(chunks, chunkPrefix(merged.Seq, pt.id)); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
@@ -616,7 +617,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		}
 		prefix := chunkPrefix(merged.Seq, pt.id)
 		for _, c := range pt.chunks {
-			if err := set(appendU64(slices.Clip(prefix), c.id), c.val); err != nil {
+			ref := appendChunkRef(nil, batch.groupIDs[c.group], c.off, c.n)
+			if err := set(appendU64(slices.Clip(prefix), c.id), ref); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
@@ -706,13 +708,13 @@ func fragmentID(val []byte) uint64 {
 
 // storedSpanIDs returns the IDs of the spans in the chunks under prefix
 // (chunkPrefix), parsing no span.
-func storedSpanIDs(txn *badger.Txn, dicts *chunkDicts, prefix []byte) (map[span.SpanID]bool, error) {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+func storedSpanIDs(chunks *chunkReader, prefix []byte) (map[span.SpanID]bool, error) {
+	it := chunks.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	defer it.Close()
 	out := map[span.SpanID]bool{}
 	for it.Rewind(); it.Valid(); it.Next() {
 		err := it.Item().Value(func(v []byte) error {
-			return walkChunk(v, dicts, func(e chunkEntry) error {
+			return walkChunk(v, chunks, func(e chunkEntry) error {
 				out[e.sid] = true
 				return nil
 			})
@@ -765,6 +767,15 @@ func freeSeq(txn *badger.Txn, start, limit uint64) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("allocate trace reference: %d traces start at %d", maxSeqProbes, start)
+}
+
+// groupTTL outlives the chunk references written after the group by a
+// minute: Badger's TTL has whole-second resolution.
+func (s *Store) groupTTL() time.Duration {
+	if s.opts.Retention == 0 {
+		return 0
+	}
+	return s.opts.Retention + time.Minute
 }
 
 // blobTTL outlives the retention by the blob refresh interval (see the key
