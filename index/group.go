@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/klauspost/compress/zstd"
@@ -51,11 +52,17 @@ const groupCacheSize = 4
 func groupKey(gid uint64) []byte { return appendU64([]byte{prefixGroup}, gid) }
 
 // groupCodec compresses and decompresses group values; both are safe for
-// concurrent use.
+// concurrent use. It also recycles the plain buffers groups are built in,
+// which are free again once the group is compressed.
 type groupCodec struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	enc  *zstd.Encoder
+	dec  *zstd.Decoder
+	bufs sync.Pool // *[]byte of capacity groupCap
 }
+
+// groupCap holds a group at its target plus the largest chunk that can
+// start just below it.
+const groupCap = groupTarget + maxChunkBytes + 8<<10
 
 func newGroupCodec() (*groupCodec, error) {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
@@ -84,6 +91,7 @@ type group struct {
 
 // groupBuilder collects the plain chunks of one batch into groups.
 type groupBuilder struct {
+	codec  *groupCodec
 	groups []group
 }
 
@@ -91,7 +99,13 @@ type groupBuilder struct {
 // returns where it went.
 func (b *groupBuilder) add(tid span.TraceID, chunkID uint64, appendTo func([]byte) []byte) (g, off, n int) {
 	if len(b.groups) == 0 || len(b.groups[len(b.groups)-1].plain) >= groupTarget {
-		b.groups = append(b.groups, group{plain: make([]byte, 0, groupTarget+maxChunkBytes)})
+		var plain []byte
+		if p, ok := b.codec.bufs.Get().(*[]byte); ok {
+			plain = (*p)[:0]
+		} else {
+			plain = make([]byte, 0, groupCap)
+		}
+		b.groups = append(b.groups, group{plain: plain})
 	}
 	g = len(b.groups) - 1
 	cur := &b.groups[g]
@@ -102,16 +116,21 @@ func (b *groupBuilder) add(tid span.TraceID, chunkID uint64, appendTo func([]byt
 }
 
 // seal compresses every group and returns the group values with their IDs.
-func (b *groupBuilder) seal(codec *groupCodec) (values []kv, ids []uint64) {
+// The builder is empty afterwards.
+func (b *groupBuilder) seal() (values []kv, ids []uint64) {
 	values = make([]kv, len(b.groups))
 	ids = make([]uint64, len(b.groups))
 	for i, g := range b.groups {
 		h := fnv.New64a()
 		_, _ = h.Write(g.ids)
 		ids[i] = h.Sum64()
-		v := codec.enc.EncodeAll(g.plain, append(make([]byte, 0, 1+len(g.plain)/4), valueVersion))
+		v := b.codec.enc.EncodeAll(g.plain, append(make([]byte, 0, 1+len(g.plain)/4), valueVersion))
 		values[i] = kv{groupKey(ids[i]), v}
+		if cap(g.plain) == groupCap {
+			b.codec.bufs.Put(&g.plain)
+		}
 	}
+	b.groups = nil
 	return values, ids
 }
 

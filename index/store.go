@@ -57,9 +57,12 @@ type Store struct {
 	writeMu sync.Mutex // serialises commits, see writeTraces
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
-	// does not probe the n-1 taken before it. It is only a hint: freeSeq
-	// still checks the store.
-	seqHint map[uint64]uint64
+	// does not probe the n-1 taken before it. Above seqFloor this process
+	// handed out every seq the store holds, so the hint is exact there and
+	// allocation reads nothing; at or below it (seqs written before open,
+	// or hints forgotten to bound the map) freeSeq checks the store.
+	seqHint  map[uint64]uint64
+	seqFloor uint64
 
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -191,6 +194,21 @@ func dirSize(dir, ext string) int64 {
 	return n
 }
 
+// loadSeqFloor sets seqFloor to the largest seq on disk.
+func (s *Store) loadSeqFloor(txn *badger.Txn) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixSeq}, Reverse: true})
+	defer it.Close()
+	it.Seek([]byte{prefixSeq, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	if it.Valid() {
+		k := it.Item().Key()
+		if len(k) != 9 {
+			return fmt.Errorf("trace reference key %x: %w", k, ErrCorrupt)
+		}
+		s.seqFloor = beUint64(k[1:])
+	}
+	return nil
+}
+
 // DiskBytes is the size of the store's SSTables and value log on disk.
 func (s *Store) DiskBytes() int64 {
 	return dirSize(s.dir, ".sst") + dirSize(s.dir, ".vlog")
@@ -202,6 +220,9 @@ func (s *Store) DiskBytes() int64 {
 func (s *Store) load() error {
 	return s.db.View(func(txn *badger.Txn) error {
 		if err := s.dicts.load(txn); err != nil {
+			return err
+		}
+		if err := s.loadSeqFloor(txn); err != nil {
 			return err
 		}
 		now := time.Now()

@@ -780,3 +780,46 @@ func TestWireDecodedResources(t *testing.T) {
 		require.True(t, proto.Equal(want.Trace.Spans[i].Span, s.Span))
 	}
 }
+
+// TestSeqsAcrossReopen: traces starting in one millisecond get distinct
+// seqs, whether written by this process (hints, no reads) or before a
+// reopen (probed), and after the hints are forgotten.
+func TestSeqsAcrossReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	oneMs := func(from, n int, startMs int64) []KeptTrace {
+		out := make([]KeptTrace, n)
+		for i := range out {
+			out[i] = KeptTrace{Trace: mkTrace(tid(byte(from+i)), spanDef{id: 1, res: resFrontend, name: "op", startMs: startMs, durMs: 1})}
+		}
+		return out
+	}
+	st := openStore(t, dir)
+	require.NoError(t, st.WriteTraces(ctx, oneMs(1, 5, 0)))
+	require.NoError(t, st.WriteTraces(ctx, oneMs(6, 5, 0)))
+	require.NoError(t, st.Close())
+	st = openStore(t, dir)
+	require.NoError(t, st.WriteTraces(ctx, oneMs(11, 5, 0)))  // probed: the millisecond holds seqs from before
+	require.NoError(t, st.WriteTraces(ctx, oneMs(16, 5, 10))) // a later millisecond: hints only
+	st.writeMu.Lock()
+	for i := range 1<<16 + 1 {
+		st.seqHint[uint64(i)] = uint64(i) // force the hints to be forgotten
+	}
+	st.writeMu.Unlock()
+	require.NoError(t, st.WriteTraces(ctx, oneMs(21, 5, 10)))
+
+	sums := searchAll(t, st)
+	require.Len(t, sums, 25)
+	seqs := map[uint64]bool{}
+	require.NoError(t, st.db.View(func(txn *badger.Txn) error {
+		for i := 1; i <= 25; i++ {
+			sum, found, err := getSummary(txn, traceKey(tid(byte(i)), subSummary))
+			require.NoError(t, err)
+			require.True(t, found)
+			require.False(t, seqs[sum.Seq], "seq %d handed out twice", sum.Seq)
+			seqs[sum.Seq] = true
+		}
+		return nil
+	}))
+	require.Equal(t, 25, countKeys(t, st, []byte{prefixSeq}))
+}

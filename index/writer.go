@@ -236,7 +236,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 		nSpans += len(pt.spanIDs)
 		prepared = append(prepared, pt)
 	}
-	p.groupValues, p.groupIDs = p.groups.seal(s.groups)
+	p.groupValues, p.groupIDs = p.groups.seal()
 	// Commits are serialised: concurrent read-modify-writes of one hot
 	// trace would otherwise need conflict detection and retries (Badger's
 	// is off, see badgerOptions), and Badger applies writes one batch at a
@@ -296,6 +296,7 @@ func newPreparer(s *Store) *preparer {
 		resPostings: map[*span.Resource][]int32{},
 		scHash:      map[*span.Scope]uint64{},
 		high:        s.card.snapshot(),
+		groups:      groupBuilder{codec: s.groups},
 	}
 }
 
@@ -734,17 +735,29 @@ const maxSeqProbes = 1 << 16
 // seqForTime is the lowest seq of a start time in Unix nanoseconds.
 func seqForTime(ns uint64) uint64 { return ns / uint64(time.Millisecond) << 12 }
 
-// allocSeq returns a free seq for a trace starting at base, starting the probe
-// after the last seq this process handed out for the same millisecond. A
-// commit that fails leaves the hint ahead of the store, which only skips a
-// few free values.
+// allocSeq returns a free seq for a trace starting at base, starting after
+// the last seq this process handed out for the same millisecond. Above
+// seqFloor that is free for certain and nothing is read; below, freeSeq
+// probes the store. A commit that fails leaves the hint ahead of the
+// store, which only skips a few free values.
 func (s *Store) allocSeq(txn *badger.Txn, base uint64) (uint64, error) {
-	if s.seqHint == nil || len(s.seqHint) > 1<<16 {
+	if len(s.seqHint) > 1<<16 {
+		// Forget the hints; seqs they covered are probed from now on.
+		for b, h := range s.seqHint {
+			s.seqFloor = max(s.seqFloor, b, h)
+		}
+		s.seqHint = nil
+	}
+	if s.seqHint == nil {
 		s.seqHint = map[uint64]uint64{}
 	}
 	from := base
 	if h, ok := s.seqHint[base]; ok {
 		from = h + 1
+	}
+	if base > s.seqFloor && from < base+maxSeqProbes {
+		s.seqHint[base] = from
+		return from, nil
 	}
 	seq, err := freeSeq(txn, from, base+maxSeqProbes)
 	if err == nil {
