@@ -158,7 +158,7 @@ func (tr *tree) warnf(format string, args ...any) {
 
 func adjust(t *span.Trace, maxDelta int64) Result {
 	for i := range t.Spans {
-		unadjust(t.Spans[i].Span)
+		unadjust(&t.Spans[i])
 	}
 	tr := buildTree(t)
 	res := Result{}
@@ -167,8 +167,8 @@ func adjust(t *span.Trace, maxDelta int64) Result {
 	}
 	res.LogicalTimes = tr.logicalTimes(t.ID)
 	attrs := newIntAttrs(len(tr.spans))
-	for i, s := range tr.spans {
-		attrs.set(s.Span, AttrLogicalTime, res.LogicalTimes[i])
+	for i := range tr.spans {
+		attrs.set(&tr.spans[i], AttrLogicalTime, res.LogicalTimes[i])
 	}
 	res.Warnings = tr.warnings
 	return res
@@ -468,13 +468,15 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		}
 	}
 	attrs := newIntAttrs(adjusted)
-	for i, s := range tr.spans {
+	for i := range tr.spans {
 		if !tr.shifts(int32(i), off) {
 			continue
 		}
 		o := off[tr.inst[i]]
+		s := &tr.spans[i]
 		shift(s.Span, o)
-		attrs.set(s.Span, AttrClockSkew, o)
+		s.Wire = nil
+		attrs.set(s, AttrClockSkew, o)
 		tr.start[i] += o
 		tr.end[i] += o
 		counts[tr.inst[i]]++

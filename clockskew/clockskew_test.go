@@ -345,3 +345,30 @@ func TestEmptyTrace(t *testing.T) {
 	require.Empty(t, res.LogicalTimes)
 	require.Zero(t, res.Adjusted)
 }
+
+// TestWireKeptOnlyForAppendedAttributes: Adjust leaves span.Span.Wire on
+// spans it only stamps with a logical time (an appended attribute) and
+// clears it on spans it shifts or whose stamps it replaces, so the store
+// never copies an encoding that no longer matches the span.
+func TestWireKeptOnlyForAppendedAttributes(t *testing.T) {
+	rows := []row{
+		{name: "a", inst: "a@h1", kind: cli, start: 10 * ms, end: 90 * ms},
+		{name: "b", parent: "a", inst: "b@h2", kind: srv, start: 2*sec + 20*ms, end: 2*sec + 80*ms},
+		{name: "bc", parent: "b", inst: "b@h2", kind: cli, start: 2*sec + 30*ms, end: 2*sec + 70*ms},
+	}
+	tr := build(rows)
+	for i := range tr.Spans {
+		tr.Spans[i].Wire = []byte{1}
+	}
+	adj := CorrectClockSkew(DefaultConfig())
+	res := adj.Adjust(tr)
+	require.Equal(t, 2, res.Adjusted)
+	require.NotNil(t, tr.Spans[0].Wire, "a span only stamped keeps its encoding")
+	require.Nil(t, tr.Spans[1].Wire, "a shifted span drops it")
+	require.Nil(t, tr.Spans[2].Wire)
+
+	// A second Adjust strips and replaces the stamps.
+	tr.Spans[0].Wire = []byte{1}
+	adj.Adjust(tr)
+	require.Nil(t, tr.Spans[0].Wire)
+}

@@ -13,12 +13,13 @@ import (
 // the original start is start − offset; nothing else needs storing.
 func Raw(t *span.Trace) {
 	for i := range t.Spans {
-		unadjust(t.Spans[i].Span)
+		unadjust(&t.Spans[i])
 	}
 }
 
 // unadjust restores one span and strips the attributes Adjust wrote.
-func unadjust(s *tracepb.Span) {
+func unadjust(sp *span.Span) {
+	s := sp.Span
 	if s == nil {
 		return
 	}
@@ -37,6 +38,7 @@ func unadjust(s *tracepb.Span) {
 	if len(kept) == len(attrs) {
 		return
 	}
+	sp.Wire = nil
 	clear(attrs[len(kept):]) // drop references for the GC
 	s.Attributes = kept
 	if len(kept) == 0 {
@@ -76,9 +78,10 @@ func newIntAttrs(n int) *intAttrs {
 	}
 }
 
-// set sets key to v on s, replacing an existing value. It must be called at
-// most n times (the slab size).
-func (a *intAttrs) set(s *tracepb.Span, key string, v int64) {
+// set sets key to v on sp, replacing an existing value (which makes
+// sp.Wire stale). It must be called at most n times (the slab size).
+func (a *intAttrs) set(sp *span.Span, key string, v int64) {
+	s := sp.Span
 	if s == nil {
 		return
 	}
@@ -90,6 +93,7 @@ func (a *intAttrs) set(s *tracepb.Span, key string, v int64) {
 	for _, kv := range s.GetAttributes() {
 		if kv.GetKey() == key {
 			kv.Value = val
+			sp.Wire = nil
 			return
 		}
 	}

@@ -211,3 +211,68 @@ func FuzzSpanBody(f *testing.F) {
 		require.Equal(t, slowSpanBody(t, sp), got)
 	})
 }
+
+// TestWireBody: a span's body copied from its received encoding decodes
+// to the span appendSpanBody encodes, also with attributes appended after
+// decoding (the logical time the skew stage adds); a wire holding more
+// attributes than the span is refused.
+func TestWireBody(t *testing.T) {
+	w := newWorkload(2)
+	for _, kt := range append(fixture(), w.kept(10)...) {
+		data, err := proto.Marshal(span.ToTracesData(kt.Trace.Spans))
+		require.NoError(t, err)
+		var dec span.Decoder
+		spans, err := dec.DecodeTraces(data)
+		require.NoError(t, err)
+		for i, sp := range spans {
+			require.NotNil(t, sp.Wire, "the decoder keeps the span's encoding")
+			if i%2 == 1 {
+				sp.Attributes = append(sp.Attributes, intAttr("threadline.logical_time", int64(i)))
+			}
+			got, ok := appendWireBody([]byte{0xaa}, sp.Wire, sp.Span)
+			require.True(t, ok)
+			require.Equal(t, byte(0xaa), got[0])
+			want, err := appendSpanBody(nil, sp.Span, &tracepb.Span{})
+			require.NoError(t, err)
+			sid := span.SpanID(sp.SpanId)
+			a, err := decodeSpanBody(got[1:], kt.Trace.ID, sid)
+			require.NoError(t, err)
+			b, err := decodeSpanBody(want, kt.Trace.ID, sid)
+			require.NoError(t, err)
+			require.True(t, proto.Equal(a, b), "span %d:\nwire %v\nwant %v", i, a, b)
+			require.True(t, proto.Equal(sp.Span, a))
+
+			sp.Attributes = nil
+			if len(a.Attributes) > 0 {
+				got, ok := appendWireBody([]byte{0xaa}, sp.Wire, sp.Span)
+				require.False(t, ok)
+				require.Equal(t, []byte{0xaa}, got)
+			}
+		}
+	}
+}
+
+// FuzzWireBody: whatever encoding a span arrived in, the copied body
+// decodes to that span.
+func FuzzWireBody(f *testing.F) {
+	for _, kt := range fixture() {
+		for _, sp := range kt.Trace.Spans {
+			b, err := proto.Marshal(sp.Span)
+			require.NoError(f, err)
+			f.Add(b)
+		}
+	}
+	f.Add([]byte{0x0a, 0x01})
+	f.Fuzz(func(t *testing.T, wire []byte) {
+		sp := &tracepb.Span{}
+		if proto.Unmarshal(wire, sp) != nil {
+			return
+		}
+		got, ok := appendWireBody(nil, wire, sp)
+		require.True(t, ok)
+		back := &tracepb.Span{}
+		require.NoError(t, proto.Unmarshal(got, back))
+		sp.TraceId, sp.SpanId = nil, nil
+		require.True(t, proto.Equal(sp, back), "want %v\ngot  %v", sp, back)
+	})
+}

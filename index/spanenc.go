@@ -27,6 +27,8 @@ var errSlowPath = errors.New("span needs the generic encoder")
 
 // Field numbers of the OTLP messages a span body holds.
 const (
+	spanTraceID           = 1
+	spanSpanID            = 2
 	spanTraceState        = 3
 	spanParentSpanID      = 4
 	spanName              = 5
@@ -297,4 +299,44 @@ func appendKeyValues(dst []byte, num protowire.Number, kvs []*commonpb.KeyValue,
 		}
 	}
 	return dst
+}
+
+// appendWireBody appends a span's body from its received encoding (see
+// span.Span.Wire): every field but trace_id and span_id copied as it is,
+// then the attributes appended to the span since it was decoded. That is
+// the same span appendSpanBody encodes, at the cost of a copy. It returns
+// false, with dst unchanged in length, when wire does not parse or holds
+// more attributes than the span.
+func appendWireBody(dst, wire []byte, sp *tracepb.Span) ([]byte, bool) {
+	start := len(dst)
+	nattrs := 0
+	run := 0 // start of the fields not yet copied
+	for i := 0; i < len(wire); {
+		num, typ, n := protowire.ConsumeTag(wire[i:])
+		if n < 0 {
+			return dst[:start], false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, wire[i+n:])
+		if m < 0 {
+			return dst[:start], false
+		}
+		switch {
+		case (num == spanTraceID || num == spanSpanID) && typ == protowire.BytesType: // in the chunk key and entry
+			dst = append(dst, wire[run:i]...)
+			run = i + n + m
+		case num == spanAttributes && typ == protowire.BytesType:
+			nattrs++
+		}
+		i += n + m
+	}
+	dst = append(dst, wire[run:]...)
+	if nattrs > len(sp.Attributes) {
+		return dst[:start], false
+	}
+	var err error
+	dst = appendKeyValues(dst, spanAttributes, sp.Attributes[nattrs:], &err)
+	if err != nil {
+		return dst[:start], false
+	}
+	return dst, true
 }

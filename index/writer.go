@@ -481,8 +481,14 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		}
 
 		start := len(p.bodies)
-		if p.bodies, err = appendSpanBody(p.bodies, sp.Span, &p.stripped); err != nil {
-			return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
+		var copied bool
+		if sp.Wire != nil {
+			p.bodies, copied = appendWireBody(p.bodies, sp.Wire, sp.Span)
+		}
+		if !copied {
+			if p.bodies, err = appendSpanBody(p.bodies, sp.Span, &p.stripped); err != nil {
+				return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
+			}
 		}
 		refs = append(refs, ref{
 			e:     chunkEntry{sid: sid, res: resHash, scope: scopeHash},

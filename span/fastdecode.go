@@ -306,7 +306,7 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 		if !d.span(sp, sb) {
 			return false
 		}
-		d.out = append(d.out, Span{Span: sp, Resource: res, Scope: sc})
+		d.out = append(d.out, Span{Span: sp, Resource: res, Scope: sc, Wire: sb})
 	}
 	return true
 }

@@ -31,6 +31,12 @@ type Span struct {
 	*tracepb.Span
 	Resource *Resource
 	Scope    *Scope
+	// Wire is the span's encoding as received (the Decoder sets it), or
+	// nil. It lets the store copy the span instead of re-encoding it.
+	// Code that changes the span in any way other than appending
+	// attributes MUST set Wire to nil; appended attributes are encoded
+	// after it.
+	Wire []byte
 }
 
 // Trace is every span held for one trace ID, in arrival order.
