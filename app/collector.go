@@ -84,6 +84,10 @@ func (p publisher) PublishMetrics(ctx context.Context, data []byte, points int) 
 	return backpressure(p.p.PublishMetrics(ctx, data, points))
 }
 
+// ReleasesData passes on the producer's promise to keep no reference to a
+// batch after PublishTraces returned nil, so the receiver recycles buffers.
+func (p publisher) ReleasesData() bool { return p.p.ReleasesData() }
+
 func backpressure(err error) error {
 	if errors.Is(err, bus.ErrBufferFull) {
 		return fmt.Errorf("%w: %w", receiver.ErrBackpressure, err)

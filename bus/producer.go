@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ type Producer struct {
 	log     *slog.Logger
 	records *prometheus.CounterVec
 	latency prometheus.Histogram
+	states  sync.Pool // *produceState
 }
 
 // NewProducer connects a producer. It does not wait for the brokers: Kafka
@@ -86,17 +88,28 @@ func NewProducer(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*P
 }
 
 // PublishTraces produces one record per trace batch to the traces topic, key
-// the hex trace ID, value the batch's OTLP TracesData encoding.
+// the hex trace ID, value the batch's OTLP TracesData encoding. When it
+// returns nil, Kafka acknowledged every record and the producer holds no
+// reference to any batch's Data (see ReleasesData).
 func (p *Producer) PublishTraces(ctx context.Context, batches []span.TraceBatch) error {
-	recs := make([]kgo.Record, len(batches))
+	if len(batches) == 0 {
+		return nil
+	}
+	st := p.getState(len(batches))
+	// One key slab per request instead of one 32-byte allocation per record.
+	keys := st.keys[:0]
 	for i := range batches {
-		recs[i] = kgo.Record{
+		keys = batches[i].ID.AppendHex(keys)
+	}
+	st.keys = keys
+	for i := range batches {
+		st.recs[i] = kgo.Record{
 			Topic: p.cfg.TracesTopic,
-			Key:   batches[i].ID.AppendHex(make([]byte, 0, 32)),
+			Key:   keys[i*32 : (i+1)*32 : (i+1)*32],
 			Value: batches[i].Data,
 		}
 	}
-	return p.produce(ctx, p.cfg.TracesTopic, recs)
+	return p.produceAll(ctx, p.cfg.TracesTopic, st)
 }
 
 // PublishLogs produces one record per log batch to the logs topic: key the hex
@@ -133,64 +146,130 @@ func (p *Producer) PublishMetrics(ctx context.Context, data []byte, _ int) error
 	return p.produce(ctx, p.cfg.MetricsTopic, recs)
 }
 
-// produce hands every record to the client without blocking (TryProduce) and
-// waits for all acknowledgements. The first failure decides the error kind.
+// produceState is one call's records and the bookkeeping of their
+// acknowledgements. PublishTraces pools them (records, key slab and promise
+// closure are then allocated once, not per request): a state goes back to
+// the pool only after every promise fired, since until then the client holds
+// pointers into recs.
+type produceState struct {
+	recs    []kgo.Record
+	keys    []byte
+	pending atomic.Int64
+	mu      sync.Mutex
+	err     error         // first failure
+	done    chan struct{} // the last promise sends once (buffered)
+	promise func(*kgo.Record, error)
+	pooled  bool
+}
+
+func newProduceState() *produceState {
+	st := &produceState{done: make(chan struct{}, 1)}
+	st.promise = func(_ *kgo.Record, err error) {
+		if err != nil {
+			st.mu.Lock()
+			if st.err == nil {
+				st.err = err
+			}
+			st.mu.Unlock()
+		}
+		if st.pending.Add(-1) == 0 {
+			st.done <- struct{}{}
+		}
+	}
+	return st
+}
+
+// maxPooledRecords bounds the record slice a pooled state keeps, so one huge
+// request does not pin its capacity for good.
+const maxPooledRecords = 1 << 14
+
+// getState returns a pooled state with n zero records and an empty key slab.
+func (p *Producer) getState(n int) *produceState {
+	st, _ := p.states.Get().(*produceState)
+	if st == nil {
+		st = newProduceState()
+		st.pooled = true
+	}
+	if cap(st.recs) < n {
+		st.recs = make([]kgo.Record, n)
+	}
+	st.recs = st.recs[:n]
+	if cap(st.keys) < 32*n {
+		st.keys = make([]byte, 0, 32*n)
+	}
+	return st
+}
+
+func (p *Producer) putState(st *produceState) {
+	if !st.pooled || cap(st.recs) > maxPooledRecords {
+		return
+	}
+	clear(st.recs) // drop the references to the request's values
+	st.recs = st.recs[:0]
+	st.keys = st.keys[:0]
+	st.err = nil
+	p.states.Put(st)
+}
+
+// produce hands recs to the client and waits for all acknowledgements.
 func (p *Producer) produce(ctx context.Context, topic string, recs []kgo.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	st := newProduceState()
+	st.recs = recs
+	return p.produceAll(ctx, topic, st)
+}
+
+// produceAll hands every record of st to the client without blocking
+// (TryProduce) and waits for all acknowledgements. The first failure decides
+// the error kind. It recycles st once every promise fired; it returns nil
+// only then, so on nil the client no longer references any record value.
+func (p *Producer) produceAll(ctx context.Context, topic string, st *produceState) error {
 	start := time.Now()
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	wg.Add(len(recs))
-	done := func(_ *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			if firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
-		}
-		wg.Done()
-	}
+	recs := st.recs
+	st.pending.Store(int64(len(recs)))
 	for i := range recs {
-		p.cl.TryProduce(ctx, &recs[i], done)
+		p.cl.TryProduce(ctx, &recs[i], st.promise)
 	}
-	waited := make(chan struct{})
-	go func() { wg.Wait(); close(waited) }()
 	// kgo enforces the delivery timeout only where it is safe for the
 	// idempotent producer's sequence numbers, so a request stuck on an
 	// unreachable broker can outlive it: bound the wait here too. A record
 	// delivered after we gave up is a harmless duplicate — the client retries
-	// and the indexer's writes are idempotent by span key.
+	// and the indexer's writes are idempotent by span key. An abandoned state
+	// is left to the garbage collector, never reused.
 	timer := time.NewTimer(p.cfg.ProduceTimeout + time.Second)
 	defer timer.Stop()
 	select {
-	case <-waited:
+	case <-st.done:
 	case <-ctx.Done():
 		return fmt.Errorf("produce to %s: %w", topic, ctx.Err())
 	case <-timer.C:
 		p.count(recs, "timeout")
 		return fmt.Errorf("produce to %s: %w after %s", topic, ErrNotAcknowledged, p.cfg.ProduceTimeout)
 	}
-	err := firstErr
+	err := st.err
 	switch {
 	case err == nil:
 		p.count(recs, "ok")
 		p.latency.Observe(time.Since(start).Seconds())
+		p.putState(st)
 		return nil
 	case errors.Is(err, kgo.ErrMaxBuffered):
 		p.count(recs, "buffer_full")
+		p.putState(st)
 		return fmt.Errorf("produce to %s: %w", topic, ErrBufferFull)
 	default:
 		p.count(recs, "error")
+		p.putState(st)
 		p.log.Warn("kafka produce failed", "topic", topic, "records", len(recs), "err", err)
 		return fmt.Errorf("produce to %s: %w", topic, err)
 	}
 }
+
+// ReleasesData reports that PublishTraces, once it returned nil, holds no
+// reference to the batches' Data: the caller may reuse the buffers.
+func (p *Producer) ReleasesData() bool { return true }
 
 // count adds recs to the produced-records counter under each record's topic
 // (a metrics request produces to two topics).

@@ -118,6 +118,10 @@ type Receiver struct {
 	// splitters pools span.Splitters: each keeps its scratch space between
 	// requests, which is most of what makes the split allocation-light.
 	splitters sync.Pool
+	// results pools *span.SplitResult, whose data buffers are reused when
+	// pub implements dataReleaser (reuseData).
+	results   sync.Pool
+	reuseData bool
 	// logsPub is set by WithLogs; nil leaves LogsService and /v1/logs
 	// unregistered (gRPC answers Unimplemented, HTTP 404).
 	logsPub      LogsPublisher
@@ -152,12 +156,14 @@ func New(cfg Config, pub TracePublisher, logger *slog.Logger, reg prometheus.Reg
 		logger = slog.New(slog.DiscardHandler)
 	}
 	m := newMetrics()
+	rel, ok := pub.(dataReleaser)
 	r := &Receiver{
-		cfg:     cfg,
-		pub:     pub,
-		logger:  logger,
-		metrics: m,
-		limit:   newInflightLimiter(cfg.MaxInflightRequests, m.inflight),
+		reuseData: ok && rel.ReleasesData(),
+		cfg:       cfg,
+		pub:       pub,
+		logger:    logger,
+		metrics:   m,
+		limit:     newInflightLimiter(cfg.MaxInflightRequests, m.inflight),
 	}
 	for _, opt := range opts {
 		if err := opt(r); err != nil {

@@ -24,6 +24,14 @@ type TracePublisher interface {
 // Any other publisher error means Kafka did not acknowledge: UNAVAILABLE / 503.
 var ErrBackpressure = errors.New("publisher back-pressure")
 
+// dataReleaser is implemented by a TracePublisher that, once PublishTraces
+// returned nil, holds no reference to the batches' Data (Kafka acknowledged
+// and the client dropped every record). The receiver then reuses the buffer
+// behind them for a later request instead of allocating ~the request's size
+// anew each time. Publishers that keep batches (tests, fan-outs) simply do
+// not implement it.
+type dataReleaser interface{ ReleasesData() bool }
+
 const traceServiceName = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 // exportTraces validates and splits one encoded ExportTraceServiceRequest,
@@ -34,9 +42,19 @@ func (r *Receiver) exportTraces(ctx context.Context, transport string, req []byt
 	if sp == nil {
 		sp = span.NewSplitter()
 	}
-	res, err := sp.Split(req)
+	var res *span.SplitResult
+	if r.reuseData {
+		res, _ = r.results.Get().(*span.SplitResult)
+	}
+	if res == nil {
+		res = new(span.SplitResult)
+	}
+	err := sp.SplitInto(res, req)
 	r.splitters.Put(sp)
 	if err != nil {
+		if r.reuseData {
+			r.results.Put(res)
+		}
 		// The span count of an undecodable request is unknown; the request
 		// is still counted in requests_total.
 		return nil, newExportError(errMalformed, fmt.Sprintf("decode ExportTraceServiceRequest: %v", err), err)
@@ -58,6 +76,11 @@ func (r *Receiver) exportTraces(ctx context.Context, transport string, req []byt
 			return nil, ee
 		}
 		m.spansAccepted.WithLabelValues(transport).Add(float64(res.Spans))
+	}
+	if r.reuseData {
+		// Only on success: after a failure (a timeout in particular) the
+		// publisher may still hold the records.
+		defer r.results.Put(res)
 	}
 
 	resp := &coltracepb.ExportTraceServiceResponse{}

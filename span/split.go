@@ -2,6 +2,7 @@ package span
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -32,6 +33,9 @@ type SplitResult struct {
 	// Repaired is the number of accepted spans whose own strings, or whose
 	// resource's or scope's strings, had invalid UTF-8 replaced by U+FFFD.
 	Repaired int
+
+	// buf is the allocation every Batches[i].Data shares; SplitInto reuses it.
+	buf []byte
 }
 
 // maxReasons bounds how many rejections RejectReason spells out, so one bad
@@ -129,18 +133,43 @@ func (s *Splitter) Reset() {
 // Structurally malformed input returns an error wrapping ErrMalformed and no
 // result. The returned Data slices share one allocation and do not alias req.
 func (s *Splitter) Split(req []byte) (SplitResult, error) {
-	s.Reset()
-	defer s.Reset() // drop references to req, whatever the outcome
-	if err := s.walk(req, &traceLayout); err != nil {
+	var res SplitResult
+	if err := s.SplitInto(&res, req); err != nil {
 		return SplitResult{}, err
 	}
-	res := SplitResult{Batches: make([]TraceBatch, 0, len(s.batches))}
-	s.build(func(id TraceID, n int, data []byte) {
+	return res, nil
+}
+
+// maxReusedBuf bounds the data buffer SplitInto keeps for reuse, so one huge
+// request does not pin its size in a pool for good.
+const maxReusedBuf = 4 << 20
+
+// SplitInto is Split writing its result into res, reusing the capacity of
+// res.Batches and of the buffer behind their Data left by an earlier
+// SplitInto into the same res, so a caller that recycles results (a
+// sync.Pool of them) splits without allocating. The caller must no longer
+// reference any Data of the earlier result. On error res holds no batches.
+func (s *Splitter) SplitInto(res *SplitResult, req []byte) error {
+	s.Reset()
+	defer s.Reset() // drop references to req, whatever the outcome
+	batches, buf := res.Batches[:0], res.buf
+	clear(batches[:cap(batches)]) // no stale Data from the earlier result
+	if cap(buf) > maxReusedBuf {
+		buf = nil
+	}
+	*res = SplitResult{Batches: batches, buf: buf}
+	if err := s.walk(req, &traceLayout); err != nil {
+		return err
+	}
+	if cap(res.Batches) < len(s.batches) {
+		res.Batches = make([]TraceBatch, 0, len(s.batches))
+	}
+	res.buf = s.buildInto(res.buf[:0], true, func(id TraceID, n int, data []byte) {
 		res.Batches = append(res.Batches, TraceBatch{ID: id, Spans: n, Data: data})
 		res.Spans += n
 	})
 	res.Rejected, res.RejectReason, res.Repaired = s.rejected, s.rejectReason(), s.repaired()
-	return res, nil
+	return nil
 }
 
 // layout is what the splitter needs to know about one signal's OTLP nesting
@@ -320,10 +349,44 @@ func (s *Splitter) scopeRecords(b []byte, rIdx int32, ri int, spanIdx *int, lay 
 func (s *Splitter) record(b []byte, sIdx int32, ri, spanIdx int, lay *layout) error {
 	var traceID, spanID []byte
 	badUTF8 := false
+	tags := &oneByteTags[lay.record]
 	for p := b; len(p) > 0; {
-		num, f, val, n := next(p, lay.record)
+		var (
+			num protowire.Number
+			f   field
+			val []byte
+			n   = -1
+		)
+		// Inline fast path for the usual field: a one-byte tag of a known
+		// field with its schema's wire type, a one-byte length; it decodes
+		// exactly what next would. Anything else goes to next.
+		if len(p) >= 2 && p[0] < 0x80 {
+			if f = tags[p[0]]; f.kind != kUnknown {
+				num = protowire.Number(p[0] >> 3)
+				switch f.kind {
+				case kBytes, kString, kMessage:
+					if l := int(p[1]); l < 0x80 && l+2 <= len(p) {
+						val, n = p[2:2+l], 2+l
+					}
+				case kVarint:
+					if p[1] < 0x80 {
+						val, n = p[1:2], 2
+					}
+				case kFixed64:
+					if len(p) >= 9 {
+						val, n = p[1:9], 9
+					}
+				case kFixed32:
+					if len(p) >= 5 {
+						val, n = p[1:5], 5
+					}
+				}
+			}
+		}
 		if n < 0 {
-			return fieldErr(p, lay.record)
+			if num, f, val, n = next(p, lay.record); n < 0 {
+				return fieldErr(p, lay.record)
+			}
 		}
 		p = p[n:]
 		switch f.kind {
@@ -336,10 +399,16 @@ func (s *Splitter) record(b []byte, sIdx int32, ri, spanIdx int, lay *layout) er
 				spanID = val
 			}
 		case kString:
-			if !utf8.Valid(val) {
+			if !validUTF8(val) {
 				badUTF8 = true
 			}
 		case kMessage:
+			if f.msg == mKeyValue {
+				if bad, ok := scanAttr(val); ok {
+					badUTF8 = badUTF8 || bad
+					continue
+				}
+			}
 			bad, err := scanMsg(val, f.msg, 4)
 			if err != nil {
 				return fmt.Errorf("%s.%s: %w", schemas[lay.record].name, fieldName(lay.record, num), err)
@@ -381,6 +450,105 @@ func (s *Splitter) record(b []byte, sIdx int32, ri, spanIdx int, lay *layout) er
 	return nil
 }
 
+// oneByteTags maps, per message type, every one-byte tag of a known field
+// written with its schema's wire type to that field (kUnknown for all other
+// tag bytes), so record's fast path needs one table load per field.
+var oneByteTags = func() (out [numMsgTypes][0x80]field) {
+	for t := range out {
+		for tag := range out[t] {
+			num, typ := protowire.Number(tag>>3), protowire.Type(tag&7)
+			if num < protowire.MinValidNumber || int(num) >= len(fastSchemas[t]) {
+				continue
+			}
+			if f := fastSchemas[t][num]; f.kind != kUnknown && wireTypes[f.kind] == typ {
+				out[t][tag] = f
+			}
+		}
+	}
+	return out
+}()
+
+// validUTF8 is utf8.Valid with the all-ASCII case (nearly every OTLP string)
+// decided inline: the high bits of the string are OR-ed together a word at a
+// time, the last word overlapping the one before so that no byte-by-byte
+// tail loop is needed. A span has some twenty short strings, and the calls
+// into utf8.Valid, with their tail loops, were a measurable share of the split.
+func validUTF8(b []byte) bool {
+	n := len(b)
+	var hi uint64
+	switch {
+	case n >= 8:
+		for i := 0; i+8 <= n; i += 8 {
+			hi |= binary.LittleEndian.Uint64(b[i:])
+		}
+		hi |= binary.LittleEndian.Uint64(b[n-8:])
+	case n >= 4:
+		hi = uint64(binary.LittleEndian.Uint32(b) | binary.LittleEndian.Uint32(b[n-4:]))
+	default:
+		for _, c := range b {
+			hi |= uint64(c)
+		}
+	}
+	return hi&0x8080808080808080 == 0 || utf8.Valid(b)
+}
+
+// scanAttr checks an encoded KeyValue of the common shape — a key and a
+// scalar AnyValue (string, bool, int, double), tags of one byte, lengths of
+// one or two — and reports whether one of its strings is invalid UTF-8. It
+// returns ok false for anything else, which the caller hands to the general
+// scan; it never rejects input itself.
+func scanAttr(b []byte) (badUTF8, ok bool) {
+	for p := b; len(p) > 0; {
+		tag := p[0]
+		if tag != 0x0a && tag != 0x12 {
+			return false, false
+		}
+		l, n := shortLen(p[1:])
+		if n == 0 || l > len(p)-1-n {
+			return false, false
+		}
+		v := p[1+n : 1+n+l]
+		p = p[1+n+l:]
+		if tag == 0x0a { // key
+			badUTF8 = badUTF8 || !validUTF8(v)
+			continue
+		}
+		if len(v) == 0 { // empty AnyValue
+			continue
+		}
+		switch v[0] {
+		case 0x0a: // string_value
+			sl, sn := shortLen(v[1:])
+			if sn == 0 || 1+sn+sl != len(v) {
+				return false, false
+			}
+			badUTF8 = badUTF8 || !validUTF8(v[1+sn:])
+		case 0x10, 0x18: // bool_value, int_value
+			if _, m := protowire.ConsumeVarint(v[1:]); m <= 0 || m+1 != len(v) {
+				return false, false
+			}
+		case 0x21: // double_value
+			if len(v) != 9 {
+				return false, false
+			}
+		default:
+			return false, false
+		}
+	}
+	return badUTF8, true
+}
+
+// shortLen decodes a length varint of one or two bytes; n is 0 otherwise.
+func shortLen(p []byte) (l, n int) {
+	switch {
+	case len(p) >= 1 && p[0] < 0x80:
+		return int(p[0]), 1
+	case len(p) >= 2 && p[1] < 0x80:
+		return int(p[0]&0x7f) | int(p[1])<<7, 2
+	}
+	return 0, 0
+}
+
 // fieldLen is the encoded size of a length-delimited field with a one-byte tag
 // (every field the splitter writes has a number below 16).
 func fieldLen(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
@@ -390,6 +558,14 @@ func fieldLen(n int) int { return 1 + protowire.SizeVarint(uint64(n)) + n }
 // run one ScopeSpans, headers first and then the children. It hands each
 // batch to emit in order of first appearance.
 func (s *Splitter) build(emit func(id TraceID, records int, data []byte)) {
+	s.buildInto(nil, false, emit)
+}
+
+// buildInto is build writing into arena's spare capacity when it is large
+// enough, a fresh allocation otherwise: exactly sized, or with slack when
+// the buffer is kept for reuse, so that requests a little bigger than the
+// last do not each reallocate. It returns the buffer written.
+func (s *Splitter) buildInto(arena []byte, reuse bool, emit func(id TraceID, records int, data []byte)) []byte {
 	total := 0
 	for bi := range s.batches {
 		bt := &s.batches[bi]
@@ -423,7 +599,13 @@ func (s *Splitter) build(emit func(id TraceID, records int, data []byte)) {
 		total += bt.size
 	}
 
-	arena := make([]byte, 0, total)
+	if cap(arena)-len(arena) < total {
+		if reuse {
+			arena = make([]byte, 0, total+total/8)
+		} else {
+			arena = make([]byte, 0, total)
+		}
+	}
 	for bi := range s.batches {
 		bt := &s.batches[bi]
 		start := len(arena)
@@ -445,6 +627,7 @@ func (s *Splitter) build(emit func(id TraceID, records int, data []byte)) {
 		}
 		emit(bt.id, bt.spans, arena[start:len(arena):len(arena)])
 	}
+	return arena
 }
 
 func appendSegs(dst []byte, pool [][]byte, h *header) []byte {

@@ -82,6 +82,27 @@ func BenchmarkSplitTraces(b *testing.B) {
 	reportSpans(b, spans, cpu0)
 }
 
+// BenchmarkSplitInto is the receiver's path: one recycled result, so the
+// data buffer is reused and the split itself allocates nothing.
+func BenchmarkSplitInto(b *testing.B) {
+	_, req := benchRequest(b)
+	var (
+		s   Splitter
+		res SplitResult
+	)
+	b.SetBytes(int64(len(req)))
+	b.ReportAllocs()
+	spans := 0
+	cpu0, _ := processCPU()
+	for b.Loop() {
+		if err := s.SplitInto(&res, req); err != nil || res.Spans != 512 {
+			b.Fatalf("split: %v, %d spans", err, res.Spans)
+		}
+		spans += res.Spans
+	}
+	reportSpans(b, spans, cpu0)
+}
+
 // BenchmarkUnmarshalMarshalBaseline is the straightforward split the
 // Splitter replaces: decode to structs, group, re-encode each trace.
 func BenchmarkUnmarshalMarshalBaseline(b *testing.B) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -540,5 +541,138 @@ func TestSplitDeepNesting(t *testing.T) {
 		require.ErrorIs(t, err, ErrMalformed)
 		require.ErrorContains(t, err, "nesting deeper than")
 		require.Error(t, perr, "proto.Unmarshal rejects it too")
+	}
+}
+
+// TestSplitIntoReusesResult splits different requests into one recycled
+// result: each outcome must equal a fresh Split's, the data buffer must be
+// reused once it is big enough, and a failed split must leave no batches.
+func TestSplitIntoReusesResult(t *testing.T) {
+	_, big := benchRequest(t)
+	small := marshal(t, &tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{
+		ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{
+			{TraceId: tid(1), SpanId: sid(1), Name: "a"},
+			{TraceId: tid(2), SpanId: sid(2), Name: "b", Attributes: []*commonpb.KeyValue{strAttr("k", "v"+marker)}},
+		}}},
+	}}})
+	small = bytes.ReplaceAll(small, []byte(marker), []byte("\xffBA\xc3\x28"))
+	var (
+		s   Splitter
+		res SplitResult
+	)
+	for i, tc := range []struct {
+		name    string
+		req     []byte
+		wantErr bool
+	}{
+		{"big", big, false},
+		{"small into big buffer", small, false},
+		{"malformed", []byte{0x0a, 0x05, 0x01}, true},
+		{"big again", big, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prevBuf := res.buf
+			err := s.SplitInto(&res, tc.req)
+			if tc.wantErr {
+				require.ErrorIs(t, err, ErrMalformed)
+				require.Empty(t, res.Batches)
+				require.Zero(t, res.Spans)
+				return
+			}
+			require.NoError(t, err)
+			want, err := SplitTraces(tc.req)
+			require.NoError(t, err)
+			require.Equal(t, want, SplitResult{Batches: res.Batches, Spans: res.Spans, Rejected: res.Rejected,
+				RejectReason: res.RejectReason, Repaired: res.Repaired, buf: want.buf})
+			if i > 0 && cap(prevBuf) >= len(res.buf) {
+				require.Same(t, unsafe.SliceData(prevBuf), unsafe.SliceData(res.buf), "buffer reused")
+			}
+		})
+	}
+}
+
+func TestValidUTF8(t *testing.T) {
+	for _, s := range []string{
+		"", "a", "abcdefg", "abcdefgh", "abcdefghijklmnopq", "héllo", "abcdefgh\xff", "\xffabcdefgh",
+		"abcdefghijklmno\xc3", "abcdefghijklmno\xc3\xa9", "日本語のテキスト", "\xed\xa0\x80surrogate",
+	} {
+		require.Equal(t, utf8.ValidString(s), validUTF8([]byte(s)), "%q", s)
+	}
+	// Every length around the word boundaries, with an invalid byte and a
+	// valid two-byte rune at every position: the overlapping last word must
+	// not miss any byte.
+	for n := 0; n <= 25; n++ {
+		ascii := bytes.Repeat([]byte("a"), n)
+		require.True(t, validUTF8(ascii), "len %d", n)
+		for i := 0; i < n; i++ {
+			b := bytes.Clone(ascii)
+			b[i] = 0xff
+			require.False(t, validUTF8(b), "len %d, 0xff at %d", n, i)
+			if i+1 < n {
+				b[i], b[i+1] = 0xc3, 0xa9
+				require.True(t, validUTF8(b), "len %d, é at %d", n, i)
+			}
+		}
+	}
+}
+
+// FuzzScanAttr checks the attribute fast path against the general scan:
+// whatever scanAttr accepts, scan accepts too, with the same UTF-8 verdict.
+func FuzzScanAttr(f *testing.F) {
+	long := string(bytes.Repeat([]byte("x"), 300))
+	for _, kv := range []*commonpb.KeyValue{
+		strAttr("http.method", "GET"),
+		strAttr("bad", "v"+marker),
+		strAttr("bad"+marker, "v"),
+		strAttr("long", long),
+		strAttr("long-bad", long+marker),
+		intAttr("port", 8080),
+		intAttr("neg", -1),
+		{Key: "b", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{BoolValue: true}}},
+		{Key: "d", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: 1.5}}},
+		{Key: "arr", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{
+			Values: []*commonpb.AnyValue{{Value: &commonpb.AnyValue_StringValue{StringValue: marker}}}}}}},
+		{Key: "empty"},
+	} {
+		b := bytes.ReplaceAll(marshal(f, kv), []byte(marker), []byte("\xffBA\xc3\x28"))
+		f.Add(b)
+		f.Add(b[:len(b)-1])
+	}
+	f.Add([]byte{0x12, 0x02, 0x0a, 0x05})
+	f.Add([]byte{0x0a, 0x80, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		bad, ok := scanAttr(b)
+		if !ok {
+			return
+		}
+		wantBad, err := scanMsg(b, mKeyValue, 4)
+		require.NoError(t, err)
+		require.Equal(t, wantBad, bad)
+	})
+}
+
+// TestScanAttrFastPath pins which attribute shapes take the fast path, so
+// FuzzScanAttr's comparison is not vacuous.
+func TestScanAttrFastPath(t *testing.T) {
+	bad := func(b []byte) []byte { return bytes.ReplaceAll(b, []byte(marker), []byte("\xffBA\xc3\x28")) }
+	long := string(bytes.Repeat([]byte("x"), 300))
+	for _, tc := range []struct {
+		name            string
+		kv              *commonpb.KeyValue
+		wantOK, wantBad bool
+	}{
+		{"string", strAttr("http.method", "GET"), true, false},
+		{"long string", strAttr("db.query.text", long), true, false},
+		{"invalid value", strAttr("k", "v"+marker), true, true},
+		{"invalid key", strAttr("k"+marker, "v"), true, true},
+		{"int", intAttr("port", 8080), true, false},
+		{"double", &commonpb.KeyValue{Key: "d", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: 1.5}}}, true, false},
+		{"array", &commonpb.KeyValue{Key: "a", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{}}}}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gotBad, ok := scanAttr(bad(marshal(t, tc.kv)))
+			require.Equal(t, tc.wantOK, ok)
+			require.Equal(t, tc.wantBad, gotBad)
+		})
 	}
 }
