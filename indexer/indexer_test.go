@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -301,4 +302,26 @@ func TestHeldTraceSpanCap(t *testing.T) {
 	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
 	require.Equal(t, float64(1000), float64(len(got.Spans))+counterValue(t, h.ix.m.shedSpans), "every span stored or counted as shed")
 	require.LessOrEqual(t, len(got.Spans), cfg.MaxSpansPerTrace)
+}
+
+// TestPackedChunk: a buffered record is held compressed, independent of the
+// record's buffer (which the Kafka client may reuse), and unpacks to the
+// same bytes.
+func TestPackedChunk(t *testing.T) {
+	spec := traceSpec{id: traceID(7), service: "checkout", op: "POST /pay", start: time.Now(), duration: time.Second, spans: 20}
+	value, err := proto.Marshal(spec.build())
+	require.NoError(t, err)
+	want := slices.Clone(value)
+	c := packChunk(value, 20)
+	require.True(t, c.packed)
+	require.Less(t, len(c.data), len(value)/2, "held records are at least halved")
+	require.Less(t, cap(c.data), len(value)/2, "no encoder slack is held")
+	clear(value)
+	got, err := c.traces()
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+
+	c.data = c.data[:len(c.data)/2]
+	_, err = c.traces()
+	require.Error(t, err)
 }
