@@ -137,3 +137,27 @@ func BenchmarkSearch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTrace reads random stored traces by ID: each read decompresses
+// the chunk group holding the trace (a cold read; the reader's group cache
+// lives for one call).
+func BenchmarkTrace(b *testing.B) {
+	st, err := Open(b.TempDir(), slog.New(slog.DiscardHandler), nil, benchOptions())
+	require.NoError(b, err)
+	defer func() { require.NoError(b, st.Close()) }()
+	w := newWorkload(11)
+	var written []KeptTrace
+	for range 100 {
+		batch := w.kept(100)
+		require.NoError(b, st.WriteTraces(context.Background(), batch))
+		written = append(written, batch...)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		kt := written[(i*7919)%len(written)]
+		got, found, err := st.Trace(context.Background(), kt.Trace.ID)
+		if err != nil || !found || len(got.Spans) != len(kt.Trace.Spans) {
+			b.Fatal(err, found, len(got.Spans))
+		}
+	}
+}
