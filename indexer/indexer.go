@@ -96,8 +96,8 @@ func packChunk(value []byte, spans int) chunk {
 
 var packBufs sync.Pool // *[]byte scratch of packChunk
 
-// traces returns the chunk's TracesData encoding. Decoded spans alias it,
-// so a packed chunk is decompressed into a buffer of its own each time.
+// traces returns the chunk's TracesData encoding; a packed chunk is
+// decompressed into a new buffer each time.
 func (c chunk) traces() ([]byte, error) {
 	if !c.packed {
 		return c.data, nil
@@ -336,10 +336,16 @@ func keyTraceID(key []byte) (span.TraceID, bool) {
 // record keyed by one trace ID that carries others is counted, not trusted).
 func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk, into []span.Span) []span.Span {
 	for _, c := range chunks {
-		data, err := c.traces()
 		var spans []span.Span
-		if err == nil {
-			spans, err = ix.decoder.DecodeTraces(data)
+		var err error
+		if c.packed {
+			// Unpacked into a buffer of its own: the spans may keep it.
+			var data []byte
+			if data, err = c.traces(); err == nil {
+				spans, err = ix.decoder.DecodeTracesOwned(data)
+			}
+		} else {
+			spans, err = ix.decoder.DecodeTraces(c.data)
 		}
 		if err != nil {
 			ix.m.badRecords.Inc()

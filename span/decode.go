@@ -18,7 +18,18 @@ import (
 // what that path leaves to it. Resources and scopes are shared with the
 // records the Decoder decoded before.
 func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) {
-	if spans, ok := decodeTracesFast(data, c); ok {
+	return c.decodeTraces(data, false)
+}
+
+// DecodeTracesOwned is DecodeTraces for a buffer the caller hands over:
+// the spans alias data instead of a copy, so it must never change
+// afterwards.
+func (c *Decoder) DecodeTracesOwned(data []byte) ([]Span, error) {
+	return c.decodeTraces(data, true)
+}
+
+func (c *Decoder) decodeTraces(data []byte, owned bool) ([]Span, error) {
+	if spans, ok := decodeTracesFast(data, c, owned); ok {
 		return spans, nil
 	}
 	var td tracepb.TracesData

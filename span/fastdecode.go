@@ -89,8 +89,12 @@ type fastDecoder struct {
 // decodeTracesFast decodes data, or reports false when the fast path does
 // not apply (see above). cache, when not nil, shares resources and scopes
 // with earlier records.
-func decodeTracesFast(data []byte, cache *Decoder) ([]Span, bool) {
-	d := &fastDecoder{buf: append([]byte(nil), data...), cache: cache}
+// The spans alias a copy of data, or data itself when owned.
+func decodeTracesFast(data []byte, cache *Decoder, owned bool) ([]Span, bool) {
+	if !owned {
+		data = append([]byte(nil), data...)
+	}
+	d := &fastDecoder{buf: data, cache: cache}
 	b := d.buf
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)

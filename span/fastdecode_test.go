@@ -17,7 +17,7 @@ import (
 // URLs included. It returns whether the fast path took the input.
 func requireSameAsProto(t *testing.T, data []byte) bool {
 	t.Helper()
-	fast, ok := decodeTracesFast(data, nil)
+	fast, ok := decodeTracesFast(data, nil, false)
 	var td tracepb.TracesData
 	err := proto.Unmarshal(data, &td)
 	if !ok {
@@ -284,4 +284,41 @@ func TestDecoderSharesResources(t *testing.T) {
 		ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{mkSpan(tid(1), sid(1), "op")}}}}}}))
 	require.NotNil(t, empty.Resource.Resource, "an empty resource is not an absent one")
 	require.NotSame(t, none.Resource, empty.Resource)
+}
+
+// TestDecodeTracesOwnership: DecodeTraces copies the record, so changing
+// it afterwards changes no span; DecodeTracesOwned decodes the same spans
+// without the copy, aliasing the buffer it was handed.
+func TestDecodeTracesOwnership(t *testing.T) {
+	str := func(k, v string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+	}
+	data, err := proto.Marshal(&tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{
+		Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{str("service.name", "checkout")}},
+		ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{
+			{TraceId: make([]byte, 16), SpanId: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Name: "POST /pay", Attributes: []*commonpb.KeyValue{str("http.method", "POST")}},
+			{TraceId: make([]byte, 16), SpanId: []byte{2, 2, 3, 4, 5, 6, 7, 8}, Name: "SELECT", StartTimeUnixNano: 5},
+		}}},
+	}}})
+	require.NoError(t, err)
+	require.True(t, requireSameAsProto(t, data), "the fast path takes the record")
+	var td tracepb.TracesData
+	require.NoError(t, proto.Unmarshal(data, &td))
+	want := FromTracesData(&td)
+
+	var d Decoder
+	copied, err := d.DecodeTraces(data)
+	require.NoError(t, err)
+	owned, err := d.DecodeTracesOwned(data)
+	require.NoError(t, err)
+	require.Len(t, owned, len(want))
+	for i := range want {
+		require.True(t, proto.Equal(want[i].Span, owned[i].Span))
+	}
+	clear(data)
+	for i := range want {
+		require.True(t, proto.Equal(want[i].Span, copied[i].Span), "span %d changed with the record", i)
+		require.NotEmpty(t, owned[i].Wire)
+		require.Equal(t, make([]byte, len(owned[i].Wire)), owned[i].Wire, "span %d aliases the owned buffer", i)
+	}
 }
