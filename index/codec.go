@@ -221,16 +221,21 @@ func appendChunk(dst []byte, entries []chunkEntry) []byte {
 // alone: the byte, then the Snappy block of the plain chunk. Read only.
 const chunkSnappy byte = 2
 
-// walkChunk calls fn for every span of a chunk value of any kind, in
-// stored order; body aliases b or its decompressed copy. dicts resolves
-// dictionary-compressed chunks (nil: none known). Callers that only need the
-// span IDs never parse a body.
+// walkChunk calls fn for every span of a chunk value an earlier version
+// stored under a chunk key (0x04), in stored order; body aliases b or its
+// decompressed copy. chunks resolves dictionary-compressed chunks (nil: none
+// known). Callers that only need the span IDs never parse a body.
 func walkChunk(b []byte, chunks *chunkReader, fn func(e chunkEntry) error) error {
-	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
 	b, err := chunks.plain(b)
 	if err != nil {
 		return err
 	}
+	return walkPlainChunk(b, fn)
+}
+
+// walkPlainChunk calls fn for every span of a plain chunk.
+func walkPlainChunk(b []byte, fn func(e chunkEntry) error) error {
+	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
 	if len(b) == 0 || b[0] != valueVersion {
 		return bad("bad header")
 	}
@@ -349,6 +354,31 @@ type summary struct {
 	Reasons     []string
 	Services    []string
 	Warnings    []string
+	// Chunks are where the trace's chunks are: one reference per chunk
+	// ID, into a chunk group (group.go).
+	Chunks []chunkRef
+	// ChunksOnly marks a trace whose chunks are all in Chunks. A trace
+	// first written by an earlier version also has chunk keys (0x04).
+	ChunksOnly bool
+}
+
+// chunkRef places one chunk: its ID, its group, and its offset and length
+// in the group's plain content.
+type chunkRef struct {
+	id, group uint64
+	off, n    uint64
+}
+
+// setChunk records where a chunk is, replacing an older place of the same
+// chunk (a replay that grouped it differently).
+func (s *summary) setChunk(r chunkRef) {
+	for i := range s.Chunks {
+		if s.Chunks[i].id == r.id {
+			s.Chunks[i] = r
+			return
+		}
+	}
+	s.Chunks = append(s.Chunks, r)
 }
 
 // Start is the trace start the API reports: the root's, else the earliest span's.
@@ -437,6 +467,8 @@ const (
 	sumReason
 	sumService
 	sumWarning
+	sumChunk      // bytes: chunk ID[8] group[8] uvarint offset uvarint length
+	sumChunksOnly // bool
 )
 
 func (s *summary) appendTo(dst []byte) []byte {
@@ -474,6 +506,14 @@ func (s *summary) appendTo(dst []byte) []byte {
 	for _, v := range s.Warnings {
 		str(sumWarning, v)
 	}
+	for _, c := range s.Chunks {
+		var b [8 + 8 + 2*binary.MaxVarintLen64]byte
+		r := appendU64(appendU64(b[:0], c.id), c.group)
+		r = binary.AppendUvarint(binary.AppendUvarint(r, c.off), c.n)
+		dst = protowire.AppendTag(dst, sumChunk, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, r)
+	}
+	varint(sumChunksOnly, protowire.EncodeBool(s.ChunksOnly))
 	return dst
 }
 
@@ -513,6 +553,8 @@ func decodeSummary(b []byte) (summary, error) {
 				s.SpanCount = v
 			case sumErrorCount:
 				s.ErrorCount = v
+			case sumChunksOnly:
+				s.ChunksOnly = protowire.DecodeBool(v)
 			}
 		case protowire.BytesType:
 			v, n := protowire.ConsumeString(b)
@@ -531,6 +573,12 @@ func decodeSummary(b []byte) (summary, error) {
 				s.Services = append(s.Services, v)
 			case sumWarning:
 				s.Warnings = append(s.Warnings, v)
+			case sumChunk:
+				c, ok := decodeChunkRef(v)
+				if !ok {
+					return s, fmt.Errorf("trace summary: %w: chunk reference", ErrCorrupt)
+				}
+				s.Chunks = append(s.Chunks, c)
 			}
 		default:
 			// Unknown wire types come only from corruption: this record is
@@ -539,6 +587,20 @@ func decodeSummary(b []byte) (summary, error) {
 		}
 	}
 	return s, nil
+}
+
+func decodeChunkRef(v string) (chunkRef, bool) {
+	if len(v) < 18 {
+		return chunkRef{}, false
+	}
+	c := chunkRef{id: beUint64([]byte(v[:8])), group: beUint64([]byte(v[8:16]))}
+	b := []byte(v[16:])
+	var n1, n2 int
+	c.off, n1 = binary.Uvarint(b)
+	if n1 > 0 {
+		c.n, n2 = binary.Uvarint(b[n1:])
+	}
+	return c, n1 > 0 && n2 > 0 && n1+n2 == len(b)
 }
 
 // attrString renders a scalar attribute value the way tag search compares

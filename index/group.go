@@ -1,7 +1,6 @@
 package index
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -18,8 +17,8 @@ import (
 // agents, query texts, URL prefixes. So a write does not compress chunks
 // one by one: it concatenates the plain chunks of its batch into groups of
 // about groupTarget bytes, compresses each group once with zstd, and stores
-// it under its own key; each trace's chunk key then holds only a reference
-// (group, offset, length). On the load generator's spans a group takes
+// it under its own key; each trace's summary then holds a reference per
+// chunk (group, offset, length). On the load generator's spans a group takes
 // about 105 B per span, against 146 for one chunk compressed against a
 // trained S2 dictionary (the previous form) and 280 for Snappy alone.
 //
@@ -43,10 +42,6 @@ import (
 // per span stored, 128 KiB 143) but every trace read decompresses a whole
 // group.
 const groupTarget = 128 << 10
-
-// chunkGrouped heads a chunk value that refers into a group: the byte,
-// group ID[8], uvarint offset, uvarint length of the plain chunk.
-const chunkGrouped byte = 4
 
 // groupCacheSize is how many decompressed groups one reader keeps.
 const groupCacheSize = 4
@@ -136,15 +131,9 @@ func (b *groupBuilder) seal() (values []kv, ids []uint64) {
 	return values, ids
 }
 
-// appendChunkRef encodes a chunk value that refers into a group.
-func appendChunkRef(dst []byte, gid uint64, off, n int) []byte {
-	dst = appendU64(append(dst, chunkGrouped), gid)
-	dst = binary.AppendUvarint(dst, uint64(off))
-	return binary.AppendUvarint(dst, uint64(n))
-}
-
-// chunkReader resolves chunk values of every form to plain chunks within
-// one transaction, keeping the last groups it decompressed.
+// chunkReader resolves chunk references, and chunk values of the earlier
+// forms, to plain chunks within one transaction, keeping the last groups it
+// decompressed.
 type chunkReader struct {
 	txn   *badger.Txn
 	dicts *chunkDicts
@@ -160,37 +149,26 @@ func (s *Store) chunkReader(txn *badger.Txn) *chunkReader {
 	return &chunkReader{txn: txn, dicts: s.dicts, codec: s.groups}
 }
 
-// plain returns the plain form of a chunk value. It aliases b, or a cached
-// group that stays valid until the reader decompresses groupCacheSize more.
+// plain returns the plain form of a chunk value of an earlier version.
 func (r *chunkReader) plain(b []byte) ([]byte, error) {
-	if len(b) == 0 || b[0] != chunkGrouped {
-		var dicts *chunkDicts
-		if r != nil {
-			dicts = r.dicts
-		}
-		return dicts.plain(b)
+	var dicts *chunkDicts
+	if r != nil {
+		dicts = r.dicts
 	}
-	bad := func(what string) error { return fmt.Errorf("span chunk: %w: %s", ErrCorrupt, what) }
-	if len(b) < 9 {
-		return nil, bad("short group reference")
-	}
-	gid := beUint64(b[1:])
-	off, n1 := binary.Uvarint(b[9:])
-	size, n2 := binary.Uvarint(b[9+max(n1, 0):])
-	if n1 <= 0 || n2 <= 0 || 9+n1+n2 != len(b) {
-		return nil, bad("group reference")
-	}
-	if r == nil || r.codec == nil {
-		return nil, bad("grouped chunk without a store to read the group from")
-	}
-	g, err := r.group(gid)
+	return dicts.plain(b)
+}
+
+// ref returns the plain chunk a reference places. It aliases a cached
+// group, valid until the reader decompresses groupCacheSize more.
+func (r *chunkReader) ref(c chunkRef) ([]byte, error) {
+	g, err := r.group(c.group)
 	if err != nil {
 		return nil, err
 	}
-	if off > uint64(len(g)) || size > uint64(len(g))-off {
-		return nil, bad(fmt.Sprintf("reference [%d:+%d] outside group %016x of %d bytes", off, size, gid, len(g)))
+	if c.off > uint64(len(g)) || c.n > uint64(len(g))-c.off {
+		return nil, fmt.Errorf("span chunk: %w: reference [%d:+%d] outside group %016x of %d bytes", ErrCorrupt, c.off, c.n, c.group, len(g))
 	}
-	return g[off : off+size], nil
+	return g[c.off : c.off+c.n], nil
 }
 
 // group returns the plain content of one group.

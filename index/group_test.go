@@ -11,23 +11,6 @@ import (
 	"github.com/threadline/threadline/span"
 )
 
-// chunkValues returns every stored chunk value.
-func chunkValues(t *testing.T, st *Store) [][]byte {
-	t.Helper()
-	var out [][]byte
-	require.NoError(t, st.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			require.NoError(t, err)
-			out = append(out, v)
-		}
-		return nil
-	}))
-	return out
-}
-
 // groupBytes sums the stored size of every chunk group.
 func groupBytes(t *testing.T, st *Store) int {
 	t.Helper()
@@ -65,9 +48,9 @@ func requireTraces(t *testing.T, st *Store, written []KeptTrace) {
 
 // TestChunkGroups: a batch's chunks go into groups of about groupTarget
 // plain bytes, compressed together smaller than the chunks compressed one
-// by one; every trace reads back, also after a reopen; a replay of the
-// same batch rewrites the same groups, and one grouped differently keeps
-// counts exact.
+// by one, and placed by the trace summaries; every trace reads back, also
+// after a reopen; a replay of the same batch rewrites the same groups, and
+// one grouped differently keeps counts exact.
 func TestChunkGroups(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -85,9 +68,9 @@ func TestChunkGroups(t *testing.T) {
 	groups := countKeys(t, st, []byte{prefixGroup})
 	require.GreaterOrEqual(t, groups, plain/(groupTarget+maxChunkBytes))
 	require.LessOrEqual(t, groups, plain/groupTarget+1)
-	for _, v := range chunkValues(t, st) {
-		require.Equal(t, chunkGrouped, v[0])
-		require.Less(t, len(v), 32, "a chunk key holds only its reference")
+	require.Zero(t, countKeys(t, st, []byte{prefixChunk}), "summaries place the chunks; no chunk keys")
+	for _, kt := range batch[:10] {
+		require.Equal(t, 1, chunkCount(t, st, kt.Trace.ID))
 	}
 	packed := groupBytes(t, st)
 	require.Less(t, packed*10, alone*8, "groups compress at least 20%% better than chunks alone")
@@ -150,4 +133,42 @@ func TestChunkGroupDamage(t *testing.T) {
 			requireTraces(t, st, second)
 		})
 	}
+}
+
+// TestTraceWithEarlierChunkKeys: a trace an earlier version wrote (chunk
+// keys, a summary without chunk references) reads back, takes late spans
+// (placed by its summary) and counts them once, and reads back whole.
+func TestTraceWithEarlierChunkKeys(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	kt := newWorkload(14).kept(1)[0]
+	first, late := kt, kt
+	first.Trace.Spans, late.Trace.Spans = kt.Trace.Spans[:3], kt.Trace.Spans[2:]
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{first}))
+
+	// Rewrite the trace as the previous version stored it: its one chunk
+	// under a chunk key (Snappy form), a summary without references.
+	require.NoError(t, st.db.Update(func(txn *badger.Txn) error {
+		key := traceKey(kt.Trace.ID, subSummary)
+		sum, found, err := getSummary(txn, key)
+		require.NoError(t, err)
+		require.True(t, found)
+		require.Len(t, sum.Chunks, 1)
+		chunks := st.chunkReader(txn)
+		plain, err := chunks.ref(sum.Chunks[0])
+		require.NoError(t, err)
+		if err := txn.Set(appendU64(chunkPrefix(sum.Seq, kt.Trace.ID), sum.Chunks[0].id), snappyChunk(plain)); err != nil {
+			return err
+		}
+		sum.Chunks, sum.ChunksOnly = nil, false
+		return txn.Set(key, sum.appendTo(nil))
+	}))
+	requireTraces(t, st, []KeptTrace{first})
+
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{late}))
+	require.Equal(t, 2, chunkCount(t, st, kt.Trace.ID), "the old chunk key and the new reference")
+	requireTraces(t, st, []KeptTrace{kt})
+	sums := searchAll(t, st)
+	require.Len(t, sums, 1)
+	require.EqualValues(t, len(kt.Trace.Spans), sums[0].SpanCount, "the span both writes hold counts once")
 }

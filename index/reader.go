@@ -49,46 +49,37 @@ func readTrace(ctx context.Context, txn *badger.Txn, chunks *chunkReader, id spa
 	return spans, &sum, err
 }
 
-// readSpans reads the span chunks of one trace in a single prefix scan,
-// then the resources and scopes they name. A span repeated in several
+// readSpans reads the span chunks of one trace (walkTraceChunks), then
+// the resources and scopes they name. A span repeated in several
 // chunks (a replay that regrouped spans) is returned once. A resource or
 // scope that is missing (it can only have expired early, e.g. after the
 // retention was shortened) leaves its spans with an empty one and adds a
 // warning to sum.
 func readSpans(ctx context.Context, txn *badger.Txn, chunks *chunkReader, id span.TraceID, sum *summary) ([]span.Span, error) {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(sum.Seq, id), PrefetchValues: true, PrefetchSize: 16})
-	defer it.Close()
 	type ref struct{ res, scope uint64 }
 	var (
 		spans []span.Span
 		refs  []ref
 		seen  map[span.SpanID]bool
 	)
-	for it.Rewind(); it.Valid(); it.Next() {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+	err := walkTraceChunks(ctx, chunks, id, sum, func(e chunkEntry) error {
+		if seen[e.sid] {
+			return nil
 		}
-		err := it.Item().Value(func(v []byte) error {
-			return walkChunk(v, chunks, func(e chunkEntry) error {
-				if seen[e.sid] {
-					return nil
-				}
-				if seen == nil {
-					seen = map[span.SpanID]bool{}
-				}
-				seen[e.sid] = true
-				sp, err := decodeSpanBody(e.body, id, e.sid)
-				if err != nil {
-					return err
-				}
-				spans = append(spans, span.Span{Span: sp})
-				refs = append(refs, ref{e.res, e.scope})
-				return nil
-			})
-		})
+		if seen == nil {
+			seen = map[span.SpanID]bool{}
+		}
+		seen[e.sid] = true
+		sp, err := decodeSpanBody(e.body, id, e.sid)
 		if err != nil {
-			return nil, err
+			return err
 		}
+		spans = append(spans, span.Span{Span: sp})
+		refs = append(refs, ref{e.res, e.scope})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	resources := map[uint64]*span.Resource{}
 	scopes := map[uint64]*span.Scope{}

@@ -5,11 +5,11 @@ package index
 // are length-prefixed (uvarint length, then bytes) so that a prefix scan for
 // one value never runs into a longer value sharing its bytes.
 //
-//	0x01 tid[16] 'a'                 -> trace summary (seq, times, root, counts, reasons, services, warnings)
+//	0x01 tid[16] 'a'                 -> trace summary (seq, times, root, counts, reasons, services, warnings, chunk places)
 //	0x02 'c' hash[8]                 -> instrumentation scope (OTLP ScopeSpans without spans)
 //	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
 //	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
-//	0x04 seq[8] tid[16] chunk[8]     -> span chunk: spans of one write, as a reference into a group
+//	0x04 seq[8] tid[16] chunk[8]     -> span chunk of an earlier version, read only
 //	0x05 id[4]                       -> chunk compression dictionary of the previous version, read only (dict.go)
 //	0x06 group[8]                    -> chunk group: a batch's plain chunks, zstd-compressed together (group.go)
 //	0x10 lv(service) F               -> service posting fragment
@@ -28,21 +28,20 @@ package index
 // where F is maxseq[8] frag[8].
 //
 // Keys, not bytes, are what a write costs in Badger (memtable inserts, WAL
-// entries, compaction merges), so the layout keeps them few: about one per
-// span. A write stores each trace's spans as one chunk (more only past
-// maxChunkSpans or maxChunkBytes), named by the FNV-64 of its sorted span
-// IDs: a replay with the same grouping rewrites the same key, and one that
+// entries, compaction merges), so the layout keeps them few: three per
+// trace (summary, seq, duration) and a few per batch. A write stores each
+// trace's spans as one chunk (more only past maxChunkSpans or
+// maxChunkBytes), identified by the FNV-64 of its sorted span IDs: a replay
+// with the same grouping places the same chunk again, and one that
 // regroups spans adds chunks that repeat spans, which reads merge by span
 // ID: regrouping costs space, never correctness.
 //
-// The spans themselves, most of the bytes, live in chunk groups: a
-// batch's chunks compressed together (group.go), values big enough that
-// Badger keeps them in its value log, written once and never compacted.
-// A chunk key holds only the chunk's place in its group. Chunk keys are
-// keyed by seq (start time), not trace ID, so new ones land at the end of
-// the 0x04 range. A read finds the seq in the summary. The trace ID in the
-// key keeps a seq that is reused (after its trace expired, or an orphan of
-// a partial commit) from ever mixing traces.
+// The spans themselves, most of the bytes, live in chunk groups: a batch's
+// chunks compressed together (group.go), values big enough that Badger
+// keeps them in its value log, written once and never compacted. The
+// trace summary, read and rewritten by every write anyway, places each
+// chunk (group, offset, length). Earlier versions kept each chunk under a
+// key of its own (0x04, by seq and trace ID); such traces are still read.
 //
 // Postings are written per batch, not per trace: a posting fragment holds
 // the seqs of every trace of one write that has the value (delta-encoded,
@@ -143,7 +142,8 @@ func traceKey(id span.TraceID, sub byte) []byte {
 
 func blobKey(kind byte, hash uint64) []byte { return appendU64([]byte{prefixBlob, kind}, hash) }
 
-// chunkPrefix is the prefix of every chunk of one trace.
+// chunkPrefix is the prefix of every chunk key of one trace (written by
+// earlier versions; chunks are now placed by the summary).
 func chunkPrefix(seq uint64, id span.TraceID) []byte {
 	k := make([]byte, 0, 1+8+16+8)
 	k = appendU64(append(k, prefixChunk), seq)
@@ -179,7 +179,7 @@ func highCardKey(key string) []byte { return append([]byte{prefixHighCard}, key.
 type kv struct{ k, v []byte }
 
 // chunkValue is a chunk's ID and where in the batch's groups it went; the
-// key needs the seq, known only at commit.
+// group's ID is known once the batch's groups are sealed.
 type chunkValue struct {
 	id            uint64
 	group, off, n int
@@ -597,7 +597,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		if found {
 			// Only a trace written before can already hold the spans.
 			chunks.txn = txn // commit may have started a new transaction
-			if stored, err = storedSpanIDs(chunks, chunkPrefix(merged.Seq, pt.id)); err != nil {
+			if stored, err = storedSpanIDs(chunks, pt.id, &merged); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
@@ -605,7 +605,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			if err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
-			merged = summary{Seq: seq}
+			merged = summary{Seq: seq, ChunksOnly: true}
 		}
 		for j, sid := range pt.spanIDs {
 			if !stored[sid] {
@@ -622,12 +622,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
-		prefix := chunkPrefix(merged.Seq, pt.id)
 		for _, c := range pt.chunks {
-			ref := appendChunkRef(nil, batch.groupIDs[c.group], c.off, c.n)
-			if err := set(appendU64(slices.Clip(prefix), c.id), ref); err != nil {
-				return fmt.Errorf("write trace %s: %w", pt.id, err)
-			}
+			merged.setChunk(chunkRef{id: c.id, group: batch.groupIDs[c.group], off: uint64(c.off), n: uint64(c.n)})
 		}
 		if err := set(seqKey(merged.Seq), slices.Clone(pt.id[:])); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
@@ -713,24 +709,47 @@ func fragmentID(val []byte) uint64 {
 	return h.Sum64()
 }
 
-// storedSpanIDs returns the IDs of the spans in the chunks under prefix
-// (chunkPrefix), parsing no span.
-func storedSpanIDs(chunks *chunkReader, prefix []byte) (map[span.SpanID]bool, error) {
-	it := chunks.txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-	defer it.Close()
+// storedSpanIDs returns the IDs of the stored spans of a trace, parsing no
+// span.
+func storedSpanIDs(chunks *chunkReader, id span.TraceID, sum *summary) (map[span.SpanID]bool, error) {
 	out := map[span.SpanID]bool{}
-	for it.Rewind(); it.Valid(); it.Next() {
-		err := it.Item().Value(func(v []byte) error {
-			return walkChunk(v, chunks, func(e chunkEntry) error {
-				out[e.sid] = true
-				return nil
-			})
-		})
-		if err != nil {
-			return nil, fmt.Errorf("check stored spans: %w", err)
-		}
+	err := walkTraceChunks(context.Background(), chunks, id, sum, func(e chunkEntry) error {
+		out[e.sid] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check stored spans: %w", err)
 	}
 	return out, nil
+}
+
+// walkTraceChunks calls fn for every span of every chunk of a trace: the
+// chunks its summary places, then, for a trace first written by an earlier
+// version, the chunks under its chunk keys.
+func walkTraceChunks(ctx context.Context, chunks *chunkReader, id span.TraceID, sum *summary, fn func(chunkEntry) error) error {
+	for _, c := range sum.Chunks {
+		plain, err := chunks.ref(c)
+		if err != nil {
+			return err
+		}
+		if err := walkPlainChunk(plain, fn); err != nil {
+			return err
+		}
+	}
+	if sum.ChunksOnly {
+		return nil
+	}
+	it := chunks.txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(sum.Seq, id), PrefetchValues: true, PrefetchSize: 16})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := it.Item().Value(func(v []byte) error { return walkChunk(v, chunks, fn) }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // maxSeqProbes bounds the search for a free seq: 16 milliseconds' worth.
