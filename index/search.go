@@ -381,17 +381,43 @@ func (p *postingStream) contains(seq uint64) (bool, error) {
 	return len(p.buf) > 0 && p.buf[len(p.buf)-1] == seq, nil
 }
 
-// durationCandidates collects the traces whose indexed duration is within
-// the bounds, or returns nil when there are more than durationScanCap.
+// durationCandidates collects the traces whose duration is within the
+// bounds, as far as the duration postings tell (a bucket holds durations
+// up to 25% apart; visit checks the summary), or returns nil when there are
+// more than durationScanCap.
 func (s *searcher) durationCandidates() ([]uint64, error) {
-	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDuration}})
-	defer it.Close()
-	maxDur := uint64(math.MaxUint64)
+	minDur, maxDur := uint64(s.q.req.MinDurationNanos), uint64(math.MaxUint64)
 	if s.q.req.MaxDurationNanos > 0 {
 		maxDur = uint64(s.q.req.MaxDurationNanos)
 	}
 	seqs := []uint64{}
-	for it.Seek(appendU64([]byte{prefixDuration}, uint64(s.q.req.MinDurationNanos))); it.Valid(); it.Next() {
+	full := func() bool { return len(seqs) >= durationScanCap }
+	// The duration postings: fragments in bucket order.
+	it := s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDurPost}})
+	last := durPosting(durationBucket(maxDur))
+	for it.Seek(durPosting(durationBucket(minDur))); it.Valid() && !full(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != len(last)+16 {
+			continue
+		}
+		if bytes.Compare(k[:len(last)], last) > 0 {
+			break
+		}
+		err := it.Item().Value(func(v []byte) error {
+			var err error
+			seqs, err = decodeFragment(seqs, v, beUint64(k[len(last):]))
+			return err
+		})
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+	}
+	it.Close()
+	// Traces written by earlier versions: one duration key each.
+	it = s.txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDuration}})
+	defer it.Close()
+	for it.Seek(appendU64([]byte{prefixDuration}, minDur)); it.Valid() && !full(); it.Next() {
 		rest := it.Item().Key()[1:]
 		if len(rest) != 16 {
 			continue
@@ -399,14 +425,14 @@ func (s *searcher) durationCandidates() ([]uint64, error) {
 		if beUint64(rest) > maxDur {
 			break
 		}
-		if len(seqs) == durationScanCap {
-			return nil, s.ctx.Err()
-		}
 		seqs = append(seqs, beUint64(rest[8:]))
+	}
+	if full() {
+		return nil, s.ctx.Err()
 	}
 	// Newest first, so the candidate cap (if it bites) keeps the newest.
 	slices.SortFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) })
-	return seqs, s.ctx.Err()
+	return slices.Compact(seqs), s.ctx.Err()
 }
 
 // visit checks one candidate trace and records it if it matches. It returns

@@ -823,3 +823,84 @@ func TestSeqsAcrossReopen(t *testing.T) {
 	}))
 	require.Equal(t, 25, countKeys(t, st, []byte{prefixSeq}))
 }
+
+// TestDurationBucket: buckets grow with the duration and none is wider
+// than a quarter of its lower edge.
+func TestDurationBucket(t *testing.T) {
+	prev := durationBucket(0)
+	lo := map[uint16]uint64{}
+	for _, ns := range []uint64{0, 1, 2, 3, 4, 5, 7, 8, 1000, 1001, 1250, 1e6, 2e9, 1<<63 - 1, 1 << 63, math.MaxUint64} {
+		b := durationBucket(ns)
+		require.GreaterOrEqual(t, b, prev, "bucket of %d", ns)
+		prev = b
+	}
+	for ns := uint64(8); ns < 1<<16; ns++ {
+		b := durationBucket(ns)
+		if _, ok := lo[b]; !ok {
+			lo[b] = ns
+		}
+		require.LessOrEqual(t, float64(ns), 1.25*float64(lo[b]), "bucket %d holds %d and %d", b, lo[b], ns)
+	}
+}
+
+// TestDurationSearch: a duration-only search finds traces by their merged
+// duration (a late span that lengthens a trace moves it), ignores the
+// stale bucket, finds traces an earlier version indexed with duration
+// keys, and past the candidate cap falls back to the start-time scan.
+func TestDurationSearch(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	search := func(minMs, maxMs int64) []byte {
+		t.Helper()
+		got, err := st.Search(ctx, &readerpb.SearchRequest{MinDurationNanos: minMs * ms, MaxDurationNanos: maxMs * ms, Limit: 50})
+		require.NoError(t, err)
+		out := []byte{}
+		for _, s := range got {
+			out = append(out, s.TraceId[15])
+		}
+		return out
+	}
+	// The child first (no root: the trace lasts 100 ms), then the root.
+	short := mkTrace(tid(1), spanDef{id: 2, parent: 1, res: resFrontend, name: "b", startMs: 10, durMs: 100})
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: short}}))
+	require.Equal(t, []byte{1}, search(90, 0))
+	require.Empty(t, search(150, 0))
+
+	late := mkTrace(tid(1), spanDef{id: 1, res: resFrontend, name: "a", startMs: 0, durMs: 300})
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: late}}))
+	require.Equal(t, []byte{1}, search(150, 0), "the lengthened trace")
+	require.Empty(t, search(90, 120), "its stale bucket")
+
+	// A trace of an earlier version: a duration key, no duration posting.
+	old := mkTrace(tid(2), spanDef{id: 1, res: resFrontend, name: "a", startMs: 5, durMs: 500})
+	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: old}}))
+	require.NoError(t, st.db.Update(func(txn *badger.Txn) error {
+		sum, _, err := getSummary(txn, traceKey(tid(2), subSummary))
+		require.NoError(t, err)
+		if err := txn.Delete(firstKeyIn(t, txn, durPosting(durationBucket(500*uint64(ms))))); err != nil {
+			return err
+		}
+		return txn.Set(appendU64(appendU64([]byte{prefixDuration}, sum.Duration()), sum.Seq), nil)
+	}))
+	require.Equal(t, []byte{2}, search(400, 0))
+	require.Equal(t, []byte{2, 1}, search(150, 0))
+
+	// More candidates than the cap: the start-time scan answers.
+	var many []KeptTrace
+	for i := range durationScanCap + 10 {
+		many = append(many, KeptTrace{Trace: mkTrace(span.TraceID{0xaa, byte(i >> 8), byte(i)}, spanDef{id: 1, res: resFrontend, name: "m", startMs: 1000 + int64(i), durMs: 200})})
+	}
+	require.NoError(t, st.WriteTraces(ctx, many))
+	got := search(150, 0)
+	require.Len(t, got, 50)
+}
+
+// firstKeyIn returns the first key under prefix.
+func firstKeyIn(t *testing.T, txn *badger.Txn, prefix []byte) []byte {
+	t.Helper()
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	it.Rewind()
+	require.True(t, it.Valid(), "no key under %x", prefix)
+	return it.Item().KeyCopy(nil)
+}

@@ -17,7 +17,8 @@ package index
 //	0x12 lv(span name) F             -> span-name posting fragment
 //	0x13 lv(status) F                -> status posting fragment: "error", "ok", "unset"
 //	0x14 lv(key) lv(value) F         -> attribute posting fragment (span or resource attribute)
-//	0x15 duration[8] seq[8]          trace-duration index (nanoseconds)
+//	0x15 duration[8] seq[8]          trace-duration index of earlier versions, read only
+//	0x16 bucket[2] F                 -> trace-duration posting fragment (durationBucket)
 //	0x20 service                     service list
 //	0x21 lv(service) kind[1] name    operation list (kind is the OTLP enum value)
 //	0x22 'r'|'s' key                 tag names, resource or span scope
@@ -28,8 +29,8 @@ package index
 // where F is maxseq[8] frag[8].
 //
 // Keys, not bytes, are what a write costs in Badger (memtable inserts, WAL
-// entries, compaction merges), so the layout keeps them few: three per
-// trace (summary, seq, duration) and a few per batch. A write stores each
+// entries, compaction merges), so the layout keeps them few: two per
+// trace (summary, seq) and a few per batch. A write stores each
 // trace's spans as one chunk (more only past maxChunkSpans or
 // maxChunkBytes), identified by the FNV-64 of its sorted span IDs: a replay
 // with the same grouping places the same chunk again, and one that
@@ -68,9 +69,11 @@ package index
 // store has not written it for half the retention, and lives 1.5 × the
 // retention, so it outlives every span that names it.
 //
-// The duration index key follows the merged summary, so a late span that
-// lengthens a trace adds a second key; search verifies every candidate
-// against the summary and drops such stale keys.
+// Duration postings (0x16) are written per batch like the others, by the
+// bucket of the merged summary's duration, known only at commit: a late
+// span that lengthens a trace posts it in a second bucket; search
+// verifies every candidate against the summary and drops such stale
+// entries.
 
 import (
 	"bytes"
@@ -79,6 +82,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math/bits"
 	"slices"
 	"sync"
 	"time"
@@ -101,6 +105,7 @@ const (
 	prefixStatusPost byte = 0x13
 	prefixAttrPost   byte = 0x14
 	prefixDuration   byte = 0x15
+	prefixDurPost    byte = 0x16
 	prefixSvcList    byte = 0x20
 	prefixOpList     byte = 0x21
 	prefixTagName    byte = 0x22
@@ -161,6 +166,22 @@ func namePosting(name string) []byte     { return appendLV([]byte{prefixNamePost
 func statusPosting(status string) []byte { return appendLV([]byte{prefixStatusPost}, status) }
 func attrPosting(key, value string) []byte {
 	return appendLV(appendLV([]byte{prefixAttrPost}, key), value)
+}
+
+func durPosting(bucket uint16) []byte {
+	return []byte{prefixDurPost, byte(bucket >> 8), byte(bucket)}
+}
+
+// durationBucket is the duration posting of a trace lasting ns
+// nanoseconds: a quarter of a power of two, so a search's duration bound
+// falls inside a bucket at most 25% wide, whose traces search checks
+// against their summaries.
+func durationBucket(ns uint64) uint16 {
+	l := bits.Len64(ns)
+	if l < 3 {
+		return uint16(ns)
+	}
+	return uint16(4*l) + uint16(ns>>(l-3)&3)
 }
 
 func svcListKey(service string) []byte { return append([]byte{prefixSvcList}, service...) }
@@ -581,8 +602,12 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		}
 	}
 	chunks := s.chunkReader(txn)
-	// Per batch posting: the seqs of the traces holding it.
-	frags := make([][]uint64, len(batch.postings))
+	// Per batch posting: the seqs of the traces holding it. The duration
+	// postings, known only once summaries are merged, follow the prepared
+	// ones.
+	postings := slices.Clip(batch.postings)
+	frags := make([][]uint64, len(postings))
+	durPostings := map[uint16]int{}
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write traces: %w", err)
@@ -628,10 +653,15 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		if err := set(seqKey(merged.Seq), slices.Clone(pt.id[:])); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
-		durKey := appendU64(appendU64([]byte{prefixDuration}, merged.Duration()), merged.Seq)
-		if err := set(durKey, nil); err != nil {
-			return fmt.Errorf("write trace %s: %w", pt.id, err)
+		b := durationBucket(merged.Duration())
+		d, ok := durPostings[b]
+		if !ok {
+			d = len(postings)
+			durPostings[b] = d
+			postings = append(postings, durPosting(b))
+			frags = append(frags, nil)
 		}
+		frags[d] = append(frags[d], merged.Seq)
 		if err := set(sumKey, merged.appendTo(nil)); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
@@ -673,10 +703,10 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	for i := range order {
 		order[i] = i
 	}
-	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(batch.postings[a], batch.postings[b]) })
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(postings[a], postings[b]) })
 	var val []byte
 	for _, i := range order {
-		p, seqs := batch.postings[i], frags[i]
+		p, seqs := postings[i], frags[i]
 		slices.SortFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) })
 		seqs = slices.Compact(seqs)
 		for len(seqs) > 0 {
