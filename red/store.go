@@ -62,6 +62,11 @@ type Store struct {
 	slotRing    []slotKey             // FIFO bound on slots
 	slotNext    int
 
+	// names interns service and operation names: decoded spans' strings
+	// share their record's buffer, and a memo or row that kept one would
+	// keep the whole record alive.
+	names names
+
 	cumMu    sync.Mutex
 	cum      map[Series]*SeriesTotals
 	cumNamed int // series in cum other than __other__ ones
@@ -328,8 +333,8 @@ func (s *Store) reduce(sp span.Span) (spanObs, int64) {
 	so := spanObs{
 		id: spanKey(sp),
 		series: Series{
-			Service:   sp.ServiceName(),
-			Operation: sp.GetName(),
+			Service:   s.names.get(sp.ServiceName()),
+			Operation: s.names.get(sp.GetName()),
 			Kind:      sp.GetKind(),
 			Status:    sp.GetStatus().GetCode(),
 		},
@@ -338,6 +343,32 @@ func (s *Store) reduce(sp span.Span) (spanObs, int64) {
 		err:    sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR,
 	}
 	return so, end
+}
+
+// names is a bounded string intern table, safe for concurrent use.
+type names struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+// maxNames bounds names; past it, names are copied rather than shared.
+const maxNames = 1 << 16
+
+// get returns a copy of v that shares no memory with v's buffer.
+func (n *names) get(v string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if c, ok := n.m[v]; ok {
+		return c
+	}
+	c := strings.Clone(v)
+	if n.m == nil {
+		n.m = map[string]string{}
+	}
+	if len(n.m) < maxNames {
+		n.m[c] = c
+	}
+	return c
 }
 
 func clampTime(ns uint64) int64 { return int64(min(ns, math.MaxInt64)) }
