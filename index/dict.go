@@ -20,8 +20,6 @@ import (
 // uvarint dictionary ID, then the S2 block.
 const chunkDictS2 byte = 3
 
-func dictKey(id uint32) []byte { return binary.BigEndian.AppendUint32([]byte{prefixDict}, id) }
-
 // chunkDicts holds the store's dictionaries. They are loaded at open and
 // never change.
 type chunkDicts struct {

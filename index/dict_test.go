@@ -9,6 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// dictKey is where the previous version stored a chunk dictionary.
+func dictKey(id uint32) []byte { return binary.BigEndian.AppendUint32([]byte{prefixDict}, id) }
+
 // TestEarlierChunkForms: chunks the version before groups wrote (Snappy
 // blocks, and S2 blocks against a dictionary stored at 0x05) still read
 // after a reopen; one naming an unknown dictionary is corrupt, not a panic.

@@ -175,7 +175,6 @@ type searcher struct {
 	others   []*postingStream // the postings after the driver, advanced in step with it
 	examined int
 	out      []*readerpb.TraceSummary
-	collect  bool // keep going past limit (the caller sorts and trims)
 }
 
 var errSearchDone = errors.New("search done")
@@ -188,7 +187,7 @@ func (s *searcher) run() error {
 	case s.q.req.MinDurationNanos > 0:
 		var seqs []uint64
 		if seqs, err = s.durationCandidates(); err == nil && seqs != nil {
-			s.collect = true
+			// Newest first, like every other scan: stop at the limit.
 			for _, seq := range seqs {
 				if err = s.visit(seq); err != nil {
 					break
@@ -383,7 +382,7 @@ func (p *postingStream) contains(seq uint64) (bool, error) {
 
 // durationCandidates collects the traces whose duration is within the
 // bounds, as far as the duration postings tell (a bucket holds durations
-// up to 25% apart; visit checks the summary), or returns nil when there are
+// up to 12.5% apart; visit checks the summary), or returns nil when there are
 // more than durationScanCap.
 func (s *searcher) durationCandidates() ([]uint64, error) {
 	minDur, maxDur := uint64(s.q.req.MinDurationNanos), uint64(math.MaxUint64)
@@ -500,7 +499,7 @@ func (s *searcher) visit(seq uint64) error {
 		KeptReasons:     sum.Reasons,
 		Services:        sum.Services,
 	})
-	if !s.collect && len(s.out) >= s.q.limit {
+	if len(s.out) >= s.q.limit {
 		return errSearchDone
 	}
 	return nil

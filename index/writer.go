@@ -173,15 +173,15 @@ func durPosting(bucket uint16) []byte {
 }
 
 // durationBucket is the duration posting of a trace lasting ns
-// nanoseconds: a quarter of a power of two, so a search's duration bound
-// falls inside a bucket at most 25% wide, whose traces search checks
+// nanoseconds: an eighth of a power of two, so a search's duration bound
+// falls inside a bucket at most 12.5% wide, whose traces search checks
 // against their summaries.
 func durationBucket(ns uint64) uint16 {
 	l := bits.Len64(ns)
-	if l < 3 {
+	if l < 4 {
 		return uint16(ns)
 	}
-	return uint16(4*l) + uint16(ns>>(l-3)&3)
+	return uint16(8*l) + uint16(ns>>(l-4)&7)
 }
 
 func svcListKey(service string) []byte { return append([]byte{prefixSvcList}, service...) }
