@@ -3,6 +3,7 @@ package index
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/stretchr/testify/require"
@@ -171,4 +172,35 @@ func TestTraceWithEarlierChunkKeys(t *testing.T) {
 	sums := searchAll(t, st)
 	require.Len(t, sums, 1)
 	require.EqualValues(t, len(kt.Trace.Spans), sums[0].SpanCount, "the span both writes hold counts once")
+}
+
+// TestExpiredGroupsLeaveTheValueLog: chunk groups live in Badger's value
+// log; once they expire, the compactions that later writes cause drop
+// their keys (group keys are random, so new tables overlap old ones), and
+// value-log GC then deletes the files that held them.
+func TestExpiredGroupsLeaveTheValueLog(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := openStore(t, dir, func(o *Options) {
+		o.Retention = 2 * time.Second
+		o.ValueLogFileSize = 1 << 20
+		o.MemTableSize = 1 << 20 // keys reach tables, which compactions rewrite
+		o.GCInterval = time.Hour // GC runs below
+	})
+	w := newWorkload(13)
+	for range 40 { // about 4 MiB of groups
+		require.NoError(t, st.WriteTraces(ctx, w.kept(500)))
+	}
+	full := dirSize(dir, ".vlog")
+	require.Greater(t, full, int64(3<<20), "groups went to the value log")
+	time.Sleep(st.groupTTL() + 500*time.Millisecond) // every group expired
+	require.Eventually(t, func() bool {
+		require.NoError(t, st.WriteTraces(ctx, w.kept(100)))
+		for range 8 {
+			if st.db.RunValueLogGC(0.5) != nil {
+				break
+			}
+		}
+		return dirSize(dir, ".vlog") < full/2
+	}, 30*time.Second, 10*time.Millisecond, "value-log files of expired groups are deleted")
 }

@@ -837,13 +837,14 @@ func freeSeq(txn *badger.Txn, start, limit uint64) (uint64, error) {
 	return 0, fmt.Errorf("allocate trace reference: %d traces start at %d", maxSeqProbes, start)
 }
 
-// groupTTL outlives the chunk references written after the group by a
-// minute: Badger's TTL has whole-second resolution.
+// groupTTL outlives the summaries written after the group (Badger's TTL
+// has whole-second resolution, and a batch's commit can take a moment):
+// by 1% of the retention, at least 2 seconds.
 func (s *Store) groupTTL() time.Duration {
 	if s.opts.Retention == 0 {
 		return 0
 	}
-	return s.opts.Retention + time.Minute
+	return s.opts.Retention + max(2*time.Second, s.opts.Retention/100)
 }
 
 // blobTTL outlives the retention by the blob refresh interval (see the key
