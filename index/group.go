@@ -34,8 +34,8 @@ import (
 // A group is named by the FNV-64 of the (trace ID, chunk ID) pairs it
 // holds, so a replay of the same batch rewrites the same key with the same
 // value (zstd is deterministic for the same input and level). A replay that
-// groups chunks differently writes new groups and repoints the chunk keys
-// at them; the old groups are garbage until their TTL.
+// groups chunks differently writes new groups, and the summaries place the
+// chunks there; the old groups are garbage until their TTL.
 
 // groupTarget is the plain size at which a group is sealed. Bigger groups
 // compress better (end to end on the load generator's spans: 64 KiB 148 B

@@ -317,11 +317,11 @@ func TestPackedChunk(t *testing.T) {
 	require.Less(t, len(c.data), len(value)/2, "held records are at least halved")
 	require.Less(t, cap(c.data), len(value)/2, "no encoder slack is held")
 	clear(value)
-	got, err := c.traces()
+	got, err := c.unpack()
 	require.NoError(t, err)
 	require.Equal(t, want, got)
 
 	c.data = c.data[:len(c.data)/2]
-	_, err = c.traces()
+	_, err = c.unpack()
 	require.Error(t, err)
 }
