@@ -59,6 +59,29 @@ func (s *slab[T]) many(n int) []T {
 	return out
 }
 
+// expect sets the first chunk to about n values (the slab still grows
+// past it), so a record is decoded in one allocation per slab rather
+// than four or five doubling ones.
+func (s *slab[T]) expect(n int) {
+	s.next = max(n, 8) / 2
+}
+
+// presize sizes the slabs for a record of n bytes, from what typical spans
+// spend per value: an attribute takes 30–60 bytes on the wire (and a
+// record's resource attributes are often shared, not decoded), a span with
+// its attributes several hundred. An estimate too low costs one more
+// chunk; too high, memory the spans keep.
+func (d *fastDecoder) presize(n int) {
+	spans, attrs := n/512, n/48
+	d.spans.expect(spans)
+	d.spanPtrs.expect(spans)
+	d.statuses.expect(spans)
+	d.kvs.expect(attrs)
+	d.kvPtrs.expect(attrs)
+	d.anys.expect(attrs)
+	d.strVals.expect(attrs)
+}
+
 func (s *slab[T]) grow(n int) {
 	s.next = min(max(s.next*2, 8), 512)
 	s.free = make([]T, max(s.next, n))
@@ -88,13 +111,14 @@ type fastDecoder struct {
 
 // decodeTracesFast decodes data, or reports false when the fast path does
 // not apply (see above). cache, when not nil, shares resources and scopes
-// with earlier records.
-// The spans alias a copy of data, or data itself when owned.
+// with earlier records. The spans alias a copy of data, or data itself
+// when owned.
 func decodeTracesFast(data []byte, cache *Decoder, owned bool) ([]Span, bool) {
 	if !owned {
 		data = append([]byte(nil), data...)
 	}
 	d := &fastDecoder{buf: data, cache: cache}
+	d.presize(len(data))
 	b := d.buf
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)

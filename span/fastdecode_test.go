@@ -322,3 +322,26 @@ func TestDecodeTracesOwnership(t *testing.T) {
 		require.Equal(t, make([]byte, len(owned[i].Wire)), owned[i].Wire, "span %d aliases the owned buffer", i)
 	}
 }
+
+// BenchmarkDecodeTraceRecords decodes the request split into one record
+// per trace, as the indexer decodes what the collector produced.
+func BenchmarkDecodeTraceRecords(b *testing.B) {
+	_, req := benchRequest(b)
+	res, err := NewSplitter().Split(req)
+	require.NoError(b, err)
+	var d Decoder
+	b.SetBytes(int64(len(req)))
+	b.ReportAllocs()
+	spans := 0
+	cpu0, _ := processCPU()
+	for b.Loop() {
+		for _, r := range res.Batches {
+			out, err := d.DecodeTracesOwned(r.Data)
+			if err != nil {
+				b.Fatal(err)
+			}
+			spans += len(out)
+		}
+	}
+	reportSpans(b, spans, cpu0)
+}
