@@ -50,41 +50,21 @@ func SplitExemplars(data []byte) ([]ExemplarBatch, error) {
 				at := location{rm, sm, m}
 				switch d := m.GetData().(type) {
 				case *metricspb.Metric_Gauge:
-					for _, p := range d.Gauge.GetDataPoints() {
-						for id, exs := range groupExemplars(p.GetExemplars()) {
-							c := proto.CloneOf(p)
-							c.Exemplars = exs
-							g := builder(id).metric(at).GetGauge()
-							g.DataPoints = append(g.DataPoints, c)
-						}
-					}
+					splitPoints(d.Gauge.GetDataPoints(), func(id span.TraceID) *[]*metricspb.NumberDataPoint {
+						return &builder(id).metric(at).GetGauge().DataPoints
+					})
 				case *metricspb.Metric_Sum:
-					for _, p := range d.Sum.GetDataPoints() {
-						for id, exs := range groupExemplars(p.GetExemplars()) {
-							c := proto.CloneOf(p)
-							c.Exemplars = exs
-							s := builder(id).metric(at).GetSum()
-							s.DataPoints = append(s.DataPoints, c)
-						}
-					}
+					splitPoints(d.Sum.GetDataPoints(), func(id span.TraceID) *[]*metricspb.NumberDataPoint {
+						return &builder(id).metric(at).GetSum().DataPoints
+					})
 				case *metricspb.Metric_Histogram:
-					for _, p := range d.Histogram.GetDataPoints() {
-						for id, exs := range groupExemplars(p.GetExemplars()) {
-							c := proto.CloneOf(p)
-							c.Exemplars = exs
-							h := builder(id).metric(at).GetHistogram()
-							h.DataPoints = append(h.DataPoints, c)
-						}
-					}
+					splitPoints(d.Histogram.GetDataPoints(), func(id span.TraceID) *[]*metricspb.HistogramDataPoint {
+						return &builder(id).metric(at).GetHistogram().DataPoints
+					})
 				case *metricspb.Metric_ExponentialHistogram:
-					for _, p := range d.ExponentialHistogram.GetDataPoints() {
-						for id, exs := range groupExemplars(p.GetExemplars()) {
-							c := proto.CloneOf(p)
-							c.Exemplars = exs
-							h := builder(id).metric(at).GetExponentialHistogram()
-							h.DataPoints = append(h.DataPoints, c)
-						}
-					}
+					splitPoints(d.ExponentialHistogram.GetDataPoints(), func(id span.TraceID) *[]*metricspb.ExponentialHistogramDataPoint {
+						return &builder(id).metric(at).GetExponentialHistogram().DataPoints
+					})
 				}
 				// Summaries carry no exemplars.
 			}
@@ -99,6 +79,38 @@ func SplitExemplars(data []byte) ([]ExemplarBatch, error) {
 		out = append(out, ExemplarBatch{ID: b.id, Data: enc})
 	}
 	return out, nil
+}
+
+// exemplarPoint is a data point kind that carries exemplars.
+type exemplarPoint interface {
+	*metricspb.NumberDataPoint | *metricspb.HistogramDataPoint | *metricspb.ExponentialHistogramDataPoint
+	proto.Message
+	GetExemplars() []*metricspb.Exemplar
+}
+
+// splitPoints appends, to the points dst returns for each trace, a copy of
+// every point carrying exemplars of that trace, with only those exemplars.
+func splitPoints[P exemplarPoint](points []P, dst func(span.TraceID) *[]P) {
+	for _, p := range points {
+		for id, exs := range groupExemplars(p.GetExemplars()) {
+			c := proto.CloneOf(p)
+			setExemplars(c, exs)
+			out := dst(id)
+			*out = append(*out, c)
+		}
+	}
+}
+
+// setExemplars replaces a point's exemplars.
+func setExemplars[P exemplarPoint](p P, exs []*metricspb.Exemplar) {
+	switch p := any(p).(type) {
+	case *metricspb.NumberDataPoint:
+		p.Exemplars = exs
+	case *metricspb.HistogramDataPoint:
+		p.Exemplars = exs
+	case *metricspb.ExponentialHistogramDataPoint:
+		p.Exemplars = exs
+	}
 }
 
 // groupExemplars groups exemplars by valid trace ID. Points have a handful

@@ -622,7 +622,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		if found {
 			// Only a trace written before can already hold the spans.
 			chunks.txn = txn // commit may have started a new transaction
-			if stored, err = storedSpanIDs(chunks, pt.id, &merged); err != nil {
+			if stored, err = storedSpanIDs(ctx, chunks, pt.id, &merged); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
@@ -741,9 +741,9 @@ func fragmentID(val []byte) uint64 {
 
 // storedSpanIDs returns the IDs of the stored spans of a trace, parsing no
 // span.
-func storedSpanIDs(chunks *chunkReader, id span.TraceID, sum *summary) (map[span.SpanID]bool, error) {
+func storedSpanIDs(ctx context.Context, chunks *chunkReader, id span.TraceID, sum *summary) (map[span.SpanID]bool, error) {
 	out := map[span.SpanID]bool{}
-	err := walkTraceChunks(context.Background(), chunks, id, sum, func(e chunkEntry) error {
+	err := walkTraceChunks(ctx, chunks, id, sum, func(e chunkEntry) error {
 		out[e.sid] = true
 		return nil
 	})

@@ -85,13 +85,7 @@ func startLogsReceiver(t testing.TB, cfg Config) *logsTestReceiver {
 	logs := &recordingLogsPublisher{}
 	r, err := New(cfg, &recordingPublisher{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), WithLogs(logs))
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	runUntilCleanup(t, r)
 	g, h := r.Addrs()
 	return &logsTestReceiver{Receiver: r, logs: logs, grpcAddr: g.String(), httpURL: "http://" + h.String()}
 }

@@ -87,13 +87,7 @@ func startMetricsReceiver(t testing.TB) *metricsTestReceiver {
 	reg := prometheus.NewRegistry()
 	r, err := New(testConfig(), &recordingPublisher{}, slog.New(slog.NewTextHandler(io.Discard, nil)), reg, WithMetrics(pub))
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	runUntilCleanup(t, r)
 	g, h := r.Addrs()
 	return &metricsTestReceiver{Receiver: r, pub: pub, reg: reg, grpcAddr: g.String(), httpURL: "http://" + h.String()}
 }

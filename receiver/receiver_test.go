@@ -105,6 +105,14 @@ func startReceiver(t testing.TB, cfg Config) *testReceiver {
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	r, err := New(cfg, pub, logger, reg)
 	require.NoError(t, err)
+	runUntilCleanup(t, r)
+	g, h := r.Addrs()
+	return &testReceiver{Receiver: r, pub: pub, reg: reg, grpcAddr: g.String(), httpURL: "http://" + h.String()}
+}
+
+// runUntilCleanup runs r until the test ends, then checks it stopped cleanly.
+func runUntilCleanup(t testing.TB, r *Receiver) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -112,8 +120,6 @@ func startReceiver(t testing.TB, cfg Config) *testReceiver {
 		cancel()
 		require.NoError(t, <-done)
 	})
-	g, h := r.Addrs()
-	return &testReceiver{Receiver: r, pub: pub, reg: reg, grpcAddr: g.String(), httpURL: "http://" + h.String()}
 }
 
 func dialGRPC(t testing.TB, addr string) *grpc.ClientConn {

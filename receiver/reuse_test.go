@@ -47,13 +47,7 @@ func startWith(t *testing.T, pub TracePublisher) (*Receiver, string) {
 	cfg.HTTPAddr = ""
 	r, err := New(cfg, pub, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	runUntilCleanup(t, r)
 	g, _ := r.Addrs()
 	return r, g.String()
 }

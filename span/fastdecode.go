@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"math"
 	"sync"
-	"unicode/utf8"
 	"unsafe"
 
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -201,7 +200,7 @@ func wireString(b []byte) (string, bool) {
 	if len(b) == 0 {
 		return "", true
 	}
-	if !utf8.Valid(b) {
+	if !validUTF8(b) {
 		return "", false
 	}
 	return unsafe.String(&b[0], len(b)), true

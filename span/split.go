@@ -265,7 +265,7 @@ func headerField(pool *[][]byte, h *header, b []byte, off, n int, num protowire.
 	bad := false
 	switch f.kind {
 	case kString:
-		bad = !utf8.Valid(val)
+		bad = !validUTF8(val)
 	case kMessage:
 		var err error
 		if bad, err = scan(val, f.msg, depth); err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -378,7 +377,7 @@ func scan(b []byte, t msgType, depth int) (badUTF8 bool, err error) {
 		b = b[n:]
 		switch f.kind {
 		case kString:
-			if !utf8.Valid(val) {
+			if !validUTF8(val) {
 				badUTF8 = true
 			}
 		case kMessage:
@@ -410,7 +409,7 @@ func scanKeyValue(b []byte, depth int) (badUTF8 bool, err error) {
 		}
 		v := p[2 : 2+int(p[1])]
 		if p[0] == 0x0a { // key
-			if !utf8.Valid(v) {
+			if !validUTF8(v) {
 				badUTF8 = true
 			}
 		} else if !scalarAnyValue(v, &badUTF8) { // value
@@ -432,7 +431,7 @@ func scalarAnyValue(v []byte, badUTF8 *bool) bool {
 		if len(v) < 2 || v[1] >= 0x80 || int(v[1])+2 != len(v) {
 			return false
 		}
-		if !utf8.Valid(v[2:]) {
+		if !validUTF8(v[2:]) {
 			*badUTF8 = true
 		}
 		return true
@@ -460,7 +459,7 @@ func repair(dst, b []byte, t msgType, depth int) ([]byte, int, error) {
 			return dst, fixed, fieldErr(b, t)
 		}
 		switch {
-		case f.kind == kString && !utf8.Valid(val):
+		case f.kind == kString && !validUTF8(val):
 			dst = protowire.AppendTag(dst, num, protowire.BytesType)
 			dst = protowire.AppendBytes(dst, bytes.ToValidUTF8(val, []byte("\uFFFD")))
 			fixed++
