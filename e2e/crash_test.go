@@ -70,6 +70,11 @@ func startProcess(t *testing.T, bin, dataDir string, ports map[string]string, ex
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
+		if t.Failed() {
+			// The data dir, and the log in it, go with the test.
+			out, _ := os.ReadFile(logf)
+			t.Logf("threadline log (%s):\n%s", logf, out[max(0, len(out)-8<<10):])
+		}
 	})
 	aio := &allInOne{query: p.query}
 	aio.waitReady(t)
