@@ -475,7 +475,7 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		o := off[tr.inst[i]]
 		s := &tr.spans[i]
 		shift(s.Span, o)
-		s.Wire = nil
+		s.ForgetWire()
 		attrs.set(s, AttrClockSkew, o)
 		tr.start[i] += o
 		tr.end[i] += o

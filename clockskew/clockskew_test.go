@@ -372,3 +372,59 @@ func TestWireKeptOnlyForAppendedAttributes(t *testing.T) {
 	adj.Adjust(tr)
 	require.Nil(t, tr.Spans[0].Wire)
 }
+
+// lazilyDecoded encodes a trace as a record and decodes it the way the
+// indexer does, with the span attributes deferred in the wire.
+func lazilyDecoded(t *testing.T, tr *span.Trace) *span.Trace {
+	t.Helper()
+	data, err := proto.Marshal(span.ToTracesData(tr.Spans))
+	require.NoError(t, err)
+	var dec span.Decoder
+	spans, err := dec.DecodeTracesLazy(data)
+	require.NoError(t, err)
+	return &span.Trace{ID: tr.ID, Spans: spans}
+}
+
+// TestAdjustDeferredAttributes: adjusting spans whose attributes are still
+// in the wire gives the spans adjusting decoded ones does — also for spans
+// received with the stamps of an earlier Adjust, which must be found and
+// replaced — and leaves unshifted spans' attributes undecoded.
+func TestAdjustDeferredAttributes(t *testing.T) {
+	for _, k := range []string{AttrClockSkew, AttrLogicalTime} {
+		require.True(t, strings.HasPrefix(k, span.ReservedAttrPrefix), "%s is never deferred", k)
+	}
+	rows := []row{
+		{name: "a", inst: "a@h1", kind: cli, start: 10 * ms, end: 90 * ms},
+		{name: "b", parent: "a", inst: "b@h2", kind: srv, start: 2*sec + 20*ms, end: 2*sec + 80*ms},
+		{name: "bc", parent: "b", inst: "b@h2", kind: cli, start: 2*sec + 30*ms, end: 2*sec + 70*ms},
+		{name: "d", parent: "a", inst: "a@h1", kind: inr, start: 20 * ms, end: 30 * ms},
+	}
+	adj := CorrectClockSkew(DefaultConfig())
+	want := build(rows)
+	adj.Adjust(want)
+	byName := map[string]*tracepb.Span{}
+	for _, s := range want.Spans {
+		byName[s.Name] = s.Span
+	}
+	requireAsWanted := func(tr *span.Trace) {
+		t.Helper()
+		require.Len(t, tr.Spans, len(want.Spans))
+		for _, s := range tr.Spans {
+			s.DecodeAttrs()
+			require.True(t, proto.Equal(byName[s.Name], s.Span), "span %s:\nwant %v\n got %v", s.Name, byName[s.Name], s.Span)
+		}
+	}
+
+	lazy := lazilyDecoded(t, build(rows))
+	adj.Adjust(lazy)
+	for _, s := range lazy.Spans {
+		_, shifted := intAttr(byName[s.Name], AttrClockSkew)
+		require.Equal(t, !shifted, s.AttrsDeferred(), "span %s: only a shifted span is decoded", s.Name)
+	}
+	requireAsWanted(lazy)
+
+	// The adjusted trace sent again carries the stamps in its wire.
+	again := lazilyDecoded(t, want)
+	adj.Adjust(again)
+	requireAsWanted(again)
+}

@@ -23,6 +23,15 @@ func unadjust(sp *span.Span) {
 	if s == nil {
 		return
 	}
+	strip := false
+	for _, kv := range s.GetAttributes() {
+		// Deferred attributes need no look: none is reserved.
+		strip = strip || kv.GetKey() == AttrClockSkew || kv.GetKey() == AttrLogicalTime
+	}
+	if !strip {
+		return
+	}
+	sp.ForgetWire() // the list below is then whole
 	attrs := s.GetAttributes()
 	kept := attrs[:0]
 	var o int64
@@ -35,10 +44,6 @@ func unadjust(sp *span.Span) {
 			kept = append(kept, kv)
 		}
 	}
-	if len(kept) == len(attrs) {
-		return
-	}
-	sp.Wire = nil
 	clear(attrs[len(kept):]) // drop references for the GC
 	s.Attributes = kept
 	if len(kept) == 0 {
@@ -93,7 +98,7 @@ func (a *intAttrs) set(sp *span.Span, key string, v int64) {
 	for _, kv := range s.GetAttributes() {
 		if kv.GetKey() == key {
 			kv.Value = val
-			sp.Wire = nil
+			sp.ForgetWire()
 			return
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -631,6 +632,31 @@ func appendAttrString(dst []byte, v *commonpb.AnyValue) ([]byte, bool) {
 		return strconv.AppendBool(dst, x.BoolValue), true
 	case *commonpb.AnyValue_DoubleValue:
 		return strconv.AppendFloat(dst, x.DoubleValue, 'g', -1, 64), true
+	}
+	return dst, false
+}
+
+// appendWireAttrString is appendAttrString for an AnyValue's encoding, as
+// span.Span.RangeDeferredAttrs gives it.
+func appendWireAttrString(dst, v []byte) ([]byte, bool) {
+	num, typ, n := protowire.ConsumeTag(v)
+	if n < 0 || len(v) == 0 {
+		return dst, false
+	}
+	v = v[n:]
+	switch {
+	case num == 1 && typ == protowire.BytesType:
+		s, m := protowire.ConsumeBytes(v)
+		return append(dst, s...), m >= 0
+	case num == 2 && typ == protowire.VarintType:
+		b, m := protowire.ConsumeVarint(v)
+		return strconv.AppendBool(dst, b != 0), m >= 0
+	case num == 3 && typ == protowire.VarintType:
+		i, m := protowire.ConsumeVarint(v)
+		return strconv.AppendInt(dst, int64(i), 10), m >= 0
+	case num == 4 && typ == protowire.Fixed64Type:
+		f, m := protowire.ConsumeFixed64(v)
+		return strconv.AppendFloat(dst, math.Float64frombits(f), 'g', -1, 64), m >= 0
 	}
 	return dst, false
 }

@@ -228,7 +228,7 @@ func TestWireBody(t *testing.T) {
 			if i%2 == 1 {
 				sp.Attributes = append(sp.Attributes, intAttr("threadline.logical_time", int64(i)))
 			}
-			got, ok := appendWireBody([]byte{0xaa}, sp.Wire, sp.Span)
+			got, ok := appendWireBody([]byte{0xaa}, sp)
 			require.True(t, ok)
 			require.Equal(t, byte(0xaa), got[0])
 			want, err := appendSpanBody(nil, sp.Span, &tracepb.Span{})
@@ -243,7 +243,7 @@ func TestWireBody(t *testing.T) {
 
 			sp.Attributes = nil
 			if len(a.Attributes) > 0 {
-				got, ok := appendWireBody([]byte{0xaa}, sp.Wire, sp.Span)
+				got, ok := appendWireBody([]byte{0xaa}, sp)
 				require.False(t, ok)
 				require.Equal(t, []byte{0xaa}, got)
 			}
@@ -267,7 +267,7 @@ func FuzzWireBody(f *testing.F) {
 		if proto.Unmarshal(wire, sp) != nil {
 			return
 		}
-		got, ok := appendWireBody(nil, wire, sp)
+		got, ok := appendWireBody(nil, span.Span{Span: sp, Wire: wire})
 		require.True(t, ok)
 		back := &tracepb.Span{}
 		require.NoError(t, proto.Unmarshal(got, back))

@@ -5,6 +5,7 @@ import (
 	"math"
 	"unicode/utf8"
 
+	"github.com/threadline/threadline/span"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -307,7 +308,8 @@ func appendKeyValues(dst []byte, num protowire.Number, kvs []*commonpb.KeyValue,
 // the same span appendSpanBody encodes, at the cost of a copy. It returns
 // false, with dst unchanged in length, when wire does not parse or holds
 // more attributes than the span.
-func appendWireBody(dst, wire []byte, sp *tracepb.Span) ([]byte, bool) {
+func appendWireBody(dst []byte, sp span.Span) ([]byte, bool) {
+	wire := sp.Wire
 	start := len(dst)
 	nattrs := 0
 	run := 0 // start of the fields not yet copied
@@ -330,11 +332,15 @@ func appendWireBody(dst, wire []byte, sp *tracepb.Span) ([]byte, bool) {
 		i += n + m
 	}
 	dst = append(dst, wire[run:]...)
-	if nattrs > len(sp.Attributes) {
-		return dst[:start], false
+	appended := sp.Attributes // the received ones are deferred, only in wire
+	if !sp.AttrsDeferred() {
+		if nattrs > len(sp.Attributes) {
+			return dst[:start], false
+		}
+		appended = sp.Attributes[nattrs:]
 	}
 	var err error
-	dst = appendKeyValues(dst, spanAttributes, sp.Attributes[nattrs:], &err)
+	dst = appendKeyValues(dst, spanAttributes, appended, &err)
 	if err != nil {
 		return dst[:start], false
 	}

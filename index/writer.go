@@ -77,7 +77,6 @@ package index
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -504,7 +503,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		start := len(p.bodies)
 		var copied bool
 		if sp.Wire != nil {
-			p.bodies, copied = appendWireBody(p.bodies, sp.Wire, sp.Span)
+			p.bodies, copied = appendWireBody(p.bodies, sp)
 		}
 		if !copied {
 			if p.bodies, err = appendSpanBody(p.bodies, sp.Span, &p.stripped); err != nil {
@@ -521,6 +520,12 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		for _, i := range p.intrinsic(sp.ServiceName(), sp.GetKind(), sp.GetName(), statusString(sp.Span)) {
 			p.use(&pt, i)
 		}
+		sp.RangeDeferredAttrs(func(key string, value []byte) {
+			var ok bool
+			if p.val, ok = appendWireAttrString(p.val[:0], value); ok {
+				p.use(&pt, p.attr(scopeSpan, key, p.val))
+			}
+		})
 		for _, a := range sp.GetAttributes() {
 			var ok bool
 			if p.val, ok = appendAttrString(p.val[:0], a.GetValue()); ok {
@@ -707,7 +712,8 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	var val []byte
 	for _, i := range order {
 		p, seqs := postings[i], frags[i]
-		slices.SortFunc(seqs, func(a, b uint64) int { return cmp.Compare(b, a) })
+		slices.Sort(seqs) // then reversed: newest first
+		slices.Reverse(seqs)
 		seqs = slices.Compact(seqs)
 		for len(seqs) > 0 {
 			n := 1

@@ -338,7 +338,7 @@ func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk, into []span.Spa
 			// Unpacked into a buffer of its own: the spans may keep it.
 			var data []byte
 			if data, err = c.unpack(); err == nil {
-				spans, err = ix.decoder.DecodeTracesOwned(data)
+				spans, err = ix.decoder.DecodeTracesLazy(data)
 			}
 		} else {
 			spans, err = ix.decoder.DecodeTraces(c.data)
@@ -637,6 +637,9 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		}
 	}
 	if mine < 0 {
+		for _, s := range t.Spans {
+			s.DecodeAttrs() // proto.Marshal sees only Span.Attributes
+		}
 		data, err := proto.Marshal(span.ToTracesData(t.Spans))
 		ix.mu.Lock()
 		if err == nil {

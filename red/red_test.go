@@ -347,10 +347,13 @@ func TestKill9ThenReplay(t *testing.T) {
 
 func TestRetention(t *testing.T) {
 	o := testOptions()
-	o.Retention = time.Second
+	// Long enough that the first queries run well inside it on a loaded
+	// CI machine (one second was not, under -race beside other packages).
+	o.Retention = 4 * time.Second
 	s := open(t, t.TempDir(), o)
 	defer func() { require.NoError(t, s.Close()) }()
 	tr := genTraffic(50, 5)
+	written := time.Now()
 	observeAll(s, tr)
 	require.NoError(t, s.Flush(context.Background()))
 	q := func() Point {
@@ -360,7 +363,7 @@ func TestRetention(t *testing.T) {
 	}
 	require.Positive(t, q().Count)
 	require.NotEmpty(t, q().Traces)
-	time.Sleep(2100 * time.Millisecond)
+	time.Sleep(time.Until(written.Add(o.Retention + 1100*time.Millisecond)))
 	require.Zero(t, q().Count)
 	require.Empty(t, q().Traces)
 }

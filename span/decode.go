@@ -18,18 +18,21 @@ import (
 // what that path leaves to it. Resources and scopes are shared with the
 // records the Decoder decoded before.
 func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) {
-	return c.decodeTraces(data, false)
+	return c.decodeTraces(data, false, false)
 }
 
-// DecodeTracesOwned is DecodeTraces for a buffer the caller hands over:
+// DecodeTracesLazy is DecodeTraces for a buffer the caller hands over —
 // the spans alias data instead of a copy, so it must never change
-// afterwards.
-func (c *Decoder) DecodeTracesOwned(data []byte) ([]Span, error) {
-	return c.decodeTraces(data, true)
+// afterwards — that checks span attributes but leaves them in each span's
+// Wire (see Span.AttrsDeferred). Attributes are half of a span's decode and
+// most of its allocations, and the indexer's path to the store reads them
+// once, from the wire.
+func (c *Decoder) DecodeTracesLazy(data []byte) ([]Span, error) {
+	return c.decodeTraces(data, true, true)
 }
 
-func (c *Decoder) decodeTraces(data []byte, owned bool) ([]Span, error) {
-	if spans, ok := decodeTracesFast(data, c, owned); ok {
+func (c *Decoder) decodeTraces(data []byte, owned, lazy bool) ([]Span, error) {
+	if spans, ok := decodeTracesFast(data, c, owned, lazy); ok {
 		return spans, nil
 	}
 	var td tracepb.TracesData

@@ -62,7 +62,8 @@ func (s *slab[T]) many(n int) []T {
 // past it), so a record is decoded in one allocation per slab rather
 // than four or five doubling ones.
 func (s *slab[T]) expect(n int) {
-	s.next = max(n, 8) / 2
+	s.next = max(n, 1)
+	s.free = make([]T, s.next)
 }
 
 // presize sizes the slabs for a record of n bytes, from what typical spans
@@ -73,8 +74,12 @@ func (s *slab[T]) expect(n int) {
 func (d *fastDecoder) presize(n int) {
 	spans, attrs := n/512, n/48
 	d.spans.expect(spans)
-	d.spanPtrs.expect(spans)
 	d.statuses.expect(spans)
+	d.out = make([]Span, 0, max(spans, 1))
+	if d.lazy {
+		d.deferred.expect(spans)
+		return // span attributes stay on the wire
+	}
 	d.kvs.expect(attrs)
 	d.kvPtrs.expect(attrs)
 	d.anys.expect(attrs)
@@ -90,7 +95,6 @@ type fastDecoder struct {
 	buf []byte // the decoder's copy of the record: strings and bytes point into it
 
 	spans    slab[tracepb.Span]
-	spanPtrs slab[*tracepb.Span]
 	events   slab[tracepb.Span_Event]
 	evPtrs   slab[*tracepb.Span_Event]
 	links    slab[tracepb.Span_Link]
@@ -104,19 +108,23 @@ type fastDecoder struct {
 	intVals  slab[commonpb.AnyValue_IntValue]
 	dblVals  slab[commonpb.AnyValue_DoubleValue]
 	boolVals slab[commonpb.AnyValue_BoolValue]
+	deferred slab[deferredAttrs]
 	out      []Span
 	cache    *Decoder // nil: no sharing between records
+	// lazy leaves span attributes in the span's Wire, checked but not
+	// decoded (see Span.AttrsDeferred).
+	lazy bool
 }
 
 // decodeTracesFast decodes data, or reports false when the fast path does
 // not apply (see above). cache, when not nil, shares resources and scopes
 // with earlier records. The spans alias a copy of data, or data itself
 // when owned.
-func decodeTracesFast(data []byte, cache *Decoder, owned bool) ([]Span, bool) {
+func decodeTracesFast(data []byte, cache *Decoder, owned, lazy bool) ([]Span, bool) {
 	if !owned {
 		data = append([]byte(nil), data...)
 	}
-	d := &fastDecoder{buf: data, cache: cache}
+	d := &fastDecoder{buf: data, cache: cache, lazy: lazy}
 	d.presize(len(data))
 	b := d.buf
 	for len(b) > 0 {
@@ -330,10 +338,15 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 	}
 	for _, sb := range g.children {
 		sp := d.spans.one()
-		if !d.span(sp, sb) {
+		deferred, ok := d.span(sp, sb)
+		if !ok {
 			return false
 		}
-		d.out = append(d.out, Span{Span: sp, Resource: res, Scope: sc, Wire: sb})
+		out := Span{Span: sp, Resource: res, Scope: sc, Wire: sb}
+		if deferred {
+			out.deferred = d.deferred.one()
+		}
+		d.out = append(d.out, out)
 	}
 	return true
 }
@@ -364,16 +377,23 @@ func (d *fastDecoder) scope(s *commonpb.InstrumentationScope, b []byte) bool {
 	})
 }
 
-func (d *fastDecoder) span(sp *tracepb.Span, b []byte) bool {
-	c, ok := countFields(b, 9, 11, 13)
-	if !ok {
-		return false
+// span decodes a span into sp. In lazy mode its attributes are checked
+// and left in b, and deferred reports whether it has any.
+func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
+	if !d.lazy {
+		// Lazily, events and links (few spans have any) are appended
+		// instead, which spares a pass over the span.
+		c, ok := countFields(b, 9, 11, 13)
+		if !ok {
+			return false, false
+		}
+		sp.Attributes = d.kvPtrs.many(c[0])
+		sp.Events = d.evPtrs.many(c[1])
+		sp.Links = d.linkPtrs.many(c[2])
 	}
-	sp.Attributes = d.kvPtrs.many(c[0])
-	sp.Events = d.evPtrs.many(c[1])
-	sp.Links = d.linkPtrs.many(c[2])
 	na, ne, nl := 0, 0, 0
-	return walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
+	reserved := false
+	ok = walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
 		var ok bool
 		switch typ {
 		case protowire.BytesType:
@@ -389,18 +409,31 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) bool {
 			case 5:
 				sp.Name, ok = wireString(bs)
 			case 9:
-				kv := d.kvs.one()
-				sp.Attributes[na] = kv
 				na++
+				if d.lazy {
+					ok, r := checkKeyValue(bs, 0)
+					reserved = reserved || r
+					return ok
+				}
+				kv := d.kvs.one()
+				sp.Attributes[na-1] = kv
 				ok = d.keyValue(kv, bs, 0)
 			case 11:
 				ev := d.events.one()
-				sp.Events[ne] = ev
+				if d.lazy {
+					sp.Events = append(sp.Events, ev)
+				} else {
+					sp.Events[ne] = ev
+				}
 				ne++
 				ok = d.event(ev, bs)
 			case 13:
 				l := d.links.one()
-				sp.Links[nl] = l
+				if d.lazy {
+					sp.Links = append(sp.Links, l)
+				} else {
+					sp.Links[nl] = l
+				}
 				nl++
 				ok = d.link(l, bs)
 			case 15:
@@ -435,6 +468,15 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) bool {
 		}
 		return ok
 	})
+	if ok && reserved {
+		// Decoded in full after all: see ReservedAttrPrefix.
+		*sp = tracepb.Span{}
+		d.lazy = false
+		_, ok = d.span(sp, b)
+		d.lazy = true
+		return false, ok
+	}
+	return d.lazy && na > 0, ok
 }
 
 func (d *fastDecoder) event(ev *tracepb.Span_Event, b []byte) bool {
@@ -605,6 +647,95 @@ func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) b
 		i++
 		return d.keyValue(kv, bs, depth)
 	})
+}
+
+// checkKeyValue accepts exactly the KeyValue encodings keyValue decodes,
+// allocating nothing: lazy decoding defers the decode, not the check, so a
+// record is accepted or refused whole and deferred attributes always
+// decode later. It runs for every attribute of every span, so it loops
+// over the fields itself instead of through walkFields' callback.
+func checkKeyValue(b []byte, depth int) (ok, reserved bool) {
+	hasValue := false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			return false, false
+		}
+		v, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return false, false
+		}
+		b = b[n+m:]
+		switch {
+		case num == 1:
+			if !validUTF8(v) {
+				return false, false
+			}
+			reserved = len(v) >= len(ReservedAttrPrefix) && string(v[:len(ReservedAttrPrefix)]) == ReservedAttrPrefix
+		case num == 2 && !hasValue:
+			hasValue = true
+			if !checkAnyValue(v, depth) {
+				return false, false
+			}
+		default:
+			return false, false
+		}
+	}
+	return true, reserved
+}
+
+// checkAnyValue is checkKeyValue for anyValue: at most one member.
+func checkAnyValue(b []byte, depth int) bool {
+	if depth > maxFastDepth {
+		return false
+	}
+	if len(b) == 0 {
+		return true
+	}
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		return false
+	}
+	b = b[n:]
+	var v []byte
+	switch typ {
+	case protowire.VarintType:
+		_, n = protowire.ConsumeVarint(b)
+		if num != 2 && num != 3 {
+			return false
+		}
+	case protowire.Fixed64Type:
+		_, n = protowire.ConsumeFixed64(b)
+		if num != 4 {
+			return false
+		}
+	case protowire.BytesType:
+		v, n = protowire.ConsumeBytes(b)
+	default:
+		return false
+	}
+	if n < 0 || n != len(b) {
+		return false // malformed, or a second member
+	}
+	if typ != protowire.BytesType {
+		return true
+	}
+	switch num {
+	case 1:
+		return validUTF8(v)
+	case 5:
+		return walkFields(v, func(num protowire.Number, typ protowire.Type, _ uint64, e []byte) bool {
+			return num == 1 && typ == protowire.BytesType && checkAnyValue(e, depth+1)
+		})
+	case 6:
+		return walkFields(v, func(num protowire.Number, typ protowire.Type, _ uint64, kv []byte) bool {
+			ok, _ := checkKeyValue(kv, depth+1)
+			return num == 1 && typ == protowire.BytesType && ok
+		})
+	case 7:
+		return true
+	}
+	return false
 }
 
 // Decoder decodes trace records (DecodeTraces) and shares decoded resources

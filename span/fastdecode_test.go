@@ -2,6 +2,8 @@ package span
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -17,11 +19,26 @@ import (
 // URLs included. It returns whether the fast path took the input.
 func requireSameAsProto(t *testing.T, data []byte) bool {
 	t.Helper()
-	fast, ok := decodeTracesFast(data, nil, false)
+	fast, ok := decodeTracesFast(data, nil, false, false)
+	lazy, lazyOK := decodeTracesFast(data, nil, false, true)
+	require.Equal(t, ok, lazyOK, "the lazy fast path must accept exactly what the full one does")
 	var td tracepb.TracesData
 	err := proto.Unmarshal(data, &td)
 	if !ok {
 		return false
+	}
+	require.Len(t, lazy, len(fast))
+	for i := range lazy {
+		reserved := slices.ContainsFunc(fast[i].Attributes, func(kv *commonpb.KeyValue) bool {
+			return strings.HasPrefix(kv.Key, ReservedAttrPrefix)
+		})
+		require.Equal(t, len(fast[i].Attributes) > 0 && !reserved, lazy[i].AttrsDeferred(), "span %d", i)
+		if lazy[i].AttrsDeferred() {
+			require.Empty(t, lazy[i].Attributes, "span %d: deferred attributes are not decoded", i)
+		}
+		lazy[i].DecodeAttrs()
+		require.False(t, lazy[i].AttrsDeferred())
+		require.True(t, proto.Equal(fast[i].Span, lazy[i].Span), "span %d after DecodeAttrs:\nwant %v\n got %v", i, fast[i].Span, lazy[i].Span)
 	}
 	require.NoError(t, err, "the fast path accepted what proto.Unmarshal rejects")
 	want := FromTracesData(&td)
@@ -287,7 +304,7 @@ func TestDecoderSharesResources(t *testing.T) {
 }
 
 // TestDecodeTracesOwnership: DecodeTraces copies the record, so changing
-// it afterwards changes no span; DecodeTracesOwned decodes the same spans
+// it afterwards changes no span; DecodeTracesLazy decodes the same spans
 // without the copy, aliasing the buffer it was handed.
 func TestDecodeTracesOwnership(t *testing.T) {
 	str := func(k, v string) *commonpb.KeyValue {
@@ -309,10 +326,11 @@ func TestDecodeTracesOwnership(t *testing.T) {
 	var d Decoder
 	copied, err := d.DecodeTraces(data)
 	require.NoError(t, err)
-	owned, err := d.DecodeTracesOwned(data)
+	owned, err := d.DecodeTracesLazy(data)
 	require.NoError(t, err)
 	require.Len(t, owned, len(want))
 	for i := range want {
+		owned[i].DecodeAttrs()
 		require.True(t, proto.Equal(want[i].Span, owned[i].Span))
 	}
 	clear(data)
@@ -324,24 +342,92 @@ func TestDecodeTracesOwnership(t *testing.T) {
 }
 
 // BenchmarkDecodeTraceRecords decodes the request split into one record
-// per trace, as the indexer decodes what the collector produced.
+// per trace, as the indexer decodes what the collector produced: lazy is
+// what the indexer does, full decodes the attributes too.
 func BenchmarkDecodeTraceRecords(b *testing.B) {
 	_, req := benchRequest(b)
 	res, err := NewSplitter().Split(req)
 	require.NoError(b, err)
-	var d Decoder
-	b.SetBytes(int64(len(req)))
-	b.ReportAllocs()
-	spans := 0
-	cpu0, _ := processCPU()
-	for b.Loop() {
-		for _, r := range res.Batches {
-			out, err := d.DecodeTracesOwned(r.Data)
-			if err != nil {
-				b.Fatal(err)
+	for _, bc := range []struct {
+		name   string
+		decode func(*Decoder, []byte) ([]Span, error)
+	}{{"lazy", (*Decoder).DecodeTracesLazy}, {"full", (*Decoder).DecodeTraces}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var d Decoder
+			b.SetBytes(int64(len(req)))
+			b.ReportAllocs()
+			spans := 0
+			cpu0, _ := processCPU()
+			for b.Loop() {
+				for _, r := range res.Batches {
+					out, err := bc.decode(&d, r.Data)
+					if err != nil {
+						b.Fatal(err)
+					}
+					spans += len(out)
+				}
 			}
-			spans += len(out)
-		}
+			reportSpans(b, spans, cpu0)
+		})
 	}
-	reportSpans(b, spans, cpu0)
+}
+
+// TestDeferredAttrs: a lazily decoded span lists its received attributes
+// from the wire, finds keys there, decodes them ahead of attributes
+// appended since, and every copy of the Span sees the decode.
+func TestDeferredAttrs(t *testing.T) {
+	data, err := proto.Marshal(everyField())
+	require.NoError(t, err)
+	var d Decoder
+	spans, err := d.DecodeTracesLazy(data)
+	require.NoError(t, err)
+	var td tracepb.TracesData
+	require.NoError(t, proto.Unmarshal(data, &td))
+	want := FromTracesData(&td)[0].Span
+
+	sp := spans[0]
+	require.True(t, sp.AttrsDeferred())
+	require.Empty(t, sp.Attributes)
+	var keys []string
+	sp.RangeDeferredAttrs(func(key string, value []byte) {
+		keys = append(keys, key)
+		var v commonpb.AnyValue
+		require.NoError(t, proto.Unmarshal(value, &v))
+		require.True(t, proto.Equal(want.Attributes[len(keys)-1].GetValue(), &v), "value of %s", key)
+	})
+	require.Len(t, keys, len(want.Attributes))
+	for i, kv := range want.Attributes {
+		require.Equal(t, kv.Key, keys[i])
+	}
+
+	appended := &commonpb.KeyValue{Key: "appended"}
+	sp.Attributes = append(sp.Attributes, appended)
+	cp := sp
+	cp.DecodeAttrs()
+	require.False(t, sp.AttrsDeferred(), "copies share the decode")
+	wantAttrs := append(slices.Clone(want.Attributes), appended)
+	require.Len(t, sp.Attributes, len(wantAttrs))
+	for i := range wantAttrs {
+		require.True(t, proto.Equal(wantAttrs[i], sp.Attributes[i]), "attribute %d", i)
+	}
+	require.Same(t, appended, sp.Attributes[len(wantAttrs)-1])
+	sp.RangeDeferredAttrs(func(string, []byte) { t.Fatal("nothing is deferred any more") })
+	cp.DecodeAttrs()
+	require.Len(t, sp.Attributes, len(want.Attributes)+1, "decoding twice adds nothing")
+
+	sp.ForgetWire()
+	require.Nil(t, sp.Wire)
+	require.NotNil(t, spans[1].Wire)
+
+	// A span received with a reserved attribute is decoded in full.
+	td.ResourceSpans[0].ScopeSpans[0].Spans[0].Attributes = append(want.Attributes[:2:2],
+		&commonpb.KeyValue{Key: ReservedAttrPrefix + "logical_time"}, want.Attributes[2])
+	data, err = proto.Marshal(&td)
+	require.NoError(t, err)
+	spans, err = d.DecodeTracesLazy(data)
+	require.NoError(t, err)
+	require.False(t, spans[0].AttrsDeferred())
+	require.Len(t, spans[0].Attributes, 4)
+	require.True(t, proto.Equal(td.ResourceSpans[0].ScopeSpans[0].Spans[0], spans[0].Span))
+	require.True(t, requireSameAsProto(t, data))
 }

@@ -1,9 +1,13 @@
 package span
 
 import (
+	"unsafe"
+
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Resource is an OTLP resource with its schema URL. Spans reported together share
@@ -34,9 +38,116 @@ type Span struct {
 	// Wire is the span's encoding as received (the Decoder sets it), or
 	// nil. It lets the store copy the span instead of re-encoding it.
 	// Code that changes the span in any way other than appending
-	// attributes MUST set Wire to nil; appended attributes are encoded
+	// attributes MUST call ForgetWire; appended attributes are encoded
 	// after it.
 	Wire []byte
+	// deferred, when set and not done, means the received attributes are
+	// only in Wire (DecodeTracesLazy), none of them in ReservedAttrPrefix. It is a pointer so that copies of
+	// the Span agree once any of them decodes the attributes into the
+	// shared *tracepb.Span.
+	deferred *deferredAttrs
+}
+
+type deferredAttrs struct{ done bool }
+
+// ReservedAttrPrefix begins the keys of the attributes Threadline writes on
+// spans (the skew stage's stamps). DecodeTracesLazy never defers a span
+// that arrives with one — one sent again after an earlier pass, say — so
+// code looking for them finds them in Span.Attributes.
+const ReservedAttrPrefix = "threadline."
+
+// AttrsDeferred reports whether the attributes the span was received with
+// are still only in Wire: Span.Attributes then holds just the attributes
+// appended since, and DecodeAttrs adds the received ones ahead of them.
+func (s Span) AttrsDeferred() bool {
+	return s.deferred != nil && !s.deferred.done
+}
+
+// DecodeAttrs decodes the attributes left in Wire, if any, into
+// Span.Attributes, ahead of the ones appended since.
+func (s Span) DecodeAttrs() {
+	if !s.AttrsDeferred() {
+		return
+	}
+	s.deferred.done = true
+	var received []*commonpb.KeyValue
+	d := &fastDecoder{}
+	ok := walkFields(s.Wire, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
+		if num != 9 || typ != protowire.BytesType {
+			return true
+		}
+		kv := d.kvs.one()
+		received = append(received, kv)
+		return d.keyValue(kv, bs, 0)
+	})
+	if !ok {
+		// Unreachable: the lazy decode checked these bytes with the rules
+		// keyValue decodes by. proto.Unmarshal still gives the attributes.
+		var full tracepb.Span
+		_ = proto.Unmarshal(s.Wire, &full)
+		received = full.Attributes
+	}
+	s.Attributes = append(received, s.Attributes...)
+}
+
+// RangeDeferredAttrs calls fn with the key and the AnyValue encoding of
+// each attribute still deferred in Wire, in order; it calls nothing when
+// none are deferred. The key shares Wire's bytes. It runs for every span
+// the indexer stores, so it parses the fields itself rather than through
+// walkFields' callbacks; the lazy decode has checked them.
+func (s Span) RangeDeferredAttrs(fn func(key string, value []byte)) {
+	if !s.AttrsDeferred() {
+		return
+	}
+	for b := s.Wire; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return
+		}
+		b = b[n:]
+		if num != 9 || typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return
+			}
+			b = b[n:]
+			continue
+		}
+		kv, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return
+		}
+		b = b[n:]
+		var key, value []byte
+		for len(kv) > 0 {
+			num, _, n := protowire.ConsumeTag(kv)
+			if n < 0 {
+				return
+			}
+			v, m := protowire.ConsumeBytes(kv[n:])
+			if m < 0 {
+				return
+			}
+			kv = kv[n+m:]
+			if num == 1 {
+				key = v
+			} else {
+				value = v
+			}
+		}
+		var k string
+		if len(key) > 0 {
+			k = unsafe.String(&key[0], len(key)) // checked as UTF-8 when decoded
+		}
+		fn(k, value)
+	}
+}
+
+// ForgetWire prepares the span for a change Wire cannot carry: it decodes
+// any deferred attributes and drops Wire, so the span is encoded from its
+// fields.
+func (s *Span) ForgetWire() {
+	s.DecodeAttrs()
+	s.Wire = nil
 }
 
 // Trace is every span held for one trace ID, in arrival order.
