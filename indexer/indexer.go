@@ -179,7 +179,7 @@ type partKey struct {
 // heldTrace is a complete trace being decided, or held by the decider until
 // its window closes. Spans arriving meanwhile join its chunks.
 type heldTrace struct {
-	deciding bool // popped, not yet offered: spans join without the cap
+	deciding bool // popped, not yet offered: spans join up to twice the cap
 	chunks   []chunk
 	nspans   int
 	logs     []chunk
@@ -395,7 +395,14 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		// Complete but undecided: the spans join it and follow its decision,
 		// up to the per-trace cap; past it they are shed (counted) so a
 		// runaway trace held in a top-N heap cannot grow memory without bound.
-		if !h.deciding && h.nspans+c.spans > ix.cfg.MaxSpansPerTrace {
+		// While it is being decided the bound is twice the cap: it may have
+		// been taken at the cap, and a trace still streaming then has its
+		// next records arrive during the decision.
+		limit := ix.cfg.MaxSpansPerTrace
+		if h.deciding {
+			limit *= 2
+		}
+		if h.nspans+c.spans > limit {
 			ix.mu.Unlock()
 			ix.m.shedSpans.Add(float64(c.spans))
 			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t}) // metrics still count them

@@ -292,8 +292,9 @@ func TestHeldTraceSpanCap(t *testing.T) {
 		if (batch+1)*100 >= cfg.MaxSpansPerTrace {
 			// At the cap: wait for the decide loop to take the trace, so
 			// later batches meet it held. Spans that arrive before it is
-			// taken still join it past the cap (a known gap); a fixed sleep
-			// here let that happen under load.
+			// taken still join it past the cap (bounded by the buffer and
+			// TestDecidingTraceSpanCap); a fixed sleep here let that happen
+			// under load.
 			require.Eventually(t, func() bool {
 				h.ix.mu.Lock()
 				defer h.ix.mu.Unlock()
@@ -313,6 +314,41 @@ func TestHeldTraceSpanCap(t *testing.T) {
 	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
 	require.Equal(t, float64(1000), float64(len(got.Spans))+counterValue(t, h.ix.m.shedSpans), "every span stored or counted as shed")
 	require.LessOrEqual(t, len(got.Spans), cfg.MaxSpansPerTrace)
+}
+
+// TestDecidingTraceSpanCap: spans of a trace being decided join it up to
+// twice the span cap and are shed past it, so a trace streaming spans
+// faster than it is decided cannot grow without bound.
+func TestDecidingTraceSpanCap(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxSpansPerTrace = 100
+	dec, err := sampling.NewTailSampler(sampling.DefaultConfig(), prometheus.NewRegistry())
+	require.NoError(t, err)
+	store, err := index.Open(t.TempDir(), slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	ix, err := New(cfg, Parts{Store: store, Decider: dec}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	require.NoError(t, err) // not run: the trace stays in the deciding state set below
+
+	id := span.TraceID{0x42, 15: 1}
+	ix.held[id] = &heldTrace{deciding: true, nspans: cfg.MaxSpansPerTrace}
+	ledger := bus.NewLedger()
+	add := func(spans int) {
+		tk := ledger.Begin(&kgo.Record{Topic: "otlp_spans"})
+		ix.add(id, partKey{"otlp_spans", 0}, chunk{data: []byte{}, spans: spans}, tk, time.Now())
+		tk.Release()
+	}
+	add(60)
+	add(40)
+	require.Equal(t, 2*cfg.MaxSpansPerTrace, ix.held[id].nspans, "up to twice the cap joins")
+	require.Zero(t, counterValue(t, ix.m.shedSpans))
+	add(1)
+	require.Equal(t, 2*cfg.MaxSpansPerTrace, ix.held[id].nspans)
+	require.Equal(t, float64(1), counterValue(t, ix.m.shedSpans), "past it, spans are shed and counted")
+
+	ix.held[id].deciding = false // offered and held by the decider: the cap itself
+	add(1)
+	require.Equal(t, float64(2), counterValue(t, ix.m.shedSpans))
 }
 
 // TestPackedChunk: a buffered record is held compressed, independent of the

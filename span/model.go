@@ -42,9 +42,10 @@ type Span struct {
 	// after it.
 	Wire []byte
 	// deferred, when set and not done, means the received attributes are
-	// only in Wire (DecodeTracesLazy), none of them in ReservedAttrPrefix. It is a pointer so that copies of
-	// the Span agree once any of them decodes the attributes into the
-	// shared *tracepb.Span.
+	// only in Wire (DecodeTracesLazy); none of their keys starts with
+	// ReservedAttrPrefix. It is a pointer so that copies of the Span agree
+	// once any of them decodes the attributes into the shared
+	// *tracepb.Span.
 	deferred *deferredAttrs
 }
 
