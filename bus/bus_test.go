@@ -55,6 +55,18 @@ func startBroker(t *testing.T, dir string) *Embedded {
 	return e
 }
 
+// startProducer starts a producer with the default config against e,
+// closed when the test ends.
+func startProducer(t *testing.T, e *Embedded) *Producer {
+	t.Helper()
+	kcfg := DefaultConfig()
+	kcfg.Brokers = []string{e.Addr()}
+	p, err := NewProducer(kcfg, discard(), prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, p.Close(context.Background())) })
+	return p
+}
+
 type collecting struct {
 	mu   sync.Mutex
 	keys []string
@@ -78,12 +90,10 @@ func (c *collecting) count() int { c.mu.Lock(); defer c.mu.Unlock(); return len(
 // and checks a second consumer resumes after the committed offsets.
 func TestProduceConsumeResume(t *testing.T) {
 	e := startBroker(t, t.TempDir())
-	defer e.Close()
+	t.Cleanup(e.Close)
+	p := startProducer(t, e)
 	kcfg := DefaultConfig()
 	kcfg.Brokers = []string{e.Addr()}
-	p, err := NewProducer(kcfg, discard(), prometheus.NewRegistry())
-	require.NoError(t, err)
-	defer func() { require.NoError(t, p.Close(context.Background())) }()
 
 	batches := func(n int, seed byte) []span.TraceBatch {
 		var out []span.TraceBatch

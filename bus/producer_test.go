@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -20,12 +19,8 @@ import (
 // ID, value that trace's data, each exactly once.
 func TestPublishTracesPooledState(t *testing.T) {
 	e := startBroker(t, t.TempDir())
-	defer e.Close()
-	kcfg := DefaultConfig()
-	kcfg.Brokers = []string{e.Addr()}
-	p, err := NewProducer(kcfg, discard(), prometheus.NewRegistry())
-	require.NoError(t, err)
-	defer func() { require.NoError(t, p.Close(context.Background())) }()
+	t.Cleanup(e.Close)
+	p := startProducer(t, e)
 	require.True(t, p.ReleasesData())
 
 	want := map[string]string{}
@@ -51,7 +46,7 @@ func TestPublishTracesPooledState(t *testing.T) {
 	}
 	wg.Wait()
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addr()), kgo.ConsumeTopics(kcfg.TracesTopic),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addr()), kgo.ConsumeTopics(DefaultConfig().TracesTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	require.NoError(t, err)
 	defer cl.Close()
