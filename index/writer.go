@@ -288,6 +288,7 @@ type preparer struct {
 	now time.Time
 
 	intern   map[string]int32 // tagged key (see prepare) -> posting index, or -1
+	wire     map[string]int32 // lv(key) AnyValue encoding -> posting index (see wireAttr)
 	postings [][]byte         // the batch's distinct posting prefixes
 	postLast []int32          // per posting: the last trace (number) that holds it
 	lists    []listEntry      // list keys admitted for the batch
@@ -297,14 +298,14 @@ type preparer struct {
 	trace      int32           // number of the trace being prepared, from 1
 	high       map[string]bool // high-cardinality keys when the batch started
 
-	buf, val, bodies []byte // scratch
-	stripped         tracepb.Span
-	groups           groupBuilder
-	groupValues      []kv     // sealed groups, written before every trace
-	groupIDs         []uint64 // per group
-	resHash          map[*span.Resource]uint64
-	resPostings      map[*span.Resource][]int32
-	scHash           map[*span.Scope]uint64
+	buf, val, bodies, wbuf []byte // scratch
+	stripped               tracepb.Span
+	groups                 groupBuilder
+	groupValues            []kv     // sealed groups, written before every trace
+	groupIDs               []uint64 // per group
+	resHash                map[*span.Resource]uint64
+	resPostings            map[*span.Resource][]int32
+	scHash                 map[*span.Scope]uint64
 }
 
 func newPreparer(s *Store) *preparer {
@@ -312,6 +313,7 @@ func newPreparer(s *Store) *preparer {
 		s:           s,
 		now:         time.Now(),
 		intern:      make(map[string]int32, 256),
+		wire:        make(map[string]int32, 256),
 		resHash:     map[*span.Resource]uint64{},
 		resPostings: map[*span.Resource][]int32{},
 		scHash:      map[*span.Scope]uint64{},
@@ -383,6 +385,28 @@ func (p *preparer) attr(scope byte, key string, value []byte) int32 {
 		p.addList("v"+key, tagValueKey(key, string(value)), p.s.opts.MaxTagValuesPerKey)
 	}
 	p.intern[tagged] = i
+	return i
+}
+
+// wireAttr is attr for a span attribute still in its wire form (an
+// AnyValue's encoding), interned by those bytes: most attributes repeat
+// within a batch, and a repeat then costs one map lookup, with no
+// conversion of the value to its string form. Results that are not
+// postings (values too long to index, high-cardinality keys) are not kept:
+// such values rarely repeat.
+func (p *preparer) wireAttr(key string, value []byte) int32 {
+	p.wbuf = append(appendLV(p.wbuf[:0], key), value...)
+	if i, ok := p.wire[string(p.wbuf)]; ok {
+		return i
+	}
+	var ok bool
+	if p.val, ok = appendWireAttrString(p.val[:0], value); !ok {
+		return -1
+	}
+	i := p.attr(scopeSpan, key, p.val)
+	if i >= 0 {
+		p.wire[string(p.wbuf)] = i
+	}
 	return i
 }
 
@@ -520,12 +544,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		for _, i := range p.intrinsic(sp.ServiceName(), sp.GetKind(), sp.GetName(), statusString(sp.Span)) {
 			p.use(&pt, i)
 		}
-		sp.RangeDeferredAttrs(func(key string, value []byte) {
-			var ok bool
-			if p.val, ok = appendWireAttrString(p.val[:0], value); ok {
-				p.use(&pt, p.attr(scopeSpan, key, p.val))
-			}
-		})
+		sp.RangeDeferredAttrs(func(key string, value []byte) { p.use(&pt, p.wireAttr(key, value)) })
 		for _, a := range sp.GetAttributes() {
 			var ok bool
 			if p.val, ok = appendAttrString(p.val[:0], a.GetValue()); ok {
