@@ -271,7 +271,7 @@ func (s *Store) Observe(t *span.Trace) { s.ObserveDurable(t, nil) }
 // blocks while MaxPendingSpans spans await a flush.
 func (s *Store) ObserveDurable(t *span.Trace, done func()) {
 	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), done: done}
-	var entries []memoEntry
+	entries := make([]memoEntry, 0, min(len(t.Spans), 8)) // at most one per span; kept until Link
 	for _, sp := range t.Spans {
 		so, end := s.reduce(sp)
 		o.spans = append(o.spans, so)
