@@ -70,7 +70,10 @@ func procCPU(pid int) (time.Duration, error) {
 }
 
 // peakRSS is the process's high-water resident set (VmHWM).
-func peakRSS(pid int) (int64, error) {
+func peakRSS(pid int) (int64, error) { return procStatus(pid, "VmHWM") }
+
+// procStatus reads one kB field of /proc/pid/status, in bytes.
+func procStatus(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -78,12 +81,37 @@ func peakRSS(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// sampleAnonRSS polls the process's anonymous resident memory (RssAnon)
+// until stop is called, which returns the highest seen. VmHWM also counts
+// the pages of files the process maps (Badger maps its value log and
+// tables), which the kernel reclaims at will; RssAnon is what it cannot.
+func sampleAnonRSS(pid int) (stop func() int64) {
+	done, peak := make(chan struct{}), make(chan int64)
+	go func() {
+		var hi int64
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if v, err := procStatus(pid, "RssAnon"); err == nil {
+				hi = max(hi, v)
+			}
+			select {
+			case <-done:
+				peak <- hi
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() int64 { close(done); return <-peak }
 }
 
 func startProc(b *testing.B, bin string, args ...string) *exec.Cmd {
@@ -182,13 +210,16 @@ func BenchmarkEndToEnd(b *testing.B) {
 		cpu0, err := procCPU(cmd.Process.Pid)
 		require.NoError(b, err)
 		start := time.Now()
+		stopAnon := sampleAnonRSS(cmd.Process.Pid)
 		r := runLoad(b, dir, grpcAddr, total)
 		written := waitWritten(b, "http://"+query+"/metrics", r.SpansAcked)
 		elapsed := time.Since(start)
+		anon := stopAnon()
 		cpu1, err := procCPU(cmd.Process.Pid)
 		require.NoError(b, err)
 		rss, err := peakRSS(cmd.Process.Pid)
 		require.NoError(b, err)
+		require.Positive(b, anon, "no RssAnon sample")
 		require.NoError(b, cmd.Process.Signal(syscall.SIGTERM))
 		require.NoError(b, cmd.Wait())
 		disk := dirSize(b, filepath.Join(data, "spans"))
@@ -197,6 +228,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.ReportMetric(cpu/float64(written)*1e5, "cpu-s/100k-spans")
 		b.ReportMetric(float64(written)/cpu, "spans/s/core")
 		b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+		b.ReportMetric(float64(anon)/(1<<20), "peak-anon-RSS-MiB")
 		b.ReportMetric(float64(disk)/float64(written), "disk-B/span")
 		b.Logf("end to end: %d spans acked, %d written in %.1fs (ingest %.1fs, decision wait 1s), %.2f CPU-s, store %d B",
 			r.SpansAcked, written, elapsed.Seconds(), r.Duration, cpu, disk)
