@@ -253,18 +253,16 @@ func (p *Producer) produceAll(ctx context.Context, topic string, st *produceStat
 	case err == nil:
 		p.count(recs, "ok")
 		p.latency.Observe(time.Since(start).Seconds())
-		p.putState(st)
-		return nil
 	case errors.Is(err, kgo.ErrMaxBuffered):
 		p.count(recs, "buffer_full")
-		p.putState(st)
-		return fmt.Errorf("produce to %s: %w", topic, ErrBufferFull)
+		err = fmt.Errorf("produce to %s: %w", topic, ErrBufferFull)
 	default:
 		p.count(recs, "error")
-		p.putState(st)
 		p.log.Warn("kafka produce failed", "topic", topic, "records", len(recs), "err", err)
-		return fmt.Errorf("produce to %s: %w", topic, err)
+		err = fmt.Errorf("produce to %s: %w", topic, err)
 	}
+	p.putState(st) // after count: it clears recs
+	return err
 }
 
 // ReleasesData reports that PublishTraces, once it returned nil, holds no
