@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -114,9 +115,53 @@ func sampleAnonRSS(pid int) (stop func() int64) {
 	return func() int64 { close(done); return <-peak }
 }
 
+// profileDir, when set, makes each benchmark save profiles of the measured
+// process under load there, for go tool pprof: name.cpu.pprof and, taken
+// right after it, name.heap.pprof (live heap as of the last GC).
+var profileDir = os.Getenv("THREADLINE_BENCH_PROFILE_DIR")
+
+// profileUnderLoad profiles the CPU of the process serving adminURL for
+// seconds, after the load has run for a second, then its heap; wait blocks
+// until both are saved. Without profileDir it does nothing.
+func profileUnderLoad(b *testing.B, adminURL, name string, seconds int) (wait func()) {
+	if profileDir == "" {
+		return func() {}
+	}
+	errc := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		err := savePprof(adminURL+"/debug/pprof/profile?seconds="+strconv.Itoa(seconds), filepath.Join(profileDir, name+".cpu.pprof"))
+		if err == nil {
+			err = savePprof(adminURL+"/debug/pprof/heap", filepath.Join(profileDir, name+".heap.pprof"))
+		}
+		errc <- err
+	}()
+	return func() { require.NoError(b, <-errc, "profiling %s", name) }
+}
+
+func savePprof(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
+}
+
 func startProc(b *testing.B, bin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if profileDir != "" {
+		cmd.Env = append(os.Environ(), "THREADLINE_PPROF=1")
+	}
 	require.NoError(b, cmd.Start())
 	b.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -177,7 +222,9 @@ func BenchmarkCollectorIngest(b *testing.B) {
 	for b.Loop() {
 		cpu0, err := procCPU(cmd.Process.Pid)
 		require.NoError(b, err)
+		profiled := profileUnderLoad(b, "http://"+admin, "collector", 3)
 		r := runLoad(b, dir, grpcAddr, 2_000_000)
+		profiled()
 		cpu1, err := procCPU(cmd.Process.Pid)
 		require.NoError(b, err)
 		rss, err := peakRSS(cmd.Process.Pid)
@@ -211,8 +258,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 		require.NoError(b, err)
 		start := time.Now()
 		stopAnon := sampleAnonRSS(cmd.Process.Pid)
+		profiled := profileUnderLoad(b, "http://"+query, "threadline", 12)
 		r := runLoad(b, dir, grpcAddr, total)
 		written := waitWritten(b, "http://"+query+"/metrics", r.SpansAcked)
+		profiled()
 		elapsed := time.Since(start)
 		anon := stopAnon()
 		cpu1, err := procCPU(cmd.Process.Pid)
