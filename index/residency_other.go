@@ -1,0 +1,7 @@
+//go:build !linux
+
+package index
+
+func fileMappings() ([]mapping, error) { return nil, errNoPageOut }
+
+func pageOut(mapping) error { return nil }
