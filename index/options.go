@@ -24,12 +24,12 @@ type Options struct {
 	// idempotent writes make the replay harmless.
 	SyncWrites bool
 	// MemTableSize is the size of one Badger memtable. Default 16 MiB.
-	// Badger builds each table in memory from pooled allocators that never
-	// shrink (up to eight per database), and a memtable flush builds one
-	// table of its whole size, so this and BaseTableSize set the store's
-	// standing memory: 32 MiB and 2 MiB kept about 740 MiB of builders
-	// after a 1M-span run, 16 MiB and 1 MiB about 330 MiB, at the same
-	// CPU per span.
+	// A memtable flush builds one table of its whole size in memory, and
+	// the store holds up to NumMemtables of them, so this sets most of the
+	// store's standing memory. (Upstream Badger also kept every pooled
+	// table builder at its largest size, which made this and BaseTableSize
+	// matter several times over: 32 MiB and 2 MiB kept about 740 MiB of
+	// builders after a 1M-span run; third_party/ristretto trims them now.)
 	MemTableSize int64
 	// BaseTableSize is the size of one SSTable in the LSM's base level
 	// (deeper levels double it). Default 1 MiB; see MemTableSize.
