@@ -254,7 +254,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			"--otlp-http-addr", freePort(b), "--kafka-addr", freePort(b), "--indexer-grpc-addr", freePort(b),
 			"--http-addr", query, "--decision-wait", "1s", "--sampling-baseline", "1", "--log-level", "warn")
 		waitHTTP(b, "http://"+query+"/readyz")
-		const total = 1_500_000
+		total := endToEndSpans(b)
 		cpu0, err := procCPU(cmd.Process.Pid)
 		require.NoError(b, err)
 		start := time.Now()
@@ -283,6 +283,20 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.Logf("end to end: %d spans acked, %d written in %.1fs (ingest %.1fs, decision wait 1s), %.2f CPU-s, store %d B",
 			r.SpansAcked, written, elapsed.Seconds(), r.Duration, cpu, disk)
 	}
+}
+
+// endToEndSpans is how many spans BenchmarkEndToEnd sends: 1.5M, or
+// THREADLINE_BENCH_SPANS. A longer run (6M, about two minutes) shows
+// whether memory settles or keeps growing with the stored data.
+func endToEndSpans(b *testing.B) int {
+	v := os.Getenv("THREADLINE_BENCH_SPANS")
+	if v == "" {
+		return 1_500_000
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(b, err, "THREADLINE_BENCH_SPANS")
+	require.Positive(b, n, "THREADLINE_BENCH_SPANS")
+	return n
 }
 
 // waitWritten polls the indexer's spans-written counter until it reaches want.
