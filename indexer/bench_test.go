@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -248,4 +249,39 @@ func BenchmarkLogIngest(b *testing.B) {
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkPack: packing one held record (see packer), against a dictionary
+// of earlier records and, for comparison, alone; B/record is what the
+// decision buffer holds.
+func BenchmarkPack(b *testing.B) {
+	record := heldRecords(b)
+	recs := make([][]byte, 4096)
+	for i := range recs {
+		recs[i] = record(i)
+	}
+	run := func(b *testing.B, pack func(v []byte) chunk) {
+		var held int
+		for i := 0; b.Loop(); i++ {
+			held += len(pack(recs[i%len(recs)]).data)
+		}
+		b.ReportMetric(float64(held)/float64(b.N), "B/record")
+	}
+	b.Run("dictionary", func(b *testing.B) {
+		var p packer
+		now := time.Now()
+		for _, r := range recs[:64] {
+			p.pack(r, 1, now)
+		}
+		run(b, func(v []byte) chunk { return p.pack(v, 1, now) })
+	})
+	b.Run("alone", func(b *testing.B) {
+		var scratch []byte
+		run(b, func(v []byte) chunk {
+			if n := s2.MaxEncodedLen(len(v)); cap(scratch) < n {
+				scratch = make([]byte, n)
+			}
+			return chunk{data: bytes.Clone(s2.Encode(scratch[:cap(scratch)], v))}
+		})
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -351,24 +352,77 @@ func TestDecidingTraceSpanCap(t *testing.T) {
 	require.Equal(t, float64(2), counterValue(t, ix.m.shedSpans))
 }
 
-// TestPackedChunk: a buffered record is held compressed, independent of the
+// heldRecords returns a generator of records the way services send them:
+// one resource with a dozen attributes, the same for every record, and a
+// span with a few high-entropy attributes.
+func heldRecords(tb testing.TB) func(n int) []byte {
+	rng := rand.New(rand.NewPCG(3, 4))
+	resource := &resourcepb.Resource{}
+	for _, k := range []string{"service.name", "service.version", "service.instance.id", "host.name", "host.id", "os.type", "process.runtime.name", "process.runtime.version", "telemetry.sdk.name", "telemetry.sdk.version", "telemetry.sdk.language", "k8s.pod.name", "k8s.namespace.name"} {
+		resource.Attributes = append(resource.Attributes, &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("%s-%x", k, rng.Uint64())}}})
+	}
+	return func(n int) []byte {
+		id := traceID(n)
+		sid := binary.BigEndian.AppendUint64(nil, rng.Uint64())
+		sp := &tracepb.Span{TraceId: id[:], SpanId: sid, Name: "GET /api/v1/orders/{id}", StartTimeUnixNano: rng.Uint64(), EndTimeUnixNano: rng.Uint64()}
+		for _, k := range []string{"http.request.method", "url.path", "user.id", "server.address"} {
+			sp.Attributes = append(sp.Attributes, &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("%x", rng.Uint64())}}})
+		}
+		v, err := proto.Marshal(&tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{Resource: resource, ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{sp}}}}}})
+		require.NoError(tb, err)
+		return v
+	}
+}
+
+// TestPacker: a buffered record is held compressed, independent of the
 // record's buffer (which the Kafka client may reuse), and unpacks to the
-// same bytes.
-func TestPackedChunk(t *testing.T) {
-	spec := traceSpec{id: traceID(7), service: "checkout", op: "POST /pay", start: time.Now(), duration: time.Second, spans: 20}
-	value, err := proto.Marshal(spec.build())
-	require.NoError(t, err)
+// same bytes; once 64 KiB of records went by they are compressed against a
+// dictionary of them, which is what a record repeats from the records before
+// it; a chunk unpacks with its own dictionary after newer ones were made.
+func TestPacker(t *testing.T) {
+	record := heldRecords(t)
+	roundTrip := func(c chunk, want []byte) {
+		t.Helper()
+		got, err := c.unpack()
+		require.NoError(t, err)
+		require.Equal(t, want, got)
+	}
+
+	var p packer
+	now := time.Now()
+	value := record(0)
 	want := slices.Clone(value)
-	c := packChunk(value, 20)
-	require.True(t, c.packed)
-	require.Less(t, len(c.data), len(value)/2, "held records are at least halved")
-	require.Less(t, cap(c.data), len(value)/2, "no encoder slack is held")
+	first := p.pack(value, 1, now)
+	require.True(t, first.packed)
+	require.Nil(t, first.dict, "no dictionary before 64 KiB of records")
+	require.Less(t, len(first.data), len(value), "held records are compressed")
+	require.Less(t, cap(first.data), len(value), "no encoder slack is held")
 	clear(value)
-	got, err := c.unpack()
-	require.NoError(t, err)
-	require.Equal(t, want, got)
+	roundTrip(first, want)
+
+	n := 1
+	for ; p.dict == nil; n++ {
+		p.pack(record(n), 1, now)
+	}
+	value = record(n)
+	plain := s2.Encode(nil, value)
+	c := p.pack(value, 1, now)
+	require.NotNil(t, c.dict)
+	t.Logf("a %d-byte record packed to %d bytes with the dictionary, %d alone", len(value), len(c.data), len(plain))
+	require.Less(t, len(c.data), len(plain)*6/10, "a dictionary of earlier records compresses better than the record alone (%d against %d bytes)", len(c.data), len(plain))
+	roundTrip(c, value)
+
+	// A minute later the next 64 KiB make a new dictionary; the chunk
+	// packed with the old one still unpacks.
+	old := p.dict
+	for n++; p.dict == old; n++ {
+		p.pack(record(n), 1, now.Add(packDictAge))
+	}
+	require.True(t, c.dict == old && p.dict != old, "c keeps the dictionary it was packed with")
+	roundTrip(c, value)
+	roundTrip(first, want)
 
 	c.data = c.data[:len(c.data)/2]
-	_, err = c.unpack()
+	_, err := c.unpack()
 	require.Error(t, err)
 }
