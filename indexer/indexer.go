@@ -121,12 +121,15 @@ const (
 	packDictAge     = time.Minute
 )
 
+// maxPackScratch bounds the encoder buffer a packer keeps between records.
+const maxPackScratch = 1 << 20
+
 // pack makes a held chunk from a record value, which the Kafka client may
 // reuse. It compresses into scratch and keeps an exact copy: an S2
 // destination must be larger than the input.
 func (p *packer) pack(value []byte, spans int, now time.Time) chunk {
 	if p.dict == nil || p.since >= packDictRecords || now.Sub(p.made) >= packDictAge {
-		p.sample = append(p.sample, value...)
+		p.sample = append(p.sample, value[max(0, len(value)-s2.MaxDictSize):]...)
 		if len(p.sample) >= s2.MaxDictSize {
 			// MakeDict keeps the slice it is given, so it gets a copy of
 			// the latest 64 KiB; this record's opening bytes show it where
@@ -139,14 +142,18 @@ func (p *packer) pack(value []byte, spans int, now time.Time) chunk {
 		}
 	}
 	p.since++
-	if n := s2.MaxEncodedLen(len(value)); cap(p.scratch) < n {
-		p.scratch = make([]byte, n)
+	buf := p.scratch
+	if n := s2.MaxEncodedLen(len(value)); cap(buf) < n {
+		buf = make([]byte, n)
+		if n <= maxPackScratch { // one huge record is not kept for good
+			p.scratch = buf
+		}
 	}
 	var enc []byte
 	if p.dict != nil {
-		enc = p.dict.Encode(p.scratch[:cap(p.scratch)], value)
+		enc = p.dict.Encode(buf[:cap(buf)], value)
 	} else {
-		enc = s2.Encode(p.scratch[:cap(p.scratch)], value)
+		enc = s2.Encode(buf[:cap(buf)], value)
 	}
 	return chunk{data: bytes.Clone(enc), spans: spans, packed: true, dict: p.dict}
 }

@@ -422,6 +422,13 @@ func TestPacker(t *testing.T) {
 	roundTrip(c, value)
 	roundTrip(first, want)
 
+	// A huge record packs like any other, and the packer keeps neither it
+	// nor an encoder buffer its size.
+	huge := slices.Repeat(record(n), 4<<20/len(value))
+	roundTrip(p.pack(huge, 1, now.Add(2*packDictAge)), huge)
+	require.LessOrEqual(t, cap(p.scratch), maxPackScratch)
+	require.LessOrEqual(t, cap(p.sample), 4*s2.MaxDictSize)
+
 	c.data = c.data[:len(c.data)/2]
 	_, err := c.unpack()
 	require.Error(t, err)
