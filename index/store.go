@@ -292,8 +292,8 @@ func (s *Store) gcLoop() {
 	}
 }
 
-// Close stops value-log GC and page-out and closes Badger, flushing memtables. It is
-// safe to call more than once.
+// Close stops value-log GC and page-out and closes Badger, flushing
+// memtables. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -276,12 +275,7 @@ func BenchmarkPack(b *testing.B) {
 		run(b, func(v []byte) chunk { return p.pack(v, 1, now) })
 	})
 	b.Run("alone", func(b *testing.B) {
-		var scratch []byte
-		run(b, func(v []byte) chunk {
-			if n := s2.MaxEncodedLen(len(v)); cap(scratch) < n {
-				scratch = make([]byte, n)
-			}
-			return chunk{data: bytes.Clone(s2.Encode(scratch[:cap(scratch)], v))}
-		})
+		var p packer
+		run(b, func(v []byte) chunk { return chunk{data: p.encode(v, nil)} })
 	})
 }
