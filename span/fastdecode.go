@@ -780,7 +780,8 @@ func (s *shared[T]) keyOf(msg, schema []byte) []byte {
 	if msg != nil {
 		s.key = append(s.key, 1)
 	}
-	return append(s.key, msg...)
+	s.key = append(s.key, msg...) // kept: the next key reuses the buffer
+	return s.key
 }
 
 func (s *shared[T]) get(msg, schema []byte) *T {

@@ -303,6 +303,19 @@ func TestDecoderSharesResources(t *testing.T) {
 	require.NotSame(t, none.Resource, empty.Resource)
 }
 
+// TestSharedLookupAllocatesNothing: finding a resource the Decoder already
+// holds builds its key in a buffer kept from the lookup before, so a
+// record whose resources are all known costs no key allocation.
+func TestSharedLookupAllocatesNothing(t *testing.T) {
+	var s shared[Resource]
+	msg := marshal(t, mkResource("checkout"))
+	schema := []byte("https://opentelemetry.io/schemas/1.37.0")
+	want := &Resource{}
+	s.put(msg, schema, want, len(msg))
+	require.Same(t, want, s.get(msg, schema))
+	require.Zero(t, testing.AllocsPerRun(100, func() { s.get(msg, schema) }))
+}
+
 // TestDecodeTracesOwnership: DecodeTraces copies the record, so changing
 // it afterwards changes no span; DecodeTracesLazy decodes the same spans
 // without the copy, aliasing the buffer it was handed.
