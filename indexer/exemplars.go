@@ -503,7 +503,7 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 		}
 		chunks = append(chunks, chunk{data: r.Value, observed: true})
 	}
-	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks, nil)}
+	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks)}
 	if len(t.Spans) == 0 {
 		return errors.New("no span of the trace at its remembered offsets")
 	}

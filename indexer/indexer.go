@@ -388,7 +388,12 @@ func keyTraceID(key []byte) (span.TraceID, bool) {
 
 // decodeChunks decodes a trace's chunks, keeping only spans of that trace (a
 // record keyed by one trace ID that carries others is counted, not trusted).
-func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk, into []span.Span) []span.Span {
+func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) []span.Span {
+	n := 0
+	for _, c := range chunks {
+		n += c.spans
+	}
+	into := make([]span.Span, 0, n)
 	for _, c := range chunks {
 		var spans []span.Span
 		var err error
@@ -442,7 +447,7 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 		}
 	}
 	if len(fresh) > 0 {
-		ix.observe(id, ix.decodeChunks(id, fresh, nil), tickets)
+		ix.observe(id, ix.decodeChunks(id, fresh), tickets)
 	}
 }
 
@@ -663,7 +668,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	tickets := append([]*bus.Ticket(nil), h.tickets...)
 	ix.mu.Unlock()
 
-	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks, nil)}
+	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks)}
 	if len(t.Spans) == 0 {
 		// Only log lines arrived: store them by level as lines of an
 		// unkept trace, and remember no decision, so spans arriving later
@@ -805,7 +810,7 @@ func (ix *Indexer) writeLoop() error {
 	add := func(job writeJob) bool {
 		spans := job.spans
 		for _, c := range job.chunks {
-			decoded := ix.decodeChunks(job.id, []chunk{c}, nil)
+			decoded := ix.decodeChunks(job.id, []chunk{c})
 			if !c.observed {
 				ix.observe(job.id, decoded, job.tickets)
 			}
