@@ -155,7 +155,7 @@ func BenchmarkAssembleSkewSample(b *testing.B) {
 			}
 		}
 		ix.mu.Unlock()
-		if n == 0 && len(ix.writes) == 0 {
+		if n == 0 && ix.writesQueued() == 0 {
 			break
 		}
 		time.Sleep(time.Millisecond)

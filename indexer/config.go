@@ -37,6 +37,13 @@ type Config struct {
 	DecisionCacheSize int
 	// WriteBatchSpans is how many spans are written in one store batch. Default 4096.
 	WriteBatchSpans int
+	// WriteWorkers is how many batches are written to the store at once.
+	// A batch is prepared (postings, compression) in parallel and committed
+	// one at a time, so a second writer prepares while the first commits;
+	// one writer alone was busy all the time under full load and held the
+	// pipeline back. Traces are assigned to writers by ID, so a trace's
+	// writes stay in order. Default 2.
+	WriteWorkers int
 	// LogsTopic is the topic whose records are OTLP LogsData; the indexer
 	// consumes it beside the spans topic. Default "otlp_logs".
 	LogsTopic string
@@ -82,6 +89,7 @@ func DefaultConfig() Config {
 		MaxBufferedSpans:          200000,
 		DecisionCacheSize:         200000,
 		WriteBatchSpans:           4096,
+		WriteWorkers:              2,
 		LogsTopic:                 "otlp_logs",
 		MetricsTopic:              "otlp_metrics",
 		TracesTopic:               "otlp_spans",
@@ -102,6 +110,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxTraces, "max-buffered-traces", c.MaxTraces, "traces buffered awaiting a decision; past it the oldest are decided early")
 	fs.IntVar(&c.MaxSpansPerTrace, "max-spans-per-trace", c.MaxSpansPerTrace, "a trace with this many buffered spans is decided at once")
 	fs.IntVar(&c.MaxBufferedSpans, "max-buffered-spans", c.MaxBufferedSpans, "spans buffered across all traces; past it the oldest traces are decided early")
+	fs.IntVar(&c.WriteWorkers, "write-workers", c.WriteWorkers, "store batches written at once (prepared in parallel, committed one at a time)")
 	fs.IntVar(&c.DecisionCacheSize, "decision-cache-size", c.DecisionCacheSize, "decisions remembered for late spans")
 	fs.DurationVar(&c.ExemplarLookback, "exemplar-lookback", c.ExemplarLookback, "how long a dropped trace can still be kept (fetched again from Kafka) when an alerting metric's exemplar names it; 0 disables")
 	fs.IntVar(&c.ExemplarLookbackMaxTraces, "exemplar-lookback-max-traces", c.ExemplarLookbackMaxTraces, "dropped traces remembered for exemplar refetch (about 130 bytes each); the oldest are forgotten first")
@@ -128,8 +137,8 @@ func (c *Config) Validate() error {
 	if c.ExemplarPinTTL < c.DecisionMaxWait {
 		return fmt.Errorf("exemplar pin TTL (%s) must not be shorter than decision max wait (%s): a pin must outlive the assembly of its trace", c.ExemplarPinTTL, c.DecisionMaxWait)
 	}
-	if c.MaxTraces < 1 || c.MaxSpansPerTrace < 1 || c.MaxBufferedSpans < 1 || c.DecisionCacheSize < 1 || c.WriteBatchSpans < 1 {
-		return errors.New("buffer bounds (traces, spans per trace, buffered spans, decision cache, write batch) must be positive")
+	if c.MaxTraces < 1 || c.MaxSpansPerTrace < 1 || c.MaxBufferedSpans < 1 || c.DecisionCacheSize < 1 || c.WriteBatchSpans < 1 || c.WriteWorkers < 1 {
+		return errors.New("buffer bounds (traces, spans per trace, buffered spans, decision cache, write batch) and write workers must be positive")
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/list"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -210,7 +211,7 @@ type Indexer struct {
 	maxStart  time.Time
 	lastOffer time.Time
 
-	writes    chan writeJob
+	writes    []chan writeJob // one per write worker; a trace always goes to the same one
 	logWrites chan logJob
 	wake      chan struct{}
 }
@@ -273,8 +274,11 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 		byQuiet:   list.New(),
 		byAge:     list.New(),
 		decisions: newDecisionCache(cfg.DecisionCacheSize),
-		writes:    make(chan writeJob, 1024),
 		wake:      make(chan struct{}, 1),
+	}
+	ix.writes = make([]chan writeJob, cfg.WriteWorkers)
+	for i := range ix.writes {
+		ix.writes[i] = make(chan writeJob, max(64, 1024/cfg.WriteWorkers))
 	}
 	m, err := newMetrics(reg, ix)
 	if err != nil {
@@ -489,7 +493,7 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 		}
 		ix.m.lateSpans.WithLabelValues("written").Add(float64(c.spans))
 		t.Acquire()
-		ix.writes <- writeJob{id: id, chunks: []chunk{c}, reasons: d, tickets: []*bus.Ticket{t}}
+		ix.queueWrite(writeJob{id: id, chunks: []chunk{c}, reasons: d, tickets: []*bus.Ticket{t}})
 		return
 	}
 	p := ix.pendingLocked(id, pk, now)
@@ -578,7 +582,9 @@ func (ix *Indexer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			ix.decide(time.Now(), true)
 			ix.apply(ix.decider.Flush())
-			close(ix.writes)
+			for _, w := range ix.writes {
+				close(w)
+			}
 			err := <-writeErr
 			close(ix.logWrites)
 			<-logsDone
@@ -795,13 +801,45 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	if warnings == nil {
 		warnings = h.warnings
 	}
-	ix.writes <- writeJob{id: id, spans: spans, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets}
+	ix.queueWrite(writeJob{id: id, spans: spans, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets})
 }
 
 // writeLoop batches kept traces into store writes. A failed write is retried
 // with backoff until it succeeds: its records stay uncommitted meanwhile, and
 // the full write queue pushes back on the consumer.
+// queueWrite hands a kept trace (or late spans of one) to its writer.
+func (ix *Indexer) queueWrite(j writeJob) {
+	ix.writes[binary.LittleEndian.Uint64(j.id[8:])%uint64(len(ix.writes))] <- j
+}
+
+// writesQueued is how many writes wait for a writer.
+func (ix *Indexer) writesQueued() int {
+	n := 0
+	for _, w := range ix.writes {
+		n += len(w)
+	}
+	return n
+}
+
+// writeLoop runs the write workers until their queues are closed and drained.
 func (ix *Indexer) writeLoop() error {
+	var wg sync.WaitGroup
+	for _, w := range ix.writes {
+		wg.Go(func() { ix.writeWorker(w) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// writeLinger is how long a write batch waits to fill. Writers that keep up
+// flush some batches part-full, each with its own posting fragments (about
+// 1% more disk per span than full batches); 100 ms filled them but held
+// kept traces and their Kafka records longer, and cost throughput.
+const writeLinger = 20 * time.Millisecond
+
+// writeWorker writes the jobs of one queue in batches of WriteBatchSpans,
+// or whatever arrived within writeLinger.
+func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 	var (
 		batch   []index.KeptTrace
 		tickets []*bus.Ticket
@@ -831,8 +869,7 @@ func (ix *Indexer) writeLoop() error {
 		}
 		batch, tickets, nspans = batch[:0], tickets[:0], 0
 	}
-	batchJobs(ix.writes, 20*time.Millisecond, add, flush)
-	return nil
+	batchJobs(jobs, writeLinger, add, flush)
 }
 
 // Buffered reports traces and spans awaiting a decision: assembling, or

@@ -374,6 +374,38 @@ func heldRecords(tb testing.TB) func(n int) []byte {
 	}
 }
 
+// TestWriteWorkersKeepATraceInOrder: writes are spread over the workers'
+// queues by trace ID, every write of a trace goes to the same queue (so late
+// spans are never written before the trace they follow), in the order queued.
+func TestWriteWorkersKeepATraceInOrder(t *testing.T) {
+	ix := &Indexer{writes: make([]chan writeJob, 4)}
+	for i := range ix.writes {
+		ix.writes[i] = make(chan writeJob, 1000)
+	}
+	for n := range 3 {
+		for tr := range 200 {
+			ix.queueWrite(writeJob{id: traceID(tr), reasons: []string{fmt.Sprint(n)}})
+		}
+	}
+	require.Equal(t, 600, ix.writesQueued())
+	queueOf := map[span.TraceID]int{}
+	next := map[span.TraceID]int{}
+	for q, ch := range ix.writes {
+		require.NotEmpty(t, ch, "queue %d gets traces", q)
+		close(ch)
+		for j := range ch {
+			if prev, ok := queueOf[j.id]; ok {
+				require.Equal(t, prev, q, "trace %s in two queues", j.id)
+			}
+			queueOf[j.id] = q
+			require.Equal(t, []string{fmt.Sprint(next[j.id])}, j.reasons, "trace %s written out of order", j.id)
+			next[j.id]++
+		}
+	}
+	require.Len(t, queueOf, 200)
+	require.Zero(t, ix.writesQueued())
+}
+
 // TestPacker: a buffered record is held compressed, independent of the
 // record's buffer (which the Kafka client may reuse), and unpacks to the
 // same bytes; once 64 KiB of records went by they are compressed against a
