@@ -804,9 +804,6 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	ix.queueWrite(writeJob{id: id, spans: spans, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets})
 }
 
-// writeLoop batches kept traces into store writes. A failed write is retried
-// with backoff until it succeeds: its records stay uncommitted meanwhile, and
-// the full write queue pushes back on the consumer.
 // queueWrite hands a kept trace (or late spans of one) to its writer.
 func (ix *Indexer) queueWrite(j writeJob) {
 	ix.writes[binary.LittleEndian.Uint64(j.id[8:])%uint64(len(ix.writes))] <- j
@@ -838,7 +835,9 @@ func (ix *Indexer) writeLoop() error {
 const writeLinger = 20 * time.Millisecond
 
 // writeWorker writes the jobs of one queue in batches of WriteBatchSpans,
-// or whatever arrived within writeLinger.
+// or whatever arrived within writeLinger. A failed write is retried with
+// backoff until it succeeds: its records stay uncommitted meanwhile, and the
+// full write queue pushes back on the consumer.
 func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 	var (
 		batch   []index.KeptTrace
