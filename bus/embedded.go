@@ -32,10 +32,9 @@ type EmbeddedConfig struct {
 	// The stores do not fsync either (--store.sync-writes and the others), so
 	// after a machine crash they can lose writes whose offsets were
 	// committed; fsyncing here alone would not make the pipeline survive
-	// one. It cost about 30% of ingest time and 15% of CPU per span
-	// (kfake's single request loop waits on two fsyncs per partition
-	// batch): turn it on with the stores' sync options where a machine
-	// crash must lose nothing.
+	// one. It cost about 30% of ingest speed (kfake's single request loop
+	// waits on two fsyncs per partition batch): turn it on with the stores'
+	// sync options where a machine crash must lose nothing.
 	SyncWrites bool
 	// Retention bounds the log by age. Default 6h.
 	Retention time.Duration
