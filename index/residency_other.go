@@ -4,4 +4,4 @@ package index
 
 func fileMappings() ([]mapping, error) { return nil, errNoPageOut }
 
-func pageOut(mapping) error { return nil }
+func pageOut(mapping) error { return errNoPageOut }

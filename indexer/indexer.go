@@ -571,8 +571,8 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 func (ix *Indexer) Run(ctx context.Context) error {
 	exemplarsDone := ix.runExemplarWorker(ctx)
 	defer exemplarsDone()
-	writeErr := make(chan error, 1)
-	go func() { writeErr <- ix.writeLoop() }()
+	writesDone := make(chan struct{})
+	go func() { defer close(writesDone); ix.writeLoop() }()
 	logsDone := make(chan struct{})
 	go func() { defer close(logsDone); ix.logLoop() }()
 	tick := time.NewTicker(tickFor(ix.cfg.DecisionWait))
@@ -585,10 +585,10 @@ func (ix *Indexer) Run(ctx context.Context) error {
 			for _, w := range ix.writes {
 				close(w)
 			}
-			err := <-writeErr
+			<-writesDone // failed writes are retried until they succeed
 			close(ix.logWrites)
 			<-logsDone
-			return err
+			return nil
 		case now := <-tick.C:
 			ix.decide(now, false)
 			ix.advance(now)
@@ -819,13 +819,12 @@ func (ix *Indexer) writesQueued() int {
 }
 
 // writeLoop runs the write workers until their queues are closed and drained.
-func (ix *Indexer) writeLoop() error {
+func (ix *Indexer) writeLoop() {
 	var wg sync.WaitGroup
 	for _, w := range ix.writes {
 		wg.Go(func() { ix.writeWorker(w) })
 	}
 	wg.Wait()
-	return nil
 }
 
 // writeLinger is how long a write batch waits to fill. Writers that keep up
