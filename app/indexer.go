@@ -26,6 +26,7 @@ import (
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/readapi"
 	"github.com/threadline/threadline/red"
+	"github.com/threadline/threadline/residency"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
@@ -95,6 +96,7 @@ type Indexer struct {
 	red      *red.Store
 	logs     *logstore.Store
 	metrics  *metricstore.Store
+	pager    *residency.Pager
 	ix       *indexer.Indexer
 	consumer *bus.Consumer
 	grpc     *grpc.Server
@@ -165,6 +167,11 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 			err = errors.Join(err, metricStore.Close())
 		}
 	}()
+	// One pager for every store of the data dir: they all map their files.
+	pager, err := residency.New(cfg.DataDir, logger.With("component", "residency"), h.Registry())
+	if err != nil {
+		return nil, err
+	}
 	cfg.Indexer.LogsTopic, cfg.Indexer.MetricsTopic = cfg.Kafka.LogsTopic, cfg.Kafka.MetricsTopic
 	cfg.Indexer.TracesTopic, cfg.Indexer.ExemplarsTopic = cfg.Kafka.TracesTopic, cfg.Kafka.ExemplarsTopic
 	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
@@ -201,7 +208,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 		return nil
 	})
 	h.AddDependency("kafka", consumer.Ping)
-	return &Indexer{cfg: cfg, store: store, red: redStore, logs: logStore, metrics: metricStore, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
+	return &Indexer{cfg: cfg, store: store, red: redStore, logs: logStore, metrics: metricStore, pager: pager, ix: ix, consumer: consumer, grpc: srv, lis: lis, log: logger}, nil
 }
 
 // ReadAddr is the bound address of the read API.
@@ -217,6 +224,7 @@ func (i *Indexer) Run(ctx context.Context) error {
 	go func() { ixDone <- i.ix.Run(ixCtx) }()
 	grpcDone := make(chan error, 1)
 	go func() { grpcDone <- i.grpc.Serve(i.lis) }()
+	go i.pager.Run(ctx)
 	i.log.Info("indexer read API listening", "addr", i.ReadAddr())
 
 	consErr := i.consumer.Run(ctx)

@@ -75,7 +75,6 @@ type metrics struct {
 	tracesWritten prometheus.Counter
 	writeLatency  prometheus.Histogram
 	writeErrors   prometheus.Counter
-	pagedOut      prometheus.Counter
 }
 
 // Open opens (or creates) the store in dir. reg may be nil to skip metrics
@@ -125,9 +124,8 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 	if err := s.registerMetrics(reg); err != nil {
 		return nil, fmt.Errorf("open span store %s: %w", dir, err)
 	}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.gcLoop()
-	go s.pageOutLoop()
 	return s, nil
 }
 
@@ -150,10 +148,6 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 			Name: "threadline_store_write_errors_total",
 			Help: "WriteTraces calls that failed.",
 		}),
-		pagedOut: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "threadline_store_value_log_paged_out_bytes_total",
-			Help: "Bytes of sealed value-log files whose resident pages the store handed back to the kernel (residency.go).",
-		}),
 	}
 	if reg == nil {
 		return nil
@@ -162,7 +156,7 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 		return func() float64 { return float64(dirSize(s.dir, ext)) }
 	}
 	cs := []prometheus.Collector{
-		s.metrics.spansWritten, s.metrics.tracesWritten, s.metrics.writeLatency, s.metrics.writeErrors, s.metrics.pagedOut,
+		s.metrics.spansWritten, s.metrics.tracesWritten, s.metrics.writeLatency, s.metrics.writeErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "threadline_store_disk_bytes",
 			Help:        "Bytes of span-store files on disk.",

@@ -1,4 +1,4 @@
-package index
+package residency
 
 import (
 	"bufio"
@@ -55,10 +55,12 @@ func parseMapping(line string) (mapping, bool) {
 // pageOut asks the kernel to reclaim the mapping's resident pages. The
 // advice never changes memory contents, whatever the range holds by the
 // time it runs (unlike MADV_DONTNEED, which would zero anonymous memory
-// mapped there after a concurrent unmap).
+// mapped there after a concurrent unmap). A range Badger unmapped since
+// /proc/self/maps was read (a table deleted by a compaction, a flushed
+// memtable's log) answers ENOMEM: there is nothing left to page out.
 func pageOut(m mapping) error {
 	_, _, errno := unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_PAGEOUT)
-	if errno != 0 {
+	if errno != 0 && errno != unix.ENOMEM {
 		return fmt.Errorf("madvise(MADV_PAGEOUT) %s: %w", m.path, errno)
 	}
 	return nil
