@@ -1,5 +1,5 @@
-// Package residency keeps the files Badger maps into memory out of the
-// process's resident set.
+// Package residency keeps the files Badger appends to out of the process's
+// resident set.
 //
 // Badger maps its files with shared file mappings and keeps each one mapped
 // until it deletes the file: the value log (the span store's chunk groups),
@@ -8,19 +8,22 @@
 // until the kernel needs the memory. Those pages count in the process's RSS
 // and in a container's working set, which is what alerts, OOM decisions and
 // an on-call engineer look at, though the kernel holds them as page cache
-// and the files are the only copy that matters: under the benchmark's load
-// they were 150–180 MiB of the all-in-one's peak RSS.
+// and the files are the only copy that matters.
 //
-// Nothing a mapping holds is needed in this process's page tables: the
-// value log and the write-ahead logs are appended to and read back rarely
-// (a trace fetched by ID, a restart), and an LSM table is read a block at a
-// time. So a Pager asks the kernel every second to unmap the resident pages
-// of every mapped Badger file under a directory (madvise MADV_PAGEOUT,
-// Linux 5.4+). Contents never change: a dirty page stays in the page cache
-// until writeback, a clean one may be dropped, and the next access faults
-// the page back in from the page cache or the disk. The page being appended
-// to faults back on the next write, once per pass. Interleaved runs of the
-// end-to-end benchmark showed no CPU difference.
+// The value log and the write-ahead logs are only appended to, and read
+// back rarely (a trace fetched by ID, a restart). So a Pager asks the kernel
+// every second to unmap the resident pages of every mapped value log and
+// write-ahead log under a directory (madvise MADV_PAGEOUT, Linux 5.4+), the
+// files being written included. Contents never change: a dirty page stays
+// in the page cache until writeback, a clean one may be dropped, and the
+// next access faults the page back in from the page cache or the disk; the
+// page being appended to faults back once per pass.
+//
+// Tables are left alone. Every write's summary lookup and every compaction
+// reads them, and paging out drops their clean pages from the page cache as
+// well: at 6M spans the end-to-end benchmark then spent 39% more CPU per
+// span (compactions and lookups reading tables back from disk) for its
+// lower peak.
 package residency
 
 import (
@@ -50,11 +53,11 @@ type mapping struct {
 	path       string
 }
 
-// badgerSuffixes name the files Badger maps: value log, memtable
-// write-ahead log, LSM table.
-var badgerSuffixes = []string{".vlog", ".mem", ".sst"}
+// badgerSuffixes name the files Badger appends to through a mapping: value
+// log, memtable write-ahead log.
+var badgerSuffixes = []string{".vlog", ".mem"}
 
-// storeFiles returns the mappings of Badger's files anywhere under dir.
+// storeFiles returns the mappings of Badger's logs anywhere under dir.
 func storeFiles(maps []mapping, dir string) []mapping {
 	var out []mapping
 	for _, m := range maps {
@@ -71,14 +74,14 @@ func storeFiles(maps []mapping, dir string) []mapping {
 	return out
 }
 
-// Pager pages out the mapped Badger files under one directory.
+// Pager pages out the mapped Badger logs under one directory.
 type Pager struct {
 	dir    string
 	logger *slog.Logger
 	mapped prometheus.Gauge
 }
 
-// New returns a pager for the Badger files under dir (every store of a data
+// New returns a pager for the Badger logs under dir (every store of a data
 // directory) and registers its gauge with reg (when not nil).
 func New(dir string, logger *slog.Logger, reg prometheus.Registerer) (*Pager, error) {
 	abs, err := filepath.Abs(dir)
@@ -93,7 +96,7 @@ func New(dir string, logger *slog.Logger, reg prometheus.Registerer) (*Pager, er
 		logger: logger,
 		mapped: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "threadline_store_mapped_bytes",
-			Help: "Bytes of Badger files this process maps (value logs, write-ahead logs, tables), whose pages are handed back to the kernel every second instead of staying resident.",
+			Help: "Bytes of Badger files this process maps (value logs and write-ahead logs), whose pages are handed back to the kernel every second instead of staying resident.",
 		}),
 	}
 	if reg != nil {
@@ -127,7 +130,7 @@ func (p *Pager) Run(ctx context.Context) {
 	}
 }
 
-// pageOut advises every mapped Badger file under the directory once.
+// pageOut advises every mapped Badger log under the directory once.
 func (p *Pager) pageOut() error {
 	maps, err := fileMappings()
 	if err != nil {

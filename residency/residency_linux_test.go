@@ -44,20 +44,20 @@ func TestStoreFiles(t *testing.T) {
 	maps := []mapping{
 		{1, 2, "/d/spans/000003.vlog"},
 		{3, 4, "/d/red/00004.mem"},
-		{5, 6, "/d/logs/badger/000012.sst"},
+		{5, 6, "/d/logs/badger/000012.sst"},  // a table: read by every lookup
 		{7, 8, "/d/logs/store/00000001.zap"}, // Bleve's, not Badger's
 		{9, 10, "/d2/spans/000001.vlog"},     // a sibling sharing the prefix
 		{11, 12, "/other/000001.vlog"},
 		{13, 14, "/d/kafka/otlp_spans-0/00000000.log"},
 	}
-	require.Equal(t, maps[:3], storeFiles(maps, "/d"))
+	require.Equal(t, maps[:2], storeFiles(maps, "/d"))
 }
 
-// TestPageOutBadgerFiles writes a real Badger database's value log, tables
+// TestPageOutBadgerLogs writes a real Badger database's value log, tables
 // and write-ahead log through their mappings and checks that one pass
-// returns their resident pages to the kernel and that every value reads
-// back afterwards.
-func TestPageOutBadgerFiles(t *testing.T) {
+// returns the logs' resident pages to the kernel, leaves the tables', and
+// that every value reads back afterwards.
+func TestPageOutBadgerLogs(t *testing.T) {
 	dir := t.TempDir()
 	abs, err := filepath.EvalSymlinks(dir)
 	require.NoError(t, err)
@@ -105,13 +105,14 @@ func TestPageOutBadgerFiles(t *testing.T) {
 	require.NoError(t, err)
 	after := residentKiB(t, abs)
 	t.Logf("resident KiB before %v, after %v", before, after)
-	for _, suffix := range []string{".vlog", ".sst", ".mem"} {
+	for _, suffix := range []string{".vlog", ".mem"} {
 		require.Less(t, after[suffix], before[suffix]/4, "%s pages went back to the kernel", suffix)
 	}
+	require.GreaterOrEqual(t, after[".sst"], before[".sst"], "tables keep their pages")
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	require.Len(t, mfs, 1)
-	require.Greater(t, mfs[0].GetMetric()[0].GetGauge().GetValue(), float64(3<<20), "the gauge counts the mapped files")
+	require.Greater(t, mfs[0].GetMetric()[0].GetGauge().GetValue(), float64(3<<20), "the gauge counts the mapped logs")
 
 	// Contents never change: every value reads back, and writes go on.
 	require.NoError(t, db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("key-after"), value(1)) }))
