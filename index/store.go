@@ -286,7 +286,7 @@ func (s *Store) gcLoop() {
 	}
 }
 
-// Close stops value-log GC and page-out and closes Badger, flushing
+// Close stops value-log GC and closes Badger, flushing
 // memtables. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {

@@ -134,7 +134,7 @@ func TestPageOutBadgerLogs(t *testing.T) {
 	}))
 }
 
-// TestRunStopsWithContext checks that Run pages out on its own and returns
+// TestRunStopsWithContext checks that Run, ticking at least once, returns
 // when its context ends.
 func TestRunStopsWithContext(t *testing.T) {
 	p, err := New(t.TempDir(), slog.Default(), nil)
