@@ -27,5 +27,7 @@ func main() {
 				return err
 			}
 			return app.RunWithAdmin(ctx, adminAddr, h, logger, ix.Run)
-		}))
+		},
+		app.GCPercent(app.StoreGCPercent),
+	))
 }

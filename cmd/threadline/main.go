@@ -29,5 +29,7 @@ func main() {
 			}
 			demo.Start(ctx, a, logger)
 			return a.Run(ctx)
-		}))
+		},
+		app.GCPercent(app.StoreGCPercent),
+	))
 }
