@@ -275,3 +275,23 @@ func FuzzWireBody(f *testing.F) {
 		require.True(t, proto.Equal(sp, back), "want %v\ngot  %v", sp, back)
 	})
 }
+
+// TestLongWireString: the writer's shortcut for unindexed values takes
+// exactly the strings longer than maxIndexedValue, and nothing it cannot
+// parse.
+func TestLongWireString(t *testing.T) {
+	enc := func(v *commonpb.AnyValue) []byte {
+		b, err := proto.Marshal(v)
+		require.NoError(t, err)
+		return b
+	}
+	str := func(n int) []byte {
+		return enc(&commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: string(make([]byte, n))}})
+	}
+	require.False(t, longWireString(str(maxIndexedValue)))
+	require.True(t, longWireString(str(maxIndexedValue+1)))
+	require.True(t, longWireString(str(10_000)))
+	require.False(t, longWireString(enc(&commonpb.AnyValue{Value: &commonpb.AnyValue_BytesValue{BytesValue: make([]byte, 100)}})))
+	require.False(t, longWireString(str(100)[:50]), "a truncated string is not taken for long")
+	require.False(t, longWireString(nil))
+}

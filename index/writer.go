@@ -89,6 +89,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/threadline/threadline/span"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 const (
@@ -395,6 +396,14 @@ func (p *preparer) attr(scope byte, key string, value []byte) int32 {
 // postings (values too long to index, high-cardinality keys) are not kept:
 // such values rarely repeat.
 func (p *preparer) wireAttr(key string, value []byte) int32 {
+	// Values that get no posting whatever they hold are answered first:
+	// the interning below would hash them and miss, for nothing. Such are
+	// the values of high-cardinality keys (IDs, addresses) and strings too
+	// long to index (queries, user agents), often half of a span's.
+	if p.high[key] || longWireString(value) {
+		p.tagName(scopeSpan, key)
+		return -1
+	}
 	p.wbuf = append(appendLV(p.wbuf[:0], key), value...)
 	if i, ok := p.wire[string(p.wbuf)]; ok {
 		return i
@@ -408,6 +417,16 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 		p.wire[string(p.wbuf)] = i
 	}
 	return i
+}
+
+// longWireString reports whether v, an AnyValue's encoding, is a string
+// value longer than maxIndexedValue bytes.
+func longWireString(v []byte) bool {
+	if len(v) <= maxIndexedValue+1 || v[0] != 0x0a { // field 1 (string_value), length-delimited
+		return false
+	}
+	s, n := protowire.ConsumeBytes(v[1:])
+	return n >= 0 && len(s) > maxIndexedValue
 }
 
 // intrinsic returns the postings of a span's service, operation, name and
