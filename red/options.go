@@ -131,6 +131,10 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(o.BlockCacheSize).
 		WithIndexCacheSize(o.IndexCacheSize).
+		// Each trace's span-ID set is read before it is written, and most
+		// traces have none yet: a bloom false positive costs a block read
+		// (index/options.go).
+		WithBloomFalsePositive(0.001).
 		WithNumCompactors(2).
 		WithValueLogFileSize(16 << 20).
 		WithCompression(options.ZSTD).
