@@ -1,6 +1,7 @@
 package index
 
 import (
+	"runtime"
 	"testing"
 
 	"github.com/dgraph-io/ristretto/v2/z"
@@ -26,4 +27,25 @@ func TestBadgerAllocatorPoolTrims(t *testing.T) {
 	require.Equal(t, first, b.Allocated(), "a pooled allocator keeps only its first buffer")
 	require.Len(t, b.Allocate(4<<20), 4<<20, "and grows again when asked")
 	pool.Return(b)
+}
+
+// TestBadgerAllocatorOffHeap checks the second patch: an allocator's buffers
+// (a table build's blocks and index) are zeroed memory outside the Go heap,
+// so they do not raise the GC's heap goal, and Release gives them back at
+// once.
+func TestBadgerAllocatorOffHeap(t *testing.T) {
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	a := z.NewAllocator(1<<10, "test")
+	buf := a.Allocate(32 << 20)
+	require.Len(t, buf, 32<<20)
+	require.Zero(t, buf[0]|buf[len(buf)/2]|buf[len(buf)-1], "allocator memory starts zeroed")
+	buf[0], buf[len(buf)-1] = 1, 2 // and is writable
+	require.Less(t, heap(), before+(4<<20), "32 MiB of allocator buffers on the Go heap")
+	a.Release()
 }
