@@ -9,7 +9,6 @@ import (
 	"math"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -21,11 +20,7 @@ import (
 // variables), builds the logger and the health/metrics registry, and runs
 // run until SIGINT or SIGTERM, which start a graceful shutdown. It returns
 // the process exit code.
-func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx context.Context, logger *slog.Logger, h *health.Health) error, opts ...Option) int {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
+func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx context.Context, logger *slog.Logger, h *health.Health) error) int {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "%s — %s\n\nEvery flag can also be set by the environment variable shown after it.\n\nFlags:\n", name, about)
@@ -48,9 +43,6 @@ func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx cont
 	}
 	logger = logger.With("app", name)
 	setMemoryLimit(logger, memlimit.FromCgroup)
-	if o.gcPercent > 0 {
-		setGCPercent(logger, o.gcPercent)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	version := health.Version()
@@ -60,36 +52,6 @@ func Main(name, about string, register func(fs *flag.FlagSet), run func(ctx cont
 		return 1
 	}
 	return 0
-}
-
-// Option changes how Main runs a process.
-type Option func(*options)
-
-type options struct{ gcPercent int }
-
-// StoreGCPercent is the Go GC target (GOGC) of the processes that hold the
-// stores and the decision buffer: the indexer and the all-in-one. Their live
-// heap is mostly long-lived byte buffers with no pointers (Badger's
-// memtables and table builders, packed records awaiting a decision), which
-// a collection marks cheaply, while the default of 100 lets the heap grow to
-// twice what is live before collecting. At 60 the end-to-end benchmark's
-// peak RSS fell from 690–754 to 593–610 MiB, and its CPU per span moved
-// less than the machine's noise (README, Performance).
-const StoreGCPercent = 60
-
-// GCPercent makes Main set the Go GC target to percent unless the
-// environment sets GOGC.
-func GCPercent(percent int) Option { return func(o *options) { o.gcPercent = percent } }
-
-// setGCPercent sets the GC target to percent unless GOGC is set: an explicit
-// GOGC is the runtime's, as with GOMEMLIMIT.
-func setGCPercent(logger *slog.Logger, percent int) {
-	if v, ok := os.LookupEnv("GOGC"); ok && v != "" {
-		logger.Debug("GOGC set in the environment; GC target left to it", "gogc", v)
-		return
-	}
-	debug.SetGCPercent(percent)
-	logger.Debug("Go GC target set", "gogc", percent)
 }
 
 // setMemoryLimit sets the Go runtime's soft memory limit (GOMEMLIMIT) to 90%

@@ -3,7 +3,6 @@ package app
 import (
 	"bytes"
 	"errors"
-	"io"
 	"log/slog"
 	"runtime/debug"
 	"testing"
@@ -37,20 +36,4 @@ func TestSetMemoryLimit(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "3GiB")
 	setMemoryLimit(logger, memlimit.Limit(1<<30))
 	require.Equal(t, before, debug.SetMemoryLimit(-1), "an explicit GOMEMLIMIT is the runtime's, not ours")
-}
-
-// TestSetGCPercent: the store processes' GC target applies unless GOGC is
-// set in the environment.
-func TestSetGCPercent(t *testing.T) {
-	before := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(before) })
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-
-	t.Setenv("GOGC", "")
-	setGCPercent(logger, StoreGCPercent)
-	require.Equal(t, StoreGCPercent, debug.SetGCPercent(100))
-
-	t.Setenv("GOGC", "200")
-	setGCPercent(logger, StoreGCPercent)
-	require.Equal(t, 100, debug.SetGCPercent(100), "an explicit GOGC is the runtime's")
 }

@@ -27,7 +27,5 @@ func main() {
 				return err
 			}
 			return app.RunWithAdmin(ctx, adminAddr, h, logger, ix.Run)
-		},
-		app.GCPercent(app.StoreGCPercent),
-	))
+		}))
 }

@@ -29,7 +29,5 @@ func main() {
 			}
 			demo.Start(ctx, a, logger)
 			return a.Run(ctx)
-		},
-		app.GCPercent(app.StoreGCPercent),
-	))
+		}))
 }
