@@ -42,7 +42,7 @@ type Options struct {
 	// searches mostly for posting fragments of recent seconds. With the
 	// bloom filters at 0.1% (badgerOptions), 32 MiB held 10–40 MiB more peak
 	// RSS under full load than 8 MiB, for no CPU gain in three interleaved
-	// pairs of the end-to-end benchmark.
+	// pairs of the end-to-end benchmark (run with GOGC=60).
 	BlockCacheSize int64
 	// IndexCacheSize caches table indexes and bloom filters. Default 16 MiB.
 	IndexCacheSize int64
@@ -199,8 +199,8 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		// decompresses a 64 KiB block for nothing. At Badger's 1%, with an
 		// 8 MiB block cache, that decompression took 2.6% of the
 		// all-in-one's CPU under full load (0.5% with a 32 MiB cache,
-		// which cost 50 MiB of peak RSS); 0.1% costs 4.8 more bits per
-		// key, about 0.3 B per span.
+		// which held 50 MiB more peak RSS at GOGC=60); 0.1% costs 4.8
+		// more bits per key, about 0.3 B per span.
 		WithBloomFalsePositive(0.001).
 		WithBlockSize(o.BlockSize).
 		WithNumCompactors(o.NumCompactors).
