@@ -399,7 +399,8 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 	// Values that get no posting whatever they hold are answered first:
 	// the interning below would hash them and miss, for nothing. Such are
 	// the values of high-cardinality keys (IDs, addresses) and strings too
-	// long to index (queries, user agents), often half of a span's.
+	// long to index (queries, user agents): six of the ten attributes of
+	// the load generator's spans.
 	if p.high[key] || longWireString(value) {
 		p.tagName(scopeSpan, key)
 		return -1
