@@ -36,11 +36,24 @@ import (
 // 10 attributes per span, 3 resources per request.
 var loadShape = []string{"--spans-per-request", "512", "--spans-per-trace", "5", "--attrs", "10", "--resources", "3", "--concurrency", "8"}
 
+// binDir is where buildBinaries put the binaries (about 120 MB), removed by
+// TestMain once the benchmarks are done.
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 var buildBinaries = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "threadline-bench-bin")
 	if err != nil {
 		return "", err
 	}
+	binDir = dir
 	_, file, _, _ := runtime.Caller(0)
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/collector", "./cmd/threadline", "./cmd/loadgen")
 	cmd.Dir = filepath.Dir(filepath.Dir(file))
