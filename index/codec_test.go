@@ -292,6 +292,6 @@ func TestLongWireString(t *testing.T) {
 	require.True(t, longWireString(str(maxIndexedValue+1)))
 	require.True(t, longWireString(str(10_000)))
 	require.False(t, longWireString(enc(&commonpb.AnyValue{Value: &commonpb.AnyValue_BytesValue{BytesValue: make([]byte, 100)}})))
-	require.False(t, longWireString(str(100)[:50]), "a truncated string is not taken for long")
+	require.False(t, longWireString(str(100)[:80]), "a truncated string is not taken for long")
 	require.False(t, longWireString(nil))
 }

@@ -26,10 +26,9 @@ func allocBuffer(n int) []byte {
 }
 
 // freeBuffer unmaps a buffer from allocBuffer; nothing may use it after.
+// It pairs with unix.Mmap through unix.Munmap, which forgets the mapping in
+// x/sys's table; this package's own Munmap bypasses that table on Linux.
 func freeBuffer(b []byte) {
-	if cap(b) == 0 {
-		return
-	}
 	if err := unix.Munmap(b[:cap(b)]); err != nil {
 		panic(fmt.Sprintf("z: munmap an allocator buffer of %d bytes: %v", cap(b), err))
 	}
