@@ -69,7 +69,7 @@ func NewAllocator(sz int, tag string) *Allocator {
 	if bits.OnesCount64(uint64(sz)) > 1 {
 		l2 += 1
 	}
-	a.buffers[0] = allocBuffer(1 << l2) // Threadline patch: off the Go heap (offheap_unix.go)
+	a.buffers[0] = OffHeapAlloc(1 << l2) // Threadline patch: off the Go heap (offheap_unix.go)
 
 	allocsMu.Lock()
 	allocs[ref] = a
@@ -175,7 +175,7 @@ func (a *Allocator) TrimTo(max int) {
 		if alloc < max {
 			continue
 		}
-		freeBuffer(b)
+		OffHeapFree(b)
 		a.buffers[i] = nil
 	}
 }
@@ -192,7 +192,7 @@ func (a *Allocator) Release() {
 			break
 		}
 		alloc += len(b)
-		freeBuffer(b)
+		OffHeapFree(b)
 	}
 
 	allocsMu.Lock()
@@ -259,7 +259,7 @@ func (a *Allocator) addBufferAt(bufIdx, minSz int) {
 		pageSize = maxAlloc
 	}
 
-	buf := allocBuffer(pageSize) // Threadline patch: off the Go heap
+	buf := OffHeapAlloc(pageSize) // Threadline patch: off the Go heap
 	assert(len(a.buffers[bufIdx]) == 0)
 	a.buffers[bufIdx] = buf
 }

@@ -2,8 +2,9 @@
 
 package z
 
-// allocBuffer and freeBuffer keep allocator buffers on the Go heap where
-// anonymous mappings are not available (see offheap_unix.go).
-func allocBuffer(n int) []byte { return make([]byte, n) }
+// OffHeapAlloc and OffHeapFree keep buffers on the Go heap where anonymous
+// mappings are not available (see offheap_unix.go).
+func OffHeapAlloc(n int) []byte { return make([]byte, n) }
 
-func freeBuffer([]byte) {}
+// OffHeapFree does nothing: the GC frees what OffHeapAlloc returned.
+func OffHeapFree([]byte) {}
