@@ -204,6 +204,7 @@ type Indexer struct {
 	held      map[span.TraceID]*heldTrace
 	heldSpans int
 	decisions *decisionCache
+	ahead     *readAhead // how many spans the consumer may buffer
 
 	// Event-time watermark for the decider: the newest root start offered,
 	// less the time a trace of that age may still be assembling. Only the
@@ -274,6 +275,7 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 		byQuiet:   list.New(),
 		byAge:     list.New(),
 		decisions: newDecisionCache(cfg.DecisionCacheSize),
+		ahead:     newReadAhead(cfg.DecisionWait, cfg.MaxBufferedSpans),
 		wake:      make(chan struct{}, 1),
 	}
 	ix.writes = make([]chan writeJob, cfg.WriteWorkers)
@@ -291,24 +293,27 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 	return ix, nil
 }
 
-// HandleRecords buffers records by trace. When the buffer is over its bounds
-// it waits for the decider to shed the oldest traces before taking the next
-// record, so the bounds hold however fast records arrive.
+// HandleRecords buffers records by trace. It waits before taking the next
+// record while the buffer is over its bounds or runs too far ahead of the
+// decider (mustWait), so the bounds hold however fast records arrive and a
+// backlog waits in Kafka rather than in memory.
 func (ix *Indexer) HandleRecords(ctx context.Context, recs []*kgo.Record, tickets []*bus.Ticket) {
 	for i, r := range recs {
 		ix.handleRecord(r, tickets[i])
 		tickets[i].Release()
-		for ix.overBounds() && ctx.Err() == nil {
+		for ix.mustWait() && ctx.Err() == nil {
 			ix.poke()
 			time.Sleep(time.Millisecond)
 		}
 	}
 }
 
-func (ix *Indexer) overBounds() bool {
+// mustWait reports whether the consumer should wait for the decider: the
+// buffer is over its bounds, or over the read-ahead limit (readahead.go).
+func (ix *Indexer) mustWait() bool {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	return len(ix.traces) > ix.cfg.MaxTraces || ix.spans > ix.cfg.MaxBufferedSpans
+	return len(ix.traces) > ix.cfg.MaxTraces || ix.spans > ix.ahead.Limit()
 }
 
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
@@ -610,23 +615,26 @@ func tickFor(wait time.Duration) time.Duration {
 func (ix *Indexer) decide(now time.Time, all bool) {
 	ix.applyPins(now)
 	for {
-		due := ix.popDue(now, all, decideBatch)
+		start := time.Now()
+		due, spans := ix.popDue(now, all, decideBatch)
 		if len(due) == 0 {
 			return
 		}
 		for _, id := range due {
 			ix.decideOne(id)
 		}
+		end := time.Now()
+		ix.ahead.decided(end, end.Sub(start), spans)
 	}
 }
 
 // popDue moves due traces from assembling to held (being decided), under one
 // lock so a span arriving meanwhile joins the held trace.
-func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []span.TraceID {
+func (ix *Indexer) popDue(now time.Time, all bool, maxN int) (due []span.TraceID, spans int) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	var due []span.TraceID
 	take := func(p *pending, why string) {
+		spans += p.nspans
 		ix.removeLocked(p.id, p)
 		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets}
 		ix.heldSpans += p.nspans
@@ -660,7 +668,7 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) []span.TraceID {
 			take(p, "max_spans")
 		}
 	}
-	return due
+	return due, spans
 }
 
 // decideOne decodes a trace, runs the stages and offers it to the decider.
