@@ -19,11 +19,15 @@
 // next access faults the page back in from the page cache or the disk; the
 // page being appended to faults back once per pass.
 //
-// Tables are left alone. Every write's summary lookup and every compaction
-// reads them, and paging out drops their clean pages from the page cache as
-// well: at 6M spans the end-to-end benchmark then spent 39% more CPU per
-// span (compactions and lookups reading tables back from disk) for its
-// lower peak.
+// Tables are not paged out. Every write's summary lookup and every
+// compaction reads them, and paging out drops their clean pages from the
+// page cache as well: at 6M spans the end-to-end benchmark then spent 39%
+// more CPU per span (compactions and lookups reading tables back from disk)
+// for its lower peak. Instead the patched Badger (third_party/badger,
+// PATCH.md) drops a new table's pages from the process as it writes the
+// table, with MADV_DONTNEED, which keeps them in the page cache; that is
+// safe there, before anything else can hold the mapping, and would not be
+// from here (see pageOut).
 package residency
 
 import (

@@ -1,0 +1,184 @@
+package index
+
+import (
+	"bufio"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/ristretto/v2/z"
+	"github.com/stretchr/testify/require"
+)
+
+// The tests in this file check that the patched Badger and ristretto
+// (third_party/*/PATCH.md) are the ones built in; each fails with upstream.
+
+func liveHeap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestBadgerAllocatorPoolTrims checks that the patched ristretto
+// (third_party/ristretto, PATCH.md) is the one built in: a pooled allocator
+// comes back with only its first buffer, not with everything a table build
+// grew it to, or Badger's builder pools hold hundreds of MiB for good.
+func TestBadgerAllocatorPoolTrims(t *testing.T) {
+	pool := z.NewAllocatorPool(1)
+	defer pool.Release()
+
+	a := pool.Get(1<<10, "test")
+	first := a.Allocated()
+	a.Allocate(8 << 20) // a table build growing the arena
+	require.Greater(t, a.Allocated(), uint64(8<<20))
+	pool.Return(a)
+
+	b := pool.Get(1<<10, "test")
+	require.Same(t, a, b, "the pool hands back the allocator it kept")
+	require.Equal(t, first, b.Allocated(), "a pooled allocator keeps only its first buffer")
+	require.Len(t, b.Allocate(4<<20), 4<<20, "and grows again when asked")
+	pool.Return(b)
+}
+
+// TestBadgerAllocatorOffHeap checks the second patch: an allocator's buffers
+// (a table build's blocks and index) are zeroed memory outside the Go heap,
+// so they do not raise the GC's heap goal, and Release gives them back at
+// once.
+func TestBadgerAllocatorOffHeap(t *testing.T) {
+	before := liveHeap()
+	a := z.NewAllocator(1<<10, "test")
+	buf := a.Allocate(32 << 20)
+	require.Len(t, buf, 32<<20)
+	require.Zero(t, buf[0]|buf[len(buf)/2]|buf[len(buf)-1], "allocator memory starts zeroed")
+	buf[0], buf[len(buf)-1] = 1, 2 // and is writable
+	require.Less(t, liveHeap(), before+(4<<20), "32 MiB of allocator buffers on the Go heap")
+	a.Release()
+}
+
+// TestBadgerMemtableOffHeap: a memtable's arena (1.3 times the memtable
+// size, fixed when the memtable is made) is outside the Go heap; what is
+// written to it reads back from the memtable and, after Close flushed it and
+// unmapped the arena, from the tables it was flushed to.
+func TestBadgerMemtableOffHeap(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *badger.DB {
+		db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithMemTableSize(64 << 20))
+		require.NoError(t, err)
+		return db
+	}
+	before := liveHeap()
+	db := open()
+	require.Less(t, liveHeap(), before+(16<<20), "a 64 MiB memtable's arena on the Go heap")
+
+	require.NoError(t, db.Update(func(txn *badger.Txn) error {
+		for i := range 1000 {
+			if err := txn.Set([]byte(fmt.Sprintf("k%04d", i)), []byte(strconv.Itoa(i))); err != nil {
+				return err
+			}
+		}
+		return txn.Set([]byte("empty"), []byte{})
+	}))
+	readBack := func(db *badger.DB) {
+		require.NoError(t, db.View(func(txn *badger.Txn) error {
+			for i := range 1000 {
+				item, err := txn.Get([]byte(fmt.Sprintf("k%04d", i)))
+				if err != nil {
+					return err
+				}
+				v, err := item.ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				if string(v) != strconv.Itoa(i) {
+					return fmt.Errorf("k%04d read back as %q", i, v)
+				}
+			}
+			item, err := txn.Get([]byte("empty"))
+			if err != nil {
+				return fmt.Errorf("an empty value: %w", err)
+			}
+			return item.Value(func(v []byte) error {
+				if len(v) != 0 {
+					return fmt.Errorf("empty value read back as %q", v)
+				}
+				return nil
+			})
+		}))
+	}
+	readBack(db)
+	require.NoError(t, db.Close())
+	db = open()
+	defer db.Close()
+	readBack(db)
+}
+
+// TestBadgerTablePagesLeaveRSS: a table Badger has just written is not
+// resident in the process (it stays in the page cache); upstream writes it
+// through a mapping that keeps every page resident while the table lives.
+func TestBadgerTablePagesLeaveRSS(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("MADV_DONTNEED on table mappings is Linux only")
+	}
+	dir := t.TempDir()
+	// No compactors: nothing reads the tables after they are written.
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10).WithNumCompactors(0))
+	require.NoError(t, err)
+	defer db.Close()
+	for range 40 {
+		require.NoError(t, db.Update(func(txn *badger.Txn) error {
+			for range 1000 {
+				k, v := make([]byte, 16), make([]byte, 100)
+				_, _ = rand.Read(k)
+				_, _ = rand.Read(v)
+				if err := txn.Set(k, v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	var tables int64
+	require.Eventually(t, func() bool {
+		tables = 0
+		for _, ti := range db.Tables() {
+			tables += int64(ti.OnDiskSize)
+		}
+		return tables > 2<<20
+	}, 30*time.Second, 10*time.Millisecond, "memtables flushed to tables")
+	// Opening a table reads its index and bloom filter back in (5–7% of
+	// these tables); upstream keeps every page.
+	resident := residentOf(t, dir, ".sst")
+	require.Less(t, resident, tables/5, "%d of %d bytes of tables resident", resident, tables)
+}
+
+// residentOf sums the resident bytes of this process's mappings of files in
+// dir whose names end in suffix (/proc/self/smaps).
+func residentOf(t *testing.T, dir, suffix string) int64 {
+	f, err := os.Open("/proc/self/smaps")
+	require.NoError(t, err)
+	defer f.Close()
+	var sum int64
+	match := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) >= 5 && strings.Contains(fields[0], "-") && len(fields[1]) == 4: // a mapping's header
+			match = len(fields) >= 6 && filepath.Dir(fields[5]) == dir && strings.HasSuffix(fields[5], suffix)
+		case match && len(fields) == 3 && fields[0] == "Rss:":
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			require.NoError(t, err)
+			sum += kb << 10
+		}
+	}
+	require.NoError(t, sc.Err())
+	return sum
+}
