@@ -31,6 +31,8 @@ type Config struct {
 	// Default 200000: five seconds of what one indexer decides and writes
 	// on two cores (about 40k spans/s). A bigger buffer does not decide
 	// faster; under a backlog it only fills, and Kafka holds the backlog.
+	// Below it, the consumer reads ahead of the decider only as far as the
+	// decider's measured rate needs (readahead.go).
 	MaxBufferedSpans int
 	// DecisionCacheSize is how many decisions are remembered so late spans
 	// follow their trace's decision instead of starting a new trace. Default 200000.

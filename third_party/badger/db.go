@@ -47,6 +47,7 @@ type closers struct {
 	valueGC     *z.Closer
 	pub         *z.Closer
 	cacheHealth *z.Closer
+	tablePages  *z.Closer // Threadline patch: table_pages.go
 }
 
 type lockedKeys struct {
@@ -405,6 +406,11 @@ func Open(opt Options) (*DB, error) {
 	db.closers.pub = z.NewCloser(1)
 	go db.pub.listenForUpdates(db.closers.pub)
 
+	if !db.opt.InMemory {
+		db.closers.tablePages = z.NewCloser(1) // Threadline patch: table_pages.go
+		go db.dropTablePagesLoop(db.closers.tablePages)
+	}
+
 	valueDirLockGuard = nil
 	dirLockGuard = nil
 	manifestFile = nil
@@ -492,6 +498,9 @@ func (db *DB) monitorCache(c *z.Closer) {
 // cleanup stops all the goroutines started by badger. This is used in open to
 // cleanup goroutines in case of an error.
 func (db *DB) cleanup() {
+	if db.closers.tablePages != nil { // Threadline patch: table_pages.go
+		db.closers.tablePages.SignalAndWait()
+	}
 	db.stopMemoryFlush()
 	db.stopCompactions()
 
@@ -647,6 +656,9 @@ func (db *DB) close() (err error) {
 		err = y.Wrap(vlogErr, "DB.Close")
 	}
 
+	if db.closers.tablePages != nil { // Threadline patch: before the tables close
+		db.closers.tablePages.SignalAndWait()
+	}
 	db.opt.Infof(db.LevelsToString())
 	if lcErr := db.lc.close(); err == nil {
 		err = y.Wrap(lcErr, "DB.Close")

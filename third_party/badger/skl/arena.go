@@ -31,7 +31,7 @@ type Arena struct {
 
 // newArena returns a new arena.
 //
-// Threadline patch (see ../../PATCH.md): the buffer lives outside the Go heap
+// Threadline patch (see ../PATCH.md): the buffer lives outside the Go heap
 // (z.OffHeapAlloc) and free unmaps it when the skiplist's last reference is
 // dropped. Upstream allocates it with make, where a memtable's arena (1.3 times
 // the memtable size, fixed from the start) counts in full towards the GC's

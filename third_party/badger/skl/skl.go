@@ -87,7 +87,7 @@ func (s *Skiplist) DecrRef() {
 
 	// Indicate we are closed. Good for testing.  Also, lets GC reclaim memory. Race condition
 	// here would suggest we are accessing skiplist when we are supposed to have no reference!
-	// Threadline patch: the arena is off the Go heap; unmap it now.
+	// Threadline patch (see ../PATCH.md): the arena is off the Go heap; unmap it now.
 	s.arena.free()
 	s.arena = nil
 	// Since the head references the arena's buf, as long as the head is kept around

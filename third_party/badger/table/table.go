@@ -269,6 +269,11 @@ func CreateTable(fname string, builder *Builder) (*Table, error) {
 	return OpenTable(mf, *builder.opts)
 }
 
+// DropResident drops the table's pages from the process's resident set;
+// they stay in the page cache. The caller holds a reference to the table.
+// Threadline patch (see ../PATCH.md).
+func (t *Table) DropResident() error { return dropResident(t.Data) }
+
 // OpenTable assumes file has only one table and opens it. Takes ownership of fd upon function
 // entry. Returns a table with one reference count on it (decrementing which may delete the file!
 // -- consider t.Close() instead). The fd has to writeable because we call Truncate on it before
