@@ -69,6 +69,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
 		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
 		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
+		gauge("threadline_indexer_read_ahead_limit_spans", "Spans the consumer may buffer before it waits for the decider: 1.25 × the decider's measured rate × the decision wait, within --max-buffered-spans.", func() float64 { return float64(ix.ahead.Limit()) }),
 		gauge("threadline_indexer_write_queue", "Kept traces queued for the store.", func() float64 { return float64(ix.writesQueued()) }),
 		gauge("threadline_indexer_decision_cache_entries", "Decisions remembered for late spans.", func() float64 {
 			ix.mu.Lock()
