@@ -24,10 +24,10 @@
 // page cache as well: at 6M spans the end-to-end benchmark then spent 39%
 // more CPU per span (compactions and lookups reading tables back from disk)
 // for its lower peak. Instead the patched Badger (third_party/badger,
-// PATCH.md) drops a new table's pages from the process as it writes the
-// table, with MADV_DONTNEED, which keeps them in the page cache; that is
-// safe there, before anything else can hold the mapping, and would not be
-// from here (see pageOut).
+// PATCH.md) drops a table's pages from the process as it writes the table
+// and once a second after, with MADV_DONTNEED, which keeps them in the page
+// cache. That is safe there, where a reference to the table keeps its
+// mapping alive, and would not be from here (see pageOut).
 package residency
 
 import (

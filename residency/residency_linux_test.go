@@ -55,8 +55,8 @@ func TestStoreFiles(t *testing.T) {
 
 // TestPageOutBadgerLogs writes a real Badger database's value log, tables
 // and write-ahead log through their mappings and checks that one pass
-// returns the logs' resident pages to the kernel, leaves the tables', and
-// that every value reads back afterwards.
+// returns the logs' resident pages to the kernel and that every value reads
+// back afterwards.
 func TestPageOutBadgerLogs(t *testing.T) {
 	dir := t.TempDir()
 	abs, err := filepath.EvalSymlinks(dir)
@@ -88,10 +88,12 @@ func TestPageOutBadgerLogs(t *testing.T) {
 			return nil
 		}))
 	}
-	// Memtables flush to tables in the background.
-	require.Eventually(t, func() bool { return residentKiB(t, abs)[".sst"] > 64 }, 10*time.Second, 20*time.Millisecond)
+	// Memtables flush to tables in the background. (Tables are not this
+	// package's: the patched Badger keeps their pages out of the resident
+	// set itself, see third_party/badger/PATCH.md.)
+	require.Eventually(t, func() bool { return len(db.Tables()) > 0 }, 10*time.Second, 20*time.Millisecond)
 	before := residentKiB(t, abs)
-	for _, suffix := range []string{".vlog", ".sst", ".mem"} {
+	for _, suffix := range []string{".vlog", ".mem"} {
 		require.Greater(t, before[suffix], 64, "written %s pages are resident (KiB): %v", suffix, before)
 	}
 
@@ -108,7 +110,6 @@ func TestPageOutBadgerLogs(t *testing.T) {
 	for _, suffix := range []string{".vlog", ".mem"} {
 		require.Less(t, after[suffix], before[suffix]/4, "%s pages went back to the kernel", suffix)
 	}
-	require.GreaterOrEqual(t, after[".sst"], before[".sst"], "tables keep their pages")
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	require.Len(t, mfs, 1)
