@@ -1,20 +1,18 @@
 package index
 
 import (
-	"bufio"
 	"crypto/rand"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/ristretto/v2/z"
 	"github.com/stretchr/testify/require"
+
+	"github.com/threadline/threadline/residency"
 )
 
 // The tests in this file check that the patched Badger and ristretto
@@ -157,7 +155,7 @@ func TestBadgerTablePagesLeaveRSS(t *testing.T) {
 	// Opening a table reads its index and bloom filter back in (5–7% of
 	// these tables); upstream keeps every page. (Eventually: a flush may
 	// still be copying a table into its mapping.)
-	require.Eventually(t, func() bool { return residentOf(t, dir, ".sst") < tables/5 }, 10*time.Second, 50*time.Millisecond,
+	require.Eventually(t, func() bool { return residentSST(t, dir) < tables/5 }, 10*time.Second, 50*time.Millisecond,
 		"tables written stay resident")
 
 	// Reading every table faults its pages back in; the patched DB drops
@@ -172,31 +170,15 @@ func TestBadgerTablePagesLeaveRSS(t *testing.T) {
 		}
 		return nil
 	}))
-	require.Greater(t, residentOf(t, dir, ".sst"), tables/2, "reading the tables faults them in")
-	require.Eventually(t, func() bool { return residentOf(t, dir, ".sst") < tables/5 }, 10*time.Second, 50*time.Millisecond,
+	require.Greater(t, residentSST(t, dir), tables/2, "reading the tables faults them in")
+	require.Eventually(t, func() bool { return residentSST(t, dir) < tables/5 }, 10*time.Second, 50*time.Millisecond,
 		"tables read stay resident")
 }
 
-// residentOf sums the resident bytes of this process's mappings of files in
-// dir whose names end in suffix (/proc/self/smaps).
-func residentOf(t *testing.T, dir, suffix string) int64 {
-	f, err := os.Open("/proc/self/smaps")
+// residentSST is how many bytes of the tables under dir are resident
+// (Linux only: /proc/self/smaps).
+func residentSST(t *testing.T, dir string) int64 {
+	resident, err := residency.ResidentBytes(dir)
 	require.NoError(t, err)
-	defer f.Close()
-	var sum int64
-	match := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		switch {
-		case len(fields) >= 5 && strings.Contains(fields[0], "-") && len(fields[1]) == 4: // a mapping's header
-			match = len(fields) >= 6 && filepath.Dir(fields[5]) == dir && strings.HasSuffix(fields[5], suffix)
-		case match && len(fields) == 3 && fields[0] == "Rss:":
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			require.NoError(t, err)
-			sum += kb << 10
-		}
-	}
-	require.NoError(t, sc.Err())
-	return sum
+	return resident[".sst"]
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -64,4 +65,40 @@ func pageOut(m mapping) error {
 		return fmt.Errorf("madvise(MADV_PAGEOUT) %s: %w", m.path, errno)
 	}
 	return nil
+}
+
+// ResidentBytes reports how many bytes of this process's shared file
+// mappings under dir are resident, by file extension (".vlog", ".sst"...),
+// from /proc/self/smaps. It is for tests and diagnostics: reading smaps
+// walks every mapping of the process.
+func ResidentBytes(dir string) (map[string]int64, error) {
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		return nil, fmt.Errorf("read resident set: %w", err)
+	}
+	defer f.Close()
+	out := map[string]int64{}
+	cur := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if key, _, _ := strings.Cut(line, " "); !strings.HasSuffix(key, ":") { // a mapping's header
+			cur = ""
+			if m, ok := parseMapping(line); ok && strings.HasPrefix(m.path, dir+string(filepath.Separator)) {
+				cur = filepath.Ext(m.path)
+			}
+			continue
+		}
+		if rest, ok := strings.CutPrefix(line, "Rss:"); ok && cur != "" {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("read resident set: %q: %w", line, err)
+			}
+			out[cur] += kb << 10
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read resident set: %w", err)
+	}
+	return out, nil
 }

@@ -1,16 +1,12 @@
 package residency
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -155,27 +151,11 @@ func TestRunStopsWithContext(t *testing.T) {
 // under dir, from /proc/self/smaps.
 func residentKiB(t *testing.T, dir string) map[string]int {
 	t.Helper()
-	f, err := os.Open("/proc/self/smaps")
+	resident, err := ResidentBytes(dir)
 	require.NoError(t, err)
-	defer f.Close()
 	out := map[string]int{}
-	cur := ""
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if key, _, _ := strings.Cut(line, " "); !strings.HasSuffix(key, ":") { // a mapping's header
-			cur = ""
-			if m, ok := parseMapping(line); ok && strings.HasPrefix(m.path, dir+"/") {
-				cur = filepath.Ext(m.path)
-			}
-			continue
-		}
-		if rest, ok := strings.CutPrefix(line, "Rss:"); ok && cur != "" {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			require.NoError(t, err)
-			out[cur] += kb
-		}
+	for ext, n := range resident {
+		out[ext] = int(n >> 10)
 	}
-	require.NoError(t, sc.Err())
 	return out
 }

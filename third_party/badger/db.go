@@ -815,22 +815,29 @@ func (db *DB) get(key []byte) (y.ValueStruct, error) {
 		if vs.Meta == 0 && vs.Value == nil {
 			continue
 		}
-		// Threadline patch (see PATCH.md): vs.Value points into the
-		// memtable's arena, which is unmapped once the memtable's last
-		// reference is dropped, and decr may drop it before the caller
-		// reads the value. Copy it out while the reference is held (into
-		// a non-nil slice: an empty value is not an absent one).
-		vs.Value = append(make([]byte, 0, len(vs.Value)), vs.Value...)
 		// Found the required version of the key, return immediately.
 		if vs.Version == version {
 			y.NumGetsWithResultsAdd(db.opt.MetricsEnabled, 1)
-			return vs, nil
+			return detachValue(vs), nil
 		}
 		if maxVs.Version < vs.Version {
 			maxVs = vs
 		}
 	}
-	return db.lc.get(key, maxVs, 0)
+	return db.lc.get(key, detachValue(maxVs), 0)
+}
+
+// detachValue copies a value found in a memtable out of the memtable's
+// arena. Threadline patch (see PATCH.md): the arena is unmapped once the
+// memtable's last reference is dropped, and get's decr may drop it before
+// the caller reads the value, so get copies what it may return while it
+// holds the references. The copy of a non-nil value is non-nil: an empty
+// value is not an absent one.
+func detachValue(vs y.ValueStruct) y.ValueStruct {
+	if vs.Value != nil {
+		vs.Value = append(make([]byte, 0, len(vs.Value)), vs.Value...)
+	}
+	return vs
 }
 
 var requestPool = sync.Pool{
