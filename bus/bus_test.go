@@ -84,6 +84,8 @@ func (c *collecting) HandleRecords(_ context.Context, recs []*kgo.Record, ticket
 
 func (c *collecting) PartitionsGone(map[string][]int32) { c.mu.Lock(); c.gone++; c.mu.Unlock() }
 
+func (c *collecting) Committed(string, int32, int64) {}
+
 func (c *collecting) count() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.keys) }
 
 // TestProduceConsumeResume produces trace batches, consumes them in a group,

@@ -22,6 +22,9 @@ type RecordHandler interface {
 	// PartitionsGone is called after partitions were revoked or lost; state
 	// held for them must be dropped (their next owner replays it).
 	PartitionsGone(parts map[string][]int32)
+	// Committed is called after the group accepted a commit of these
+	// offsets: the records below them will not be replayed.
+	Committed(topic string, partition int32, offset int64)
 }
 
 // ConsumerConfig tunes the group consumer.
@@ -242,6 +245,10 @@ func (c *Consumer) commit(ctx context.Context, only map[string][]int32) {
 				for _, p := range t.Partitions {
 					if p.ErrorCode != 0 {
 						err = fmt.Errorf("commit %s/%d: error code %d", t.Topic, p.Partition, p.ErrorCode)
+						continue
+					}
+					if eo, ok := offs[t.Topic][p.Partition]; ok {
+						c.handler.Committed(t.Topic, p.Partition, eo.Offset)
 					}
 				}
 			}

@@ -503,7 +503,8 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 		}
 		chunks = append(chunks, chunk{data: r.Value, observed: true})
 	}
-	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks)}
+	spans, _ := ix.decodeChunks(id, chunks) // observed already
+	t := span.Trace{ID: id, Spans: spans}
 	if len(t.Spans) == 0 {
 		return errors.New("no span of the trace at its remembered offsets")
 	}

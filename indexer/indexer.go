@@ -20,6 +20,7 @@ import (
 	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
+	"github.com/threadline/threadline/red"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
@@ -31,7 +32,9 @@ type TraceWriter interface {
 }
 
 // Stage transforms a complete trace before sampling, e.g. clock-skew repair.
-// It returns warnings to store with the trace.
+// It returns warnings to store with the trace. It must not add, remove or
+// reorder spans: the Observer is told which records they came from by
+// position.
 type Stage interface {
 	Process(t *span.Trace) []string
 }
@@ -55,10 +58,14 @@ type Decider interface {
 }
 
 // Observer derives metrics from every span before sampling (RED metrics).
-// Each span must be observed exactly once; done runs once the counts are
-// durable, and the indexer holds the spans' Kafka records until then.
+// Each span must be observed exactly once: parts name the Kafka records the
+// spans came from, in span order, so that a replay of a record already
+// counted is not counted again. done runs once the counts are durable, and
+// the indexer holds the spans' Kafka records until then; Committed is told
+// the offsets committed after that.
 type Observer interface {
-	ObserveDurable(t *span.Trace, done func())
+	ObserveDurable(t *span.Trace, parts []red.Part, done func())
+	Committed(topic string, partition int32, offset int64)
 	// Link records that a trace was kept, so metric buckets point at it.
 	Link(id span.TraceID, reasons []string)
 }
@@ -77,6 +84,11 @@ type chunk struct {
 	observed bool     // its spans were already given to the Observer
 	packed   bool     // data is an S2 block of the TracesData
 	dict     *s2.Dict // the dictionary a packed chunk was compressed against; nil for none
+	// rec is the record the chunk came from, part its place among the
+	// record's parts (one per trace it held), so RED counting knows a
+	// replayed record; nil for chunks made otherwise.
+	rec         *bus.Ticket
+	part, parts int32
 }
 
 // unpack decompresses a packed chunk into a new buffer.
@@ -344,7 +356,9 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 			ix.badRecord(r, err)
 			return
 		}
-		ix.add(id, pk, ix.packer.pack(r.Value, n, now), t, now)
+		c := ix.packer.pack(r.Value, n, now)
+		c.rec, c.parts = t, 1
+		ix.add(id, pk, c, t, now)
 		return
 	}
 	// Other records may mix traces: decode, regroup, re-encode.
@@ -366,13 +380,13 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		}
 		groups[id] = append(groups[id], s)
 	}
-	for _, id := range order {
+	for i, id := range order {
 		data, err := proto.Marshal(span.ToTracesData(groups[id]))
 		if err != nil {
 			ix.badRecord(r, err)
 			return
 		}
-		ix.add(id, pk, chunk{data: data, spans: len(groups[id])}, t, now)
+		ix.add(id, pk, chunk{data: data, spans: len(groups[id]), rec: t, part: int32(i), parts: int32(len(order))}, t, now)
 	}
 }
 
@@ -396,14 +410,17 @@ func keyTraceID(key []byte) (span.TraceID, bool) {
 }
 
 // decodeChunks decodes a trace's chunks, keeping only spans of that trace (a
-// record keyed by one trace ID that carries others is counted, not trusted).
-func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) []span.Span {
+// record keyed by one trace ID that carries others is counted, not trusted),
+// and names the record of each chunk not yet observed, in span order.
+func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) ([]span.Span, []red.Part) {
 	n := 0
 	for _, c := range chunks {
 		n += c.spans
 	}
 	into := make([]span.Span, 0, n)
+	var parts []red.Part
 	for _, c := range chunks {
+		before := len(into)
 		var spans []span.Span
 		var err error
 		if c.packed {
@@ -427,20 +444,23 @@ func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) []span.Span {
 			}
 			into = append(into, s)
 		}
+		if c.rec != nil && !c.observed {
+			parts = append(parts, red.Part{Topic: c.rec.Topic(), Partition: c.rec.Partition(), Offset: c.rec.Offset(), Index: int(c.part), Of: int(c.parts), Spans: len(into) - before})
+		}
 	}
-	return into
+	return into, parts
 }
 
 // observe hands spans to the Observer, holding their records until the
 // counts are durable.
-func (ix *Indexer) observe(id span.TraceID, spans []span.Span, tickets []*bus.Ticket) {
+func (ix *Indexer) observe(id span.TraceID, spans []span.Span, parts []red.Part, tickets []*bus.Ticket) {
 	if ix.obs == nil || len(spans) == 0 {
 		return
 	}
 	for _, tk := range tickets {
 		tk.Acquire()
 	}
-	ix.obs.ObserveDurable(&span.Trace{ID: id, Spans: spans}, func() {
+	ix.obs.ObserveDurable(&span.Trace{ID: id, Spans: spans}, parts, func() {
 		for _, tk := range tickets {
 			tk.Release()
 		}
@@ -456,7 +476,8 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 		}
 	}
 	if len(fresh) > 0 {
-		ix.observe(id, ix.decodeChunks(id, fresh), tickets)
+		spans, parts := ix.decodeChunks(id, fresh)
+		ix.observe(id, spans, parts, tickets)
 	}
 }
 
@@ -536,6 +557,14 @@ func (ix *Indexer) poke() {
 	select {
 	case ix.wake <- struct{}{}:
 	default:
+	}
+}
+
+// Committed tells the Observer that nothing below offset is replayed any
+// more, so it may forget which records there it counted.
+func (ix *Indexer) Committed(topic string, partition int32, offset int64) {
+	if ix.obs != nil {
+		ix.obs.Committed(topic, partition, offset)
 	}
 }
 
@@ -682,7 +711,8 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	tickets := append([]*bus.Ticket(nil), h.tickets...)
 	ix.mu.Unlock()
 
-	t := span.Trace{ID: id, Spans: ix.decodeChunks(id, chunks)}
+	spans, parts := ix.decodeChunks(id, chunks)
+	t := span.Trace{ID: id, Spans: spans}
 	if len(t.Spans) == 0 {
 		// Only log lines arrived: store them by level as lines of an
 		// unkept trace, and remember no decision, so spans arriving later
@@ -702,7 +732,10 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	for _, s := range ix.stages {
 		warnings = append(warnings, s.Process(&t)...)
 	}
-	ix.observe(id, t.Spans, tickets)
+	if len(t.Spans) != len(spans) {
+		parts = nil // a stage broke its contract; count without de-duplication
+	}
+	ix.observe(id, t.Spans, parts, tickets)
 	skew := skewOffsets(t.Spans)
 	ix.mu.Lock()
 	h.skew = skew
@@ -854,9 +887,9 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 	add := func(job writeJob) bool {
 		spans := job.spans
 		for _, c := range job.chunks {
-			decoded := ix.decodeChunks(job.id, []chunk{c})
+			decoded, parts := ix.decodeChunks(job.id, []chunk{c})
 			if !c.observed {
-				ix.observe(job.id, decoded, job.tickets)
+				ix.observe(job.id, decoded, parts, job.tickets)
 			}
 			spans = append(spans, decoded...)
 		}

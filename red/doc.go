@@ -18,23 +18,36 @@
 // differently (a trace decided in two parts may come back whole, or only its
 // tail may come back).
 //
-// Scheme: Observe only reduces spans to (series, bucket, duration, error,
-// span ID) in memory. A flush, every FlushInterval, writes in ONE Badger
-// transaction both the bucket rows' new totals and, per trace, the set of
-// span IDs counted so far ('d' keys, 8 bytes per span, TTL ReplayWindow).
-// Inside that transaction every span whose (trace ID, span ID) is already in
-// the set is skipped. Counts and "these spans are counted" are committed
-// atomically, so a span is counted at most once; it is counted at least once
-// if the indexer follows the rule below. Span-ID sets cost 8 bytes per span
-// for ReplayWindow (default 1 h); they are what makes the replay exact.
+// Scheme: Observe only reduces spans to (series, bucket, duration, error)
+// in memory, each group of spans labelled with the Kafka record (Part) it
+// came from. A flush, every FlushInterval, writes in ONE Badger transaction
+// both the bucket rows' new totals and, per partition, the records counted
+// so far ('p' keys, TTL ReplayWindow). Inside that transaction the spans of
+// every record already in the set are skipped. Counts and "these records are
+// counted" are committed atomically, so a span is counted at most once; it
+// is counted at least once if the indexer follows the rule below.
+//
+// Records rather than span IDs: a replay delivers the same records, and a
+// record's spans are one group however the replay assembles traces, so a
+// record is the natural unit. The set per partition is small: a floor (the
+// offset the consumer last committed, see Committed, below which nothing is
+// replayed; or the end of a run of counted records starting there) and
+// ranges of counted offsets above it, whose gaps are the records of traces
+// still undecided. The earlier scheme kept the counted span IDs per trace,
+// a Badger key read and written per trace, which cost about a tenth of the
+// all-in-one's CPU. What it also caught and this does not: the same span
+// sent twice by a client (an exporter retry after a lost response) is
+// counted twice, as the OpenTelemetry Collector's spanmetrics connector and
+// Tempo's metrics generator count it; the span store still stores it once.
 //
 // Indexer rule (what makes it exact):
-//  1. Call ObserveDurable for every assembled trace before sampling,
-//     and also for late spans of an already decided trace (as a trace of
-//     just those spans). Acquire one more reference on each of the
-//     trace's record tickets before the call and release them in done:
-//     done runs after the flush that made the counts durable, so no offset
-//     is committed past a span whose count could still be lost.
+//  1. Call ObserveDurable for every assembled trace before sampling, with
+//     the parts its spans came from, and also for late spans of an already
+//     decided trace (as a trace of just those spans). Acquire one more
+//     reference on each of the trace's record tickets before the call and
+//     release them in done: done runs after the flush that made the counts
+//     durable, so no offset is committed past a span whose count could
+//     still be lost. Call Committed after each offset commit.
 //  2. Call Link(traceID, reasons) after the sampler keeps a trace.
 //  3. On shutdown, decide every buffered trace, then Close the store (it
 //     flushes) before the final offset commit.

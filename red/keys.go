@@ -6,12 +6,14 @@ package red
 //
 //	'b' bucket(8) series            → row: count, errors, sum ns, histogram (uvarints)
 //	'l' bucket(8) series traceID(16) → link: flags(1: bit0 error) duration ns (uvarint)
-//	'd' traceID(16)                 → span IDs of the trace already counted (8 bytes each)
+//	'p' uvarint len, topic, partition(4) → Kafka records counted there (countedSet)
 //	'm' "width"                     → bucket width ns (8)
 //
 // series = uvarint len, service, uvarint len, operation, kind(1), status(1).
-// Rows and links expire Retention after their last write; 'd' keys expire
-// ReplayWindow after their last write.
+// Rows and links expire Retention after their last write; 'p' keys expire
+// ReplayWindow after their last write. Earlier versions kept, per trace, the
+// span IDs counted under 'd' traceID(16), with the same TTL; nothing reads
+// them now and they expire.
 
 import (
 	"encoding/binary"
@@ -24,10 +26,10 @@ import (
 )
 
 const (
-	prefixRow    = 'b'
-	prefixLink   = 'l'
-	prefixDedupe = 'd'
-	prefixMeta   = 'm'
+	prefixRow     = 'b'
+	prefixLink    = 'l'
+	prefixCounted = 'p'
+	prefixMeta    = 'm'
 )
 
 var metaWidthKey = []byte{prefixMeta, 'w', 'i', 'd', 't', 'h'}
@@ -137,8 +139,10 @@ func linkKey(bucket int64, s Series, id span.TraceID) []byte {
 	return append(k, id[:]...)
 }
 
-func dedupeKey(id span.TraceID) []byte {
-	return append([]byte{prefixDedupe}, id[:]...)
+func countedKey(tp topicPartition) []byte {
+	k := binary.AppendUvarint([]byte{prefixCounted}, uint64(len(tp.topic)))
+	k = append(k, tp.topic...)
+	return binary.BigEndian.AppendUint32(k, uint32(tp.partition))
 }
 
 // decodeRowKey splits a 'b' or 'l' key into bucket time, series and the

@@ -21,10 +21,11 @@ type Options struct {
 	// Retention is how long rows and trace links live (Badger TTL from the
 	// last write, whole seconds). Default 7 days.
 	Retention time.Duration
-	// ReplayWindow is how long the per-trace record of counted span IDs is
-	// kept. A Kafka replay of a span older than this after a crash counts it
-	// again, so it must exceed the indexer's worst commit lag plus downtime.
-	// Default 1h.
+	// ReplayWindow is how long a partition's record of counted Kafka
+	// records is kept after its last write. A replay after a crash and a
+	// downtime longer than this counts the records counted but not yet
+	// committed before the crash again, so it must exceed the indexer's
+	// worst commit lag plus downtime. Default 1h.
 	ReplayWindow time.Duration
 	// MaxSeriesPerBucket caps the distinct (service, operation, kind, status)
 	// series of one bucket, and the series of the cumulative Prometheus
@@ -79,7 +80,7 @@ func DefaultOptions() Options {
 func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.BucketWidth, "red.bucket-width", o.BucketWidth, "Time resolution of stored RED metrics (whole seconds; fixed once a store exists).")
 	fs.DurationVar(&o.Retention, "red.retention", o.Retention, "How long RED buckets and their trace links are kept.")
-	fs.DurationVar(&o.ReplayWindow, "red.replay-window", o.ReplayWindow, "How long counted span IDs are remembered so a Kafka replay after a crash does not count them twice; must exceed commit lag plus downtime.")
+	fs.DurationVar(&o.ReplayWindow, "red.replay-window", o.ReplayWindow, "How long a partition's counted Kafka records are remembered so a replay after a crash does not count them twice; must exceed commit lag plus downtime.")
 	fs.IntVar(&o.MaxSeriesPerBucket, "red.max-series", o.MaxSeriesPerBucket, "Distinct (service, operation, kind, status) series per bucket; more are counted under operation __other__.")
 	fs.DurationVar(&o.FlushInterval, "red.flush-interval", o.FlushInterval, "How often observed spans are made durable (bounds query lag and offset-commit delay).")
 	fs.IntVar(&o.MaxPendingSpans, "red.max-pending-spans", o.MaxPendingSpans, "Spans observed but not yet durable before Observe blocks.")
@@ -131,15 +132,15 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(o.BlockCacheSize).
 		WithIndexCacheSize(o.IndexCacheSize).
-		// Each trace's span-ID set is read before it is written, and most
-		// traces have none yet: a bloom false positive costs a block read
+		// Each row is read before it is written, and a bucket's rows are
+		// new when it starts: a bloom false positive costs a block read
 		// (index/options.go).
 		WithBloomFalsePositive(0.001).
 		WithNumCompactors(2).
 		WithValueLogFileSize(16 << 20).
 		WithCompression(options.ZSTD).
 		WithZSTDCompressionLevel(1).
-		// Rows and span-ID sets are small: keep them in the LSM so expiry
+		// Rows and counted-record sets are small: keep them in the LSM so expiry
 		// and compaction reclaim them without value-log GC.
 		WithValueThreshold(256 << 10).
 		WithMetricsEnabled(false).

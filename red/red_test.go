@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -254,6 +255,43 @@ func crash(t *testing.T, s *Store) {
 	require.NoError(t, s.db.Close())
 }
 
+// records names the two Kafka records that carried trace i of some
+// traffic: the first half of its spans and the rest, on one of three
+// partitions.
+func records(i int, tc *span.Trace) (head, tail Part) {
+	h := len(tc.Spans) / 2
+	p, off := int32(i%3), int64(2*(i/3))
+	head = Part{Topic: "otlp_spans", Partition: p, Offset: off, Of: 1, Spans: h}
+	tail = Part{Topic: "otlp_spans", Partition: p, Offset: off + 1, Of: 1, Spans: len(tc.Spans) - h}
+	return head, tail
+}
+
+// observeRecords observes traces [from, to) whole, naming both records.
+func observeRecords(s *Store, tr *traffic, from, to int) {
+	for i := from; i < to; i++ {
+		tc := tr.traces[i]
+		head, tail := records(i, tc)
+		s.ObserveDurable(tc, []Part{head, tail}, nil)
+		if tr.kept[tc.ID] {
+			s.Link(tc.ID, []string{"error"})
+		}
+	}
+}
+
+// observeHead observes the first record of trace i alone, as an indexer
+// that decided the trace before its second record arrived.
+func observeHead(s *Store, tr *traffic, i int) {
+	tc := tr.traces[i]
+	head, _ := records(i, tc)
+	s.ObserveDurable(&span.Trace{ID: tc.ID, Spans: tc.Spans[:head.Spans]}, []Part{head}, nil)
+}
+
+func observeTail(s *Store, tr *traffic, i int) {
+	tc := tr.traces[i]
+	head, tail := records(i, tc)
+	s.ObserveDurable(&span.Trace{ID: tc.ID, Spans: tc.Spans[head.Spans:]}, []Part{tail}, nil)
+}
+
 func TestReplayIsIdempotent(t *testing.T) {
 	tr := genTraffic(2000, 3)
 	dir := t.TempDir()
@@ -261,32 +299,141 @@ func TestReplayIsIdempotent(t *testing.T) {
 	o.FlushInterval = time.Hour // flush only when told
 	s := open(t, dir, o)
 	half := len(tr.traces) / 2
-	for _, tc := range tr.traces[:half] {
-		s.Observe(tc)
+	observeRecords(s, tr, 0, half-100)
+	// Decided before their second records came: only the first is counted.
+	for i := half - 100; i < half; i++ {
+		observeHead(s, tr, i)
 	}
 	require.NoError(t, s.Flush(context.Background()))
 	// Observed but never flushed: lost in the crash, so they must be replayed.
-	for _, tc := range tr.traces[half : half+300] {
-		s.Observe(tc)
-	}
+	observeRecords(s, tr, half, half+300)
 	crash(t, s)
 
 	// Kafka replays from the last commit: everything after some earlier
-	// point, reassembled differently — tails of traces, then whole traces.
+	// point, assembled differently — second records alone, then whole traces.
 	s = open(t, dir, o)
-	for _, tc := range tr.traces[half-200 : half] {
-		s.Observe(&span.Trace{ID: tc.ID, Spans: tc.Spans[len(tc.Spans)/2:]})
+	for i := half - 300; i < half; i++ {
+		observeTail(s, tr, i)
 	}
-	observeAll(s, &traffic{traces: tr.traces[half-400:], kept: tr.kept})
+	observeRecords(s, tr, half-400, len(tr.traces))
 	require.NoError(t, s.Close())
 
 	s = open(t, dir, o)
 	defer func() { require.NoError(t, s.Close()) }()
 	requireExact(t, s, tr)
 	// A second full replay after a clean restart changes nothing either.
-	observeAll(s, tr)
+	observeRecords(s, tr, 0, len(tr.traces))
 	require.NoError(t, s.Flush(context.Background()))
 	requireExact(t, s, tr)
+}
+
+func TestCommittedOffsetsAreForgotten(t *testing.T) {
+	tr := genTraffic(40, 5)
+	dir := t.TempDir()
+	o := testOptions()
+	o.FlushInterval = time.Hour
+	s := open(t, dir, o)
+	// Partition 0 holds traces 0, 3, 6, … at offsets 0–1, 2–3, 4–5, …; leave
+	// out trace 9 (offsets 6 and 7), as if it were still undecided.
+	for i := 0; i < len(tr.traces); i += 3 {
+		if i != 9 {
+			observeRecords(s, tr, i, i+1)
+		}
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	tp := topicPartition{"otlp_spans", 0}
+	stored := func() *countedSet {
+		t.Helper()
+		var c *countedSet
+		require.NoError(t, s.db.View(func(txn *badger.Txn) error {
+			item, err := txn.Get(countedKey(tp))
+			if err != nil {
+				return err
+			}
+			return item.Value(func(v []byte) (err error) { c, err = decodeCounted(v); return err })
+		}))
+		return c
+	}
+	last := int64(2 * ((len(tr.traces) - 1) / 3))
+	require.Equal(t, &countedSet{floor: 6, ranges: []offsetRange{{8, last + 2}}}, stored())
+
+	// Once offset 8 is committed, the gap below it is never replayed: the
+	// set shrinks to its floor at the next flush that touches the partition.
+	s.Committed("otlp_spans", 0, 8)
+	observeRecords(s, tr, len(tr.traces)-1, len(tr.traces)) // replayed, skipped
+	require.NoError(t, s.Flush(context.Background()))
+	require.Equal(t, &countedSet{floor: last + 2}, stored())
+	require.NoError(t, s.Close())
+
+	s = open(t, dir, o)
+	defer func() { require.NoError(t, s.Close()) }()
+	replayed := 0
+	for i := 0; i < len(tr.traces); i += 3 { // all below the floor now
+		observeRecords(s, tr, i, i+1)
+		replayed += len(tr.traces[i].Spans)
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	require.Equal(t, float64(0), counterValue(t, s.m.spans.WithLabelValues("counted")))
+	require.Equal(t, float64(replayed), counterValue(t, s.m.spans.WithLabelValues("duplicate")))
+}
+
+func TestCountedSetMatchesModel(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for round := range 200 {
+		c := &countedSet{}
+		model := map[[2]int64]bool{} // (offset, part) counted
+		parts := map[int64]int{}     // offset → parts of that record
+		floor := int64(0)
+		for range 300 {
+			o := r.Int64N(200)
+			if _, ok := parts[o]; !ok {
+				parts[o] = 1 + r.IntN(3)*r.IntN(2)*40 // mostly whole records, some of up to 81 parts
+			}
+			p := Part{Offset: o, Of: parts[o], Index: r.IntN(parts[o])}
+			want := o < floor || model[[2]int64{o, int64(p.Index)}]
+			require.Equal(t, want, c.has(p), "round %d: has(%d/%d)", round, o, p.Index)
+			if !want {
+				c.add(p)
+				model[[2]int64{o, int64(p.Index)}] = true
+			}
+			if r.IntN(50) == 0 {
+				floor = max(floor, r.Int64N(100))
+				c.raise(floor)
+			}
+			// The encoding round-trips, and the floor only ever names
+			// counted records.
+			d, err := decodeCounted(c.appendTo(nil))
+			require.NoError(t, err)
+			require.Equal(t, c.appendTo(nil), d.appendTo(nil))
+			for o := floor; o < c.floor; o++ {
+				for i := range parts[o] {
+					require.True(t, model[[2]int64{o, int64(i)}], "floor %d passed uncounted %d/%d", c.floor, o, i)
+				}
+			}
+		}
+	}
+}
+
+func FuzzDecodeCounted(f *testing.F) {
+	c := &countedSet{}
+	for _, o := range []int64{3, 4, 9, 1 << 40} {
+		c.add(Part{Offset: o, Of: 1})
+	}
+	c.add(Part{Offset: 20, Index: 70, Of: 100})
+	f.Add(c.appendTo(nil))
+	f.Add([]byte{1, 0, 0, 0})
+	f.Add([]byte{1, 0, 1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		c, err := decodeCounted(v)
+		if err != nil {
+			require.ErrorIs(t, err, errCorrupt)
+			return
+		}
+		// What decodes encodes again to something that decodes the same.
+		d, err := decodeCounted(c.appendTo(nil))
+		require.NoError(t, err)
+		require.Equal(t, c.appendTo(nil), d.appendTo(nil))
+	})
 }
 
 // crashChild runs in a child process: it observes the traffic with a fast
@@ -299,8 +446,8 @@ func crashChild(dir string) {
 		os.Exit(2)
 	}
 	tr := genTraffic(3000, 4)
-	for i, tc := range tr.traces {
-		s.Observe(tc)
+	for i := range tr.traces {
+		observeRecords(s, tr, i, i+1)
 		if i%100 == 0 {
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -339,7 +486,7 @@ func TestKill9ThenReplay(t *testing.T) {
 	wantN, _ := tr.total()
 	require.Positive(t, before.Points[0].Count)
 	require.Less(t, before.Points[0].Count, wantN)
-	observeAll(s, tr)
+	observeRecords(s, tr, 0, len(tr.traces))
 	require.NoError(t, s.Flush(context.Background()))
 	requireExact(t, s, tr)
 	require.Equal(t, float64(before.Points[0].Count), counterValue(t, s.m.spans.WithLabelValues("duplicate")))

@@ -5,8 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -61,6 +61,10 @@ type Store struct {
 	slots       map[slotKey][]linkRef // (bucket, series) → links stored
 	slotRing    []slotKey             // FIFO bound on slots
 	slotNext    int
+	counted     map[topicPartition]*countedSet // per partition, as last committed to Badger
+
+	floorMu sync.Mutex
+	floors  map[topicPartition]int64 // offsets committed to Kafka (Committed)
 
 	// names interns service and operation names: decoded spans' strings
 	// share their record's buffer, and a memo or row that kept one would
@@ -79,15 +83,16 @@ type Store struct {
 	closeErr  error
 }
 
-// observation is one Observe call: a trace's spans reduced to what counting needs.
+// observation is one Observe call: a trace's spans reduced to what counting
+// needs, and the record parts they came from.
 type observation struct {
 	trace span.TraceID
 	spans []spanObs
+	parts []Part
 	done  func()
 }
 
 type spanObs struct {
-	id     uint64 // span ID, or a hash of the span when it has none
 	series Series
 	bucket int64
 	dur    int64
@@ -168,6 +173,8 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		rowsKnown:   map[rowID]struct{}{},
 		slots:       map[slotKey][]linkRef{},
 		slotRing:    make([]slotKey, maxLinkSlots),
+		counted:     map[topicPartition]*countedSet{},
+		floors:      map[topicPartition]int64{},
 		cum:         map[Series]*SeriesTotals{},
 		started:     time.Now(),
 		wake:        make(chan struct{}, 1),
@@ -259,18 +266,29 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-// Observe counts every span of t (see ObserveDurable).
-func (s *Store) Observe(t *span.Trace) { s.ObserveDurable(t, nil) }
+// Observe counts every span of t, with no record to de-duplicate a replay
+// by (see ObserveDurable).
+func (s *Store) Observe(t *span.Trace) { s.ObserveDurable(t, nil, nil) }
 
 // ObserveDurable counts every span of t into its (service, operation, kind,
 // status) series and the bucket of its start time, and remembers the trace
-// until Link. done, when not nil, is called once the counts are durable
+// until Link. parts name the Kafka records the spans came from, in span
+// order; the spans of a part counted before (a replay) are skipped, so
+// observing a record again is harmless. Spans after those of the parts are
+// always counted. done, when not nil, is called once the counts are durable
 // (after the flush that persisted them); the indexer holds the trace's Kafka
-// offsets until then. Spans already counted (same trace and span ID) are
-// skipped, so observing a trace or part of it again is harmless. Observe
-// blocks while MaxPendingSpans spans await a flush.
-func (s *Store) ObserveDurable(t *span.Trace, done func()) {
-	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), done: done}
+// offsets until then. Observe blocks while MaxPendingSpans spans await a
+// flush.
+func (s *Store) ObserveDurable(t *span.Trace, parts []Part, done func()) {
+	n := 0
+	for _, p := range parts {
+		n += p.Spans
+	}
+	if n > len(t.Spans) || slices.ContainsFunc(parts, func(p Part) bool { return p.Spans < 0 }) {
+		s.logger.Error("RED observe: parts name more spans than the trace has; counting without de-duplication", "trace", t.ID.String(), "spans", len(t.Spans), "part_spans", n)
+		parts = nil
+	}
+	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), parts: parts, done: done}
 	entries := make([]memoEntry, 0, min(len(t.Spans), 8)) // at most one per span; kept until Link
 	for _, sp := range t.Spans {
 		so, end := s.reduce(sp)
@@ -331,7 +349,6 @@ func mergeMemo(entries []memoEntry, e memoEntry) []memoEntry {
 func (s *Store) reduce(sp span.Span) (spanObs, int64) {
 	start, end := clampTime(sp.GetStartTimeUnixNano()), clampTime(sp.GetEndTimeUnixNano())
 	so := spanObs{
-		id: spanKey(sp),
 		series: Series{
 			Service:   s.names.get(sp.ServiceName()),
 			Operation: s.names.get(sp.GetName()),
@@ -372,24 +389,6 @@ func (n *names) get(v string) string {
 }
 
 func clampTime(ns uint64) int64 { return int64(min(ns, math.MaxInt64)) }
-
-// spanKey identifies a span within its trace for de-duplication: its span
-// ID, or, for a span without a valid one, a hash of what identifies it.
-func spanKey(sp span.Span) uint64 {
-	if id := sp.GetSpanId(); len(id) == 8 {
-		if v := binary.BigEndian.Uint64(id); v != 0 {
-			return v
-		}
-	}
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(sp.GetName()))
-	var b [24]byte
-	binary.BigEndian.PutUint64(b[0:], sp.GetStartTimeUnixNano())
-	binary.BigEndian.PutUint64(b[8:], sp.GetEndTimeUnixNano())
-	_, _ = h.Write(b[:16])
-	_, _ = h.Write(sp.GetParentSpanId())
-	return h.Sum64()
-}
 
 // Link attaches a kept trace to the buckets its observed spans fell into
 // (errors first, then slowest, at most MaxTraceIDsPerSeries per bucket and
@@ -432,7 +431,7 @@ func (s *Store) loop() {
 		case <-s.wake:
 		case <-gc.C:
 			// Values live in the LSM; this only reclaims the rare large
-			// span-ID set that went to the value log.
+			// counted-record set that went to the value log.
 			for s.db.RunValueLogGC(0.5) == nil {
 			}
 			continue
@@ -499,12 +498,8 @@ func (s *Store) flushObservations(batch []observation) ([]observation, error) {
 				chunk = max(n/2, 1)
 				continue
 			}
-			if len(batch[0].spans) > 1 {
+			if first, second, ok := batch[0].split(); ok {
 				// One huge trace: split it; done runs with the second half.
-				o := batch[0]
-				h := len(o.spans) / 2
-				first := observation{trace: o.trace, spans: o.spans[:h]}
-				second := observation{trace: o.trace, spans: o.spans[h:], done: o.done}
 				batch = append([]observation{first, second}, batch[1:]...)
 				continue
 			}
@@ -527,6 +522,31 @@ func (s *Store) flushObservations(batch []observation) ([]observation, error) {
 	return nil, nil
 }
 
+// split cuts an observation in two, between its parts (a part's spans are
+// counted in the transaction that marks the part counted), or between its
+// spans when it names no part. A transaction grows with the rows and
+// partitions it touches, not with spans, so a trace too big for one is rare.
+func (o observation) split() (first, second observation, ok bool) {
+	h, ph := len(o.spans)/2, 0
+	switch {
+	case len(o.parts) > 1:
+		ph = len(o.parts) / 2
+		h = 0
+		for _, p := range o.parts[:ph] {
+			h += p.Spans
+		}
+	case len(o.parts) == 1:
+		h = o.parts[0].Spans
+		ph = 1
+	}
+	if h == 0 || h == len(o.spans) {
+		return o, o, false
+	}
+	first = observation{trace: o.trace, spans: o.spans[:h], parts: o.parts[:ph]}
+	second = observation{trace: o.trace, spans: o.spans[h:], parts: o.parts[ph:], done: o.done}
+	return first, second, true
+}
+
 // chunkResult is what one committed transaction added.
 type chunkResult struct {
 	rows        map[rowID]*agg
@@ -535,32 +555,21 @@ type chunkResult struct {
 	duplicates  int
 	overflowed  int
 	corruptSeen int
+	sets        map[topicPartition]*countedSet // the partitions' counted records after the commit
 }
 
 // applyChunk counts observations not counted before, in one transaction
-// that also records their span IDs: the counts and the record that they were
-// made commit together, which is what makes replay harmless.
+// that also records, per partition, the records counted: the counts and the
+// record that they were made commit together, which is what makes replay
+// harmless.
 func (s *Store) applyChunk(obs []observation) (chunkResult, error) {
 	var res chunkResult
 	err := s.db.Update(func(txn *badger.Txn) error {
-		res = chunkResult{rows: map[rowID]*agg{}, counts: map[int64]int{}}
-		sets := map[span.TraceID]*idSet{}
+		res = chunkResult{rows: map[rowID]*agg{}, counts: map[int64]int{}, sets: map[topicPartition]*countedSet{}}
 		deltas := map[rowID]*agg{}
-		for _, o := range obs {
-			set := sets[o.trace]
-			if set == nil {
-				var err error
-				if set, err = s.loadIDs(txn, o.trace, &res); err != nil {
-					return err
-				}
-				sets[o.trace] = set
-			}
-			for _, sp := range o.spans {
-				if !set.add(sp.id) {
-					res.duplicates++
-					continue
-				}
-				res.counted++
+		count := func(spans []spanObs) {
+			res.counted += len(spans)
+			for _, sp := range spans {
 				rid := rowID{sp.bucket, sp.series}
 				d := deltas[rid]
 				if d == nil {
@@ -575,12 +584,27 @@ func (s *Store) applyChunk(obs []observation) (chunkResult, error) {
 				d.hist[bucketOf(time.Duration(sp.dur))]++
 			}
 		}
-		for id, set := range sets {
-			if !set.dirty {
-				continue
+		for _, o := range obs {
+			i := 0
+			for _, p := range o.parts {
+				spans := o.spans[i : i+p.Spans]
+				i += p.Spans
+				set, err := s.countedIn(txn, topicPartition{p.Topic, p.Partition}, &res)
+				if err != nil {
+					return err
+				}
+				if set.has(p) {
+					res.duplicates += len(spans)
+					continue
+				}
+				set.add(p)
+				count(spans)
 			}
-			if err := txn.SetEntry(badger.NewEntry(dedupeKey(id), set.bytes()).WithTTL(s.opts.ReplayWindow)); err != nil {
-				return fmt.Errorf("record counted spans: %w", err)
+			count(o.spans[i:])
+		}
+		for tp, set := range res.sets {
+			if err := txn.SetEntry(badger.NewEntry(countedKey(tp), set.appendTo(nil)).WithTTL(s.opts.ReplayWindow)); err != nil {
+				return fmt.Errorf("record counted records: %w", err)
 			}
 		}
 		for rid, d := range deltas {
@@ -674,34 +698,55 @@ func (s *Store) bucketSeries(txn *badger.Txn, bucket int64, res *chunkResult) (i
 	return n, nil
 }
 
-// loadIDs reads the span IDs already counted for trace id.
-func (s *Store) loadIDs(txn *badger.Txn, id span.TraceID, res *chunkResult) (*idSet, error) {
-	set := &idSet{}
-	item, err := txn.Get(dedupeKey(id))
-	if errors.Is(err, badger.ErrKeyNotFound) {
+// countedIn returns, for this transaction, the records counted on a
+// partition: a copy of what the last commit left (read from Badger the first
+// time), above the offset last committed to Kafka.
+func (s *Store) countedIn(txn *badger.Txn, tp topicPartition, res *chunkResult) (*countedSet, error) {
+	if set := res.sets[tp]; set != nil {
 		return set, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read counted spans: %w", err)
-	}
-	err = item.Value(func(v []byte) error {
-		if len(v)%8 != 0 {
-			return errCorrupt
+	set := s.counted[tp]
+	if set != nil {
+		set = set.clone()
+	} else {
+		set = &countedSet{}
+		item, err := txn.Get(countedKey(tp))
+		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, fmt.Errorf("read counted records: %w", err)
 		}
-		set.ids = make([]uint64, 0, len(v)/8+4)
-		for i := 0; i < len(v); i += 8 {
-			set.ids = append(set.ids, binary.BigEndian.Uint64(v[i:]))
+		if err == nil {
+			err = item.Value(func(v []byte) error {
+				var derr error
+				set, derr = decodeCounted(v)
+				return derr
+			})
+			if errors.Is(err, errCorrupt) {
+				// Forget it rather than block every flush: a replay of what
+				// it named would be counted again.
+				res.corruptSeen++
+				set, err = &countedSet{}, nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("read counted records: %w", err)
+			}
 		}
-		return nil
-	})
-	if errors.Is(err, errCorrupt) {
-		res.corruptSeen++
-		return &idSet{}, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read counted spans: %w", err)
-	}
+	s.floorMu.Lock()
+	floor := s.floors[tp]
+	s.floorMu.Unlock()
+	set.raise(floor)
+	res.sets[tp] = set
 	return set, nil
+}
+
+// Committed tells the store that a consumer committed offset on a
+// partition: nothing below it is replayed any more, so the records counted
+// there need not be remembered.
+func (s *Store) Committed(topic string, partition int32, offset int64) {
+	s.floorMu.Lock()
+	defer s.floorMu.Unlock()
+	tp := topicPartition{topic, partition}
+	s.floors[tp] = max(s.floors[tp], offset)
 }
 
 // knowRow remembers that a row is stored. Rows leave the store only by
@@ -716,6 +761,7 @@ func (s *Store) knowRow(rid rowID) {
 // afterChunk publishes a committed chunk to the caches, the cumulative
 // counters and the metrics.
 func (s *Store) afterChunk(res chunkResult) {
+	maps.Copy(s.counted, res.sets)
 	if len(s.seriesCount)+len(res.counts) > maxBucketCounts {
 		clear(s.seriesCount)
 	}
@@ -899,42 +945,6 @@ func (s *Store) Close() error {
 		s.closeErr = errors.Join(ferr, cerr)
 	})
 	return s.closeErr
-}
-
-// idSet is the set of span IDs counted for one trace.
-type idSet struct {
-	ids   []uint64
-	index map[uint64]struct{} // built once the set is large
-	dirty bool
-}
-
-// add inserts id, reporting false when it was already present.
-func (s *idSet) add(id uint64) bool {
-	if s.index == nil && len(s.ids) > 32 {
-		s.index = make(map[uint64]struct{}, len(s.ids)*2)
-		for _, v := range s.ids {
-			s.index[v] = struct{}{}
-		}
-	}
-	if s.index != nil {
-		if _, ok := s.index[id]; ok {
-			return false
-		}
-		s.index[id] = struct{}{}
-	} else if slices.Contains(s.ids, id) {
-		return false
-	}
-	s.ids = append(s.ids, id)
-	s.dirty = true
-	return true
-}
-
-func (s *idSet) bytes() []byte {
-	b := make([]byte, 0, 8*len(s.ids))
-	for _, v := range s.ids {
-		b = binary.BigEndian.AppendUint64(b, v)
-	}
-	return b
 }
 
 // badgerLogger routes Badger's log lines to slog; its INFO chatter becomes Debug.
