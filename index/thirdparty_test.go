@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/skl"
+	"github.com/dgraph-io/badger/v4/y"
 	"github.com/dgraph-io/ristretto/v2/z"
 	"github.com/stretchr/testify/require"
 
@@ -181,4 +184,48 @@ func residentSST(t *testing.T, dir string) int64 {
 	resident, err := residency.ResidentBytes(dir)
 	require.NoError(t, err)
 	return resident[".sst"]
+}
+
+// TestBadgerMemtableBloom checks the memtable's Bloom filter: most absent
+// keys are answered without a walk of the skiplist, and no key put is ever
+// missed, including by a Get racing the Puts.
+func TestBadgerMemtableBloom(t *testing.T) {
+	sl := skl.NewSkiplist(4 << 20)
+	defer sl.DecrRef()
+	key := func(i int, ts uint64) []byte { return y.KeyWithTs([]byte(fmt.Sprintf("trace-%08d", i)), ts) }
+	const n = 20000
+	var put atomic.Int64 // keys below are in the list
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for put.Load() < n {
+			i := int(put.Load()) - 1 // the newest key put, or one a little older
+			if i < 0 {
+				continue
+			}
+			i -= i % 7
+			if !sl.MayContain(key(i, 9)) || sl.Get(key(i, 9)).Value == nil {
+				t.Errorf("key %d was put but not found", i)
+				return
+			}
+		}
+	}()
+	for i := range n {
+		sl.Put(key(i, 5), y.ValueStruct{Value: []byte(strconv.Itoa(i))})
+		put.Store(int64(i + 1))
+	}
+	<-done
+	for i := range n {
+		// A later read timestamp finds the version put; the filter
+		// ignores timestamps.
+		require.Equal(t, strconv.Itoa(i), string(sl.Get(key(i, 9)).Value))
+	}
+	passed := 0
+	for i := n; i < 2*n; i++ {
+		if sl.MayContain(key(i, 9)) {
+			passed++
+		}
+		require.Nil(t, sl.Get(key(i, 9)).Value)
+	}
+	require.Less(t, passed, n/50, "false positives of %d absent keys", n)
 }
