@@ -40,9 +40,10 @@ type offsetRange struct{ from, to int64 }
 // (control records, compaction, retention), so ranges are joined only when
 // they touch and gaps leave the set as the floor passes them.
 type countedSet struct {
-	floor   int64
-	ranges  []offsetRange // sorted, disjoint, not touching, all above floor
-	partial map[int64]*partialRecord
+	committed int64 // the offset last committed, as reported
+	floor     int64
+	ranges    []offsetRange // sorted, disjoint, not touching, all above floor
+	partial   map[int64]*partialRecord
 }
 
 type partialRecord struct {
@@ -119,6 +120,20 @@ func (c *countedSet) addOffset(o int64) {
 	c.raise(c.floor)
 }
 
+// commit records that the consumer committed offset. An offset below the
+// last one means the partition's offsets started over (the topic was
+// recreated, or the group's offsets were reset): what the set remembers
+// names other records now, so it forgets everything and reports true.
+func (c *countedSet) commit(offset int64) (reset bool) {
+	if offset < c.committed {
+		*c = countedSet{committed: offset, floor: offset}
+		return true
+	}
+	c.committed = offset
+	c.raise(offset)
+	return false
+}
+
 // raise moves the floor up to at least floor, dropping what falls below it,
 // and on past a run of counted records that starts at it.
 func (c *countedSet) raise(floor int64) {
@@ -137,7 +152,7 @@ func (c *countedSet) raise(floor int64) {
 }
 
 func (c *countedSet) clone() *countedSet {
-	d := &countedSet{floor: c.floor, ranges: slices.Clone(c.ranges)}
+	d := &countedSet{committed: c.committed, floor: c.floor, ranges: slices.Clone(c.ranges)}
 	if len(c.partial) > 0 {
 		d.partial = make(map[int64]*partialRecord, len(c.partial))
 		for o, pr := range c.partial {
@@ -147,12 +162,13 @@ func (c *countedSet) clone() *countedSet {
 	return d
 }
 
-// Value: version 1 · uvarint floor · uvarint n · n × (uvarint from − previous
+// Value: version 1 · uvarint committed · uvarint floor − committed · uvarint n · n × (uvarint from − previous
 // to, uvarint to − from) · uvarint m · m × (uvarint offset − floor, uvarint
 // of, ⌈of/64⌉ × u64 bitmap), partial records in offset order.
 func (c *countedSet) appendTo(dst []byte) []byte {
 	dst = append(dst, 1)
-	dst = binary.AppendUvarint(dst, uint64(c.floor))
+	dst = binary.AppendUvarint(dst, uint64(c.committed))
+	dst = binary.AppendUvarint(dst, uint64(c.floor-c.committed))
 	dst = binary.AppendUvarint(dst, uint64(len(c.ranges)))
 	prev := c.floor
 	for _, r := range c.ranges {
@@ -195,8 +211,15 @@ func decodeCounted(v []byte) (*countedSet, error) {
 	}
 	c := &countedSet{}
 	var err error
-	if c.floor, err = next(); err != nil {
+	if c.committed, err = next(); err != nil {
 		return nil, err
+	}
+	above, err := next()
+	if err != nil {
+		return nil, err
+	}
+	if c.floor = c.committed + above; c.floor < c.committed {
+		return nil, fmt.Errorf("counted records: %w", errCorrupt)
 	}
 	n, err := next()
 	if err != nil {

@@ -33,7 +33,11 @@
 // offset the consumer last committed, see Committed, below which nothing is
 // replayed; or the end of a run of counted records starting there) and
 // ranges of counted offsets above it, whose gaps are the records of traces
-// still undecided. The earlier scheme kept the counted span IDs per trace,
+// still undecided. A committed offset below the one before means the
+// partition's offsets started over (topic recreated, offsets reset): the set
+// is forgotten, so new records under old offsets are counted
+// (threadline_red_offset_resets_total); records consumed before that first
+// commit (one commit interval of consumption) are skipped. The earlier scheme kept the counted span IDs per trace,
 // a Badger key read and written per trace, which cost about a tenth of the
 // all-in-one's CPU. What it also caught and this does not: the same span
 // sent twice by a client (an exporter retry after a lost response) is

@@ -362,7 +362,7 @@ func TestCommittedOffsetsAreForgotten(t *testing.T) {
 	s.Committed("otlp_spans", 0, 8)
 	observeRecords(s, tr, len(tr.traces)-1, len(tr.traces)) // replayed, skipped
 	require.NoError(t, s.Flush(context.Background()))
-	require.Equal(t, &countedSet{floor: last + 2}, stored())
+	require.Equal(t, &countedSet{committed: 8, floor: last + 2}, stored())
 	require.NoError(t, s.Close())
 
 	s = open(t, dir, o)
@@ -375,6 +375,15 @@ func TestCommittedOffsetsAreForgotten(t *testing.T) {
 	require.NoError(t, s.Flush(context.Background()))
 	require.Equal(t, float64(0), counterValue(t, s.m.spans.WithLabelValues("counted")))
 	require.Equal(t, float64(replayed), counterValue(t, s.m.spans.WithLabelValues("duplicate")))
+
+	// The topic is recreated: offsets start over, and a commit below the
+	// last one says so. Records at the old offsets are new records now.
+	s.Committed("otlp_spans", 0, 2)
+	observeRecords(s, tr, 3, 4) // offsets 2 and 3
+	require.NoError(t, s.Flush(context.Background()))
+	require.Equal(t, float64(len(tr.traces[3].Spans)), counterValue(t, s.m.spans.WithLabelValues("counted")))
+	require.Equal(t, float64(1), counterValue(t, s.m.offsetResets))
+	require.Equal(t, &countedSet{committed: 2, floor: 4}, stored())
 }
 
 func TestCountedSetMatchesModel(t *testing.T) {

@@ -63,8 +63,8 @@ type Store struct {
 	slotNext    int
 	counted     map[topicPartition]*countedSet // per partition, as last committed to Badger
 
-	floorMu sync.Mutex
-	floors  map[topicPartition]int64 // offsets committed to Kafka (Committed)
+	commitMu sync.Mutex
+	commits  map[topicPartition]int64 // the offset last committed to Kafka (Committed)
 
 	// names interns service and operation names: decoded spans' strings
 	// share their record's buffer, and a memo or row that kept one would
@@ -140,6 +140,7 @@ type metrics struct {
 	pendingSpans  prometheus.GaugeFunc
 	forgotten     prometheus.Counter
 	corruptValues prometheus.Counter
+	offsetResets  prometheus.Counter
 }
 
 // Open opens (or creates) the RED store in dir and starts its flusher. reg
@@ -174,7 +175,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		slots:       map[slotKey][]linkRef{},
 		slotRing:    make([]slotKey, maxLinkSlots),
 		counted:     map[topicPartition]*countedSet{},
-		floors:      map[topicPartition]int64{},
+		commits:     map[topicPartition]int64{},
 		cum:         map[Series]*SeriesTotals{},
 		started:     time.Now(),
 		wake:        make(chan struct{}, 1),
@@ -254,11 +255,15 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 			Name: "threadline_red_corrupt_records_total",
 			Help: "Stored RED records that did not decode and were skipped or replaced.",
 		}),
+		offsetResets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_red_offset_resets_total",
+			Help: "Partitions whose committed offset went back (topic recreated, offsets reset), so which of their records were counted was forgotten.",
+		}),
 	}
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{s.m.spans, s.m.overflow, s.m.links, s.m.flushLatency, s.m.flushErrors, s.m.pendingSpans, s.m.forgotten, s.m.corruptValues} {
+	for _, c := range []prometheus.Collector{s.m.spans, s.m.overflow, s.m.links, s.m.flushLatency, s.m.flushErrors, s.m.pendingSpans, s.m.forgotten, s.m.corruptValues, s.m.offsetResets} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register RED metrics: %w", err)
 		}
@@ -555,6 +560,7 @@ type chunkResult struct {
 	duplicates  int
 	overflowed  int
 	corruptSeen int
+	resets      int                            // partitions whose offsets started over
 	sets        map[topicPartition]*countedSet // the partitions' counted records after the commit
 }
 
@@ -731,22 +737,27 @@ func (s *Store) countedIn(txn *badger.Txn, tp topicPartition, res *chunkResult) 
 			}
 		}
 	}
-	s.floorMu.Lock()
-	floor := s.floors[tp]
-	s.floorMu.Unlock()
-	set.raise(floor)
+	s.commitMu.Lock()
+	committed, ok := s.commits[tp]
+	s.commitMu.Unlock()
+	if ok && set.commit(committed) {
+		res.resets++
+		s.logger.Warn("RED: committed offset went back; forgetting which records were counted, so records replayed from here are counted again", "topic", tp.topic, "partition", tp.partition, "offset", committed)
+	}
 	res.sets[tp] = set
 	return set, nil
 }
 
 // Committed tells the store that a consumer committed offset on a
 // partition: nothing below it is replayed any more, so the records counted
-// there need not be remembered.
+// there need not be remembered. An offset below the one committed before
+// means the partition's offsets started over (topic recreated, offsets
+// reset): the store then forgets the records it counted there, or it would
+// skip new records under old offsets.
 func (s *Store) Committed(topic string, partition int32, offset int64) {
-	s.floorMu.Lock()
-	defer s.floorMu.Unlock()
-	tp := topicPartition{topic, partition}
-	s.floors[tp] = max(s.floors[tp], offset)
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	s.commits[topicPartition{topic, partition}] = offset
 }
 
 // knowRow remembers that a row is stored. Rows leave the store only by
@@ -786,6 +797,7 @@ func (s *Store) afterChunk(res chunkResult) {
 	s.m.spans.WithLabelValues("duplicate").Add(float64(res.duplicates))
 	s.m.overflow.Add(float64(res.overflowed))
 	s.m.corruptValues.Add(float64(res.corruptSeen))
+	s.m.offsetResets.Add(float64(res.resets))
 }
 
 // cumSeries returns the cumulative totals of sr, or of its __other__ series
