@@ -37,9 +37,10 @@
 // partition's offsets started over (topic recreated, offsets reset): the set
 // is forgotten, so new records under old offsets are counted
 // (threadline_red_offset_resets_total); records consumed before that first
-// commit (one commit interval of consumption) are skipped. The earlier scheme kept the counted span IDs per trace,
-// a Badger key read and written per trace, which cost about a tenth of the
-// all-in-one's CPU. What it also caught and this does not: the same span
+// commit (one commit interval of consumption) are skipped.
+//
+// The earlier scheme kept the counted span IDs per trace, a Badger key read
+// and written per trace, which cost about a tenth of the all-in-one's CPU. What it also caught and this does not: the same span
 // sent twice by a client (an exporter retry after a lost response) is
 // counted twice, as the OpenTelemetry Collector's spanmetrics connector and
 // Tempo's metrics generator count it; the span store still stores it once.
