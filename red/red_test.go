@@ -690,3 +690,54 @@ func BenchmarkObserve(b *testing.B) {
 	require.NoError(b, s.Flush(context.Background()))
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "spans/s")
 }
+
+// TestObservationSplit splits observations down to what cannot be split:
+// every span ends up in exactly one piece, every record marked in exactly
+// one, and a piece's records never name more spans than it has.
+func TestObservationSplit(t *testing.T) {
+	for _, tc := range []struct {
+		spans int
+		parts []int
+	}{
+		{7, nil}, {7, []int{3, 4}}, {7, []int{5}}, {6, []int{6}}, {5, []int{0, 5}},
+		{5, []int{5, 0}}, {1, []int{1}}, {0, []int{0}}, {40, []int{9, 0, 1, 20}},
+	} {
+		o := observation{spans: make([]spanObs, tc.spans), done: func() {}}
+		for i, n := range tc.parts {
+			o.parts = append(o.parts, Part{Offset: int64(i), Of: 1, Spans: n})
+		}
+		var leaves []observation
+		var walk func(o observation, depth int)
+		walk = func(o observation, depth int) {
+			require.Less(t, depth, 64, "%v: no progress", tc)
+			first, second, ok := o.split()
+			if !ok {
+				leaves = append(leaves, o)
+				return
+			}
+			walk(first, depth+1)
+			walk(second, depth+1)
+		}
+		walk(o, 0)
+		spans, marked, dones := 0, map[int64]int{}, 0
+		for _, l := range leaves {
+			spans += len(l.spans)
+			n := 0
+			for _, p := range l.parts {
+				marked[p.Offset]++
+				n += p.Spans
+			}
+			require.LessOrEqual(t, n, len(l.spans), "%v", tc)
+			require.LessOrEqual(t, len(l.spans), 1, "%v: a leaf that could split", tc)
+			require.LessOrEqual(t, len(l.parts), 1, "%v: a leaf that could split", tc)
+			if l.done != nil {
+				dones++
+			}
+		}
+		require.Equal(t, tc.spans, spans, "%v", tc)
+		require.Equal(t, 1, dones, "%v: done runs once, with the last piece", tc)
+		for i := range tc.parts {
+			require.Equal(t, 1, marked[int64(i)], "%v: record %d", tc, i)
+		}
+	}
+}

@@ -530,26 +530,36 @@ func (s *Store) flushObservations(batch []observation) ([]observation, error) {
 // split cuts an observation in two, between its parts (a part's spans are
 // counted in the transaction that marks the part counted), or between its
 // spans when it names no part. A transaction grows with the rows and
-// partitions it touches, not with spans, so a trace too big for one is rare.
+// partitions it touches, not with spans, so a trace too big for one is rare;
+// one record too big for one (thousands of spans, each in a series and
+// bucket of its own) is split too rather than retried forever, its first
+// half counted without marking the record, so a crash between the two
+// transactions counts that half again.
 func (o observation) split() (first, second observation, ok bool) {
-	h, ph := len(o.spans)/2, 0
+	cut := func(h, ph int) (observation, observation, bool) {
+		return observation{trace: o.trace, spans: o.spans[:h], parts: o.parts[:ph]},
+			observation{trace: o.trace, spans: o.spans[h:], parts: o.parts[ph:], done: o.done}, true
+	}
 	switch {
 	case len(o.parts) > 1:
-		ph = len(o.parts) / 2
-		h = 0
+		ph, h := len(o.parts)/2, 0
 		for _, p := range o.parts[:ph] {
 			h += p.Spans
 		}
-	case len(o.parts) == 1:
-		h = o.parts[0].Spans
-		ph = 1
-	}
-	if h == 0 || h == len(o.spans) {
+		return cut(h, ph)
+	case len(o.parts) == 1 && o.parts[0].Spans < len(o.spans):
+		return cut(o.parts[0].Spans, 1) // the record, then the spans after it
+	case len(o.spans) < 2:
 		return o, o, false
+	case len(o.parts) == 0:
+		return cut(len(o.spans)/2, 0)
 	}
-	first = observation{trace: o.trace, spans: o.spans[:h], parts: o.parts[:ph]}
-	second = observation{trace: o.trace, spans: o.spans[h:], parts: o.parts[ph:], done: o.done}
-	return first, second, true
+	// One record, all of the spans: its first half goes unmarked.
+	h := len(o.spans) / 2
+	part := o.parts[0]
+	part.Spans -= h
+	return observation{trace: o.trace, spans: o.spans[:h]},
+		observation{trace: o.trace, spans: o.spans[h:], parts: []Part{part}, done: o.done}, true
 }
 
 // chunkResult is what one committed transaction added.
