@@ -741,3 +741,23 @@ func TestObservationSplit(t *testing.T) {
 		}
 	}
 }
+
+// TestBadPartsCountWithoutDeduplication: parts that do not fit the trace
+// (more spans than it has, an index outside the record) are dropped with an
+// error log, and the spans are counted, not lost or panicked over.
+func TestBadPartsCountWithoutDeduplication(t *testing.T) {
+	tr := genTraffic(3, 11)
+	s := open(t, t.TempDir(), testOptions())
+	defer func() { require.NoError(t, s.Close()) }()
+	want := 0
+	for i, bad := range []Part{
+		{Topic: "t", Offset: 1, Of: 1, Spans: 99},
+		{Topic: "t", Offset: 2, Index: -1, Of: 2},
+		{Topic: "t", Offset: 3, Index: 2, Of: 2},
+	} {
+		s.ObserveDurable(tr.traces[i], []Part{bad}, nil)
+		want += len(tr.traces[i].Spans)
+	}
+	require.NoError(t, s.Flush(context.Background()))
+	require.Equal(t, float64(want), counterValue(t, s.m.spans.WithLabelValues("counted")))
+}

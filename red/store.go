@@ -289,8 +289,8 @@ func (s *Store) ObserveDurable(t *span.Trace, parts []Part, done func()) {
 	for _, p := range parts {
 		n += p.Spans
 	}
-	if n > len(t.Spans) || slices.ContainsFunc(parts, func(p Part) bool { return p.Spans < 0 }) {
-		s.logger.Error("RED observe: parts name more spans than the trace has; counting without de-duplication", "trace", t.ID.String(), "spans", len(t.Spans), "part_spans", n)
+	if n > len(t.Spans) || slices.ContainsFunc(parts, func(p Part) bool { return p.Spans < 0 || p.Index < 0 || p.Index >= max(p.Of, 1) }) {
+		s.logger.Error("RED observe: parts do not fit the trace; counting without de-duplication", "trace", t.ID.String(), "spans", len(t.Spans), "part_spans", n)
 		parts = nil
 	}
 	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), parts: parts, done: done}
