@@ -137,7 +137,7 @@ const unbounded = math.MaxInt64
 // their index in Trace.Spans; int32 indices keep the per-span arrays small.
 type tree struct {
 	spans    []span.Span
-	byID     map[span.SpanID]int32
+	byID     map[span.SpanID]int32 // first span with each ID; nil for small trees (lookup)
 	parent   []int32 // -1 for a root (no parent, missing parent, or cycle broken here)
 	childOff []int32 // CSR: children of i are childIdx[childOff[i]:childOff[i+1]]
 	childIdx []int32
@@ -174,28 +174,41 @@ func adjust(t *span.Trace, maxDelta int64) Result {
 	return res
 }
 
+// smallTree is the span count up to which the tree scans its spans instead
+// of building maps: most traces have a handful of spans, for which a map's
+// allocation and hashing cost more than the scan. A variable for the test
+// that compares the two.
+var smallTree = 16
+
 func buildTree(t *span.Trace) *tree {
 	n := len(t.Spans)
+	// One allocation per element type: parent, inst, childOff, fill and
+	// order (the children, childIdx, come after it once counted).
+	i32 := make([]int32, 5*n+1)
+	i64 := make([]int64, 2*n)
 	tr := &tree{
-		spans:  t.Spans,
-		byID:   make(map[span.SpanID]int32, n),
-		parent: make([]int32, n),
-		start:  make([]int64, n),
-		end:    make([]int64, n),
-		valid:  make([]bool, n),
-		idKeys: make([]uint64, n),
-		inst:   make([]int32, n),
+		spans:    t.Spans,
+		parent:   i32[:n:n],
+		inst:     i32[n : 2*n : 2*n],
+		childOff: i32[2*n : 3*n+1 : 3*n+1],
+		start:    i64[:n:n],
+		end:      i64[n:],
+		valid:    make([]bool, n),
+		idKeys:   make([]uint64, n),
+	}
+	if n > smallTree {
+		tr.byID = make(map[span.SpanID]int32, n)
 	}
 	dups := 0
 	for i, s := range t.Spans {
+		tr.idKeys[i] = idKey(s.GetSpanId())
 		if id, ok := spanID(s.GetSpanId()); ok {
-			if _, seen := tr.byID[id]; seen {
+			if _, seen := tr.lookup(id, i); seen {
 				dups++ // children attach to the first span with the ID
-			} else {
+			} else if tr.byID != nil {
 				tr.byID[id] = int32(i)
 			}
 		}
-		tr.idKeys[i] = idKey(s.GetSpanId())
 		st, en := s.GetStartTimeUnixNano(), s.GetEndTimeUnixNano()
 		tr.valid[i] = st > 0 && st <= math.MaxInt64/2 && en >= st && en <= math.MaxInt64/2
 		tr.start[i], tr.end[i] = int64(st), int64(en)
@@ -206,7 +219,7 @@ func buildTree(t *span.Trace) *tree {
 	for i, s := range t.Spans {
 		tr.parent[i] = -1
 		if pid, ok := spanID(s.GetParentSpanId()); ok {
-			if p, ok := tr.byID[pid]; ok {
+			if p, ok := tr.lookup(pid, n); ok {
 				tr.parent[i] = p
 			}
 		}
@@ -214,7 +227,6 @@ func buildTree(t *span.Trace) *tree {
 	tr.breakParentCycles()
 
 	// Children in CSR form: one allocation instead of one slice per span.
-	tr.childOff = make([]int32, n+1)
 	for _, p := range tr.parent {
 		if p >= 0 {
 			tr.childOff[p+1]++
@@ -224,14 +236,15 @@ func buildTree(t *span.Trace) *tree {
 		tr.childOff[i+1] += tr.childOff[i]
 	}
 	tr.childIdx = make([]int32, tr.childOff[n])
-	fill := slices.Clone(tr.childOff[:n])
+	fill := i32[3*n+1 : 4*n+1 : 4*n+1]
+	copy(fill, tr.childOff[:n])
 	for i, p := range tr.parent {
 		if p >= 0 {
 			tr.childIdx[fill[p]] = int32(i)
 			fill[p]++
 		}
 	}
-	tr.order = make([]int32, 0, n)
+	tr.order = i32[4*n+1 : 4*n+1 : 5*n+1]
 	for i, p := range tr.parent {
 		if p < 0 {
 			tr.roots = append(tr.roots, int32(i))
@@ -243,22 +256,56 @@ func buildTree(t *span.Trace) *tree {
 		tr.order = append(tr.order, tr.childIdx[tr.childOff[i]:tr.childOff[i+1]]...)
 	}
 
-	ids := map[*span.Resource]int32{}
-	names := map[Instance]int32{}
+	// Spans share resources: the instance of a resource seen before is
+	// looked up, by pointer, among the spans before (a small tree) or in a
+	// map.
+	var ids map[*span.Resource]int32
+	var names map[Instance]int32
+	if n > smallTree {
+		ids, names = map[*span.Resource]int32{}, map[Instance]int32{}
+	}
 	for i, s := range t.Spans {
-		id, ok := ids[s.Resource]
+		id, ok := int32(0), false
+		if ids != nil {
+			id, ok = ids[s.Resource]
+		} else if j := slices.IndexFunc(t.Spans[:i], func(o span.Span) bool { return o.Resource == s.Resource }); j >= 0 {
+			id, ok = tr.inst[j], true
+		}
 		if !ok {
 			name := InstanceOf(s.Resource)
-			if id, ok = names[name]; !ok {
+			if names != nil {
+				id, ok = names[name]
+			} else if k := slices.Index(tr.insts, name); k >= 0 {
+				id, ok = int32(k), true
+			}
+			if !ok {
 				id = int32(len(tr.insts))
 				tr.insts = append(tr.insts, name)
-				names[name] = id
+				if names != nil {
+					names[name] = id
+				}
 			}
-			ids[s.Resource] = id
+			if ids != nil {
+				ids[s.Resource] = id
+			}
 		}
 		tr.inst[i] = id
 	}
 	return tr
+}
+
+// lookup returns the first span with the ID among the first n, from byID or,
+// for a small tree, by scanning.
+func (tr *tree) lookup(id span.SpanID, n int) (int32, bool) {
+	if tr.byID != nil {
+		i, ok := tr.byID[id]
+		return i, ok && int(i) < n
+	}
+	k := binary.BigEndian.Uint64(id[:])
+	if i := slices.Index(tr.idKeys[:n], k); i >= 0 {
+		return int32(i), true
+	}
+	return -1, false
 }
 
 // breakParentCycles cuts every loop in the parent relation (bad data: a span

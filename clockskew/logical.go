@@ -109,8 +109,7 @@ func (tr *tree) linked(traceID span.TraceID, linkTrace, linkSpan []byte) (int32,
 	if !ok {
 		return 0, false
 	}
-	j, ok := tr.byID[id]
-	return j, ok
+	return tr.lookup(id, len(tr.spans))
 }
 
 // spanHeap is a binary min-heap of span indices ordered by tree.cmpStart.
