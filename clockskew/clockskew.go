@@ -138,8 +138,8 @@ const unbounded = math.MaxInt64
 type tree struct {
 	spans    []span.Span
 	byID     map[span.SpanID]int32 // first span with each ID; nil for small trees (lookup)
-	parent   []int32 // -1 for a root (no parent, missing parent, or cycle broken here)
-	childOff []int32 // CSR: children of i are childIdx[childOff[i]:childOff[i+1]]
+	parent   []int32               // -1 for a root (no parent, missing parent, or cycle broken here)
+	childOff []int32               // CSR: children of i are childIdx[childOff[i]:childOff[i+1]]
 	childIdx []int32
 	order    []int32 // breadth-first from the roots: parents before children
 	roots    []int32
