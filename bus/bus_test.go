@@ -68,9 +68,10 @@ func startProducer(t *testing.T, e *Embedded) *Producer {
 }
 
 type collecting struct {
-	mu   sync.Mutex
-	keys []string
-	gone int
+	mu        sync.Mutex
+	keys      []string
+	gone      int
+	committed map[int32]int64 // partition → offset last reported committed
 }
 
 func (c *collecting) HandleRecords(_ context.Context, recs []*kgo.Record, tickets []*Ticket) {
@@ -84,7 +85,26 @@ func (c *collecting) HandleRecords(_ context.Context, recs []*kgo.Record, ticket
 
 func (c *collecting) PartitionsGone(map[string][]int32) { c.mu.Lock(); c.gone++; c.mu.Unlock() }
 
-func (c *collecting) Committed(string, int32, int64) {}
+func (c *collecting) Committed(_ string, p int32, offset int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.committed == nil {
+		c.committed = map[int32]int64{}
+	}
+	c.committed[p] = offset
+}
+
+// committedTotal is the sum of the offsets reported committed: with every
+// partition read from its start, the records committed.
+func (c *collecting) committedTotal() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, o := range c.committed {
+		n += o
+	}
+	return n
+}
 
 func (c *collecting) count() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.keys) }
 
@@ -125,6 +145,8 @@ func TestProduceConsumeResume(t *testing.T) {
 	}
 	h := consume(50)
 	require.Equal(t, 50, h.count())
+	// The handler heard of every commit (RED forgets what lies below).
+	require.Equal(t, int64(50), h.committedTotal())
 	for _, k := range h.keys {
 		require.Regexp(t, "^[0-9a-f]{32}$", k)
 	}
