@@ -137,13 +137,19 @@ func (c *countedSet) commit(offset int64) (reset bool) {
 // raise moves the floor up to at least floor, dropping what falls below it,
 // and on past a run of counted records that starts at it.
 func (c *countedSet) raise(floor int64) {
+	old := c.floor
 	c.floor = max(c.floor, floor)
 	i := 0
 	for i < len(c.ranges) && c.ranges[i].from <= c.floor {
 		c.floor = max(c.floor, c.ranges[i].to)
 		i++
 	}
-	c.ranges = slices.Delete(c.ranges, 0, i)
+	if i > 0 {
+		c.ranges = slices.Delete(c.ranges, 0, i)
+	}
+	if c.floor == old {
+		return // most adds: nothing fell below the floor
+	}
 	for o := range c.partial {
 		if o < c.floor {
 			delete(c.partial, o)
