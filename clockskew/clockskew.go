@@ -256,42 +256,45 @@ func buildTree(t *span.Trace) *tree {
 		tr.order = append(tr.order, tr.childIdx[tr.childOff[i]:tr.childOff[i+1]]...)
 	}
 
-	// Spans share resources: the instance of a resource seen before is
-	// looked up, by pointer, among the spans before (a small tree) or in a
-	// map.
-	var ids map[*span.Resource]int32
-	var names map[Instance]int32
+	// Spans share resources: an instance is computed once per resource.
+	var byRes map[*span.Resource]int32
+	var byName map[Instance]int32
 	if n > smallTree {
-		ids, names = map[*span.Resource]int32{}, map[Instance]int32{}
+		byRes, byName = map[*span.Resource]int32{}, map[Instance]int32{}
 	}
 	for i, s := range t.Spans {
-		id, ok := int32(0), false
-		if ids != nil {
-			id, ok = ids[s.Resource]
-		} else if j := slices.IndexFunc(t.Spans[:i], func(o span.Span) bool { return o.Resource == s.Resource }); j >= 0 {
-			id, ok = tr.inst[j], true
-		}
-		if !ok {
-			name := InstanceOf(s.Resource)
-			if names != nil {
-				id, ok = names[name]
-			} else if k := slices.Index(tr.insts, name); k >= 0 {
-				id, ok = int32(k), true
-			}
-			if !ok {
-				id = int32(len(tr.insts))
-				tr.insts = append(tr.insts, name)
-				if names != nil {
-					names[name] = id
-				}
-			}
-			if ids != nil {
-				ids[s.Resource] = id
-			}
-		}
-		tr.inst[i] = id
+		tr.inst[i] = tr.instance(i, s.Resource, byRes, byName)
 	}
 	return tr
+}
+
+// instance returns the index in insts of span i's instance, adding it when
+// new. A small tree (nil maps) finds a resource among the spans before i
+// and a name among insts by scanning.
+func (tr *tree) instance(i int, res *span.Resource, byRes map[*span.Resource]int32, byName map[Instance]int32) int32 {
+	if byRes == nil {
+		if j := slices.IndexFunc(tr.spans[:i], func(o span.Span) bool { return o.Resource == res }); j >= 0 {
+			return tr.inst[j]
+		}
+		name := InstanceOf(res)
+		if k := slices.Index(tr.insts, name); k >= 0 {
+			return int32(k)
+		}
+		tr.insts = append(tr.insts, name)
+		return int32(len(tr.insts) - 1)
+	}
+	if id, ok := byRes[res]; ok {
+		return id
+	}
+	name := InstanceOf(res)
+	id, ok := byName[name]
+	if !ok {
+		id = int32(len(tr.insts))
+		tr.insts = append(tr.insts, name)
+		byName[name] = id
+	}
+	byRes[res] = id
+	return id
 }
 
 // lookup returns the first span with the ID among the first n, from byID or,

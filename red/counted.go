@@ -203,67 +203,40 @@ func (c *countedSet) appendTo(dst []byte) []byte {
 const maxPartsPerRecord = 1 << 20
 
 func decodeCounted(v []byte) (*countedSet, error) {
+	corrupt := fmt.Errorf("counted records: %w", errCorrupt)
 	if len(v) == 0 || v[0] != 1 {
-		return nil, fmt.Errorf("counted records: %w", errCorrupt)
+		return nil, corrupt
 	}
 	v = v[1:]
-	next := func() (int64, error) {
+	bad := false // sticky: next returns 0 once anything failed
+	next := func() int64 {
 		x, n := binary.Uvarint(v)
-		if n <= 0 || x > 1<<62 {
-			return 0, fmt.Errorf("counted records: %w", errCorrupt)
+		if bad || n <= 0 || x > 1<<62 {
+			bad = true
+			return 0
 		}
 		v = v[n:]
-		return int64(x), nil
+		return int64(x)
 	}
-	c := &countedSet{}
-	var err error
-	if c.committed, err = next(); err != nil {
-		return nil, err
-	}
-	above, err := next()
-	if err != nil {
-		return nil, err
-	}
-	if c.floor = c.committed + above; c.floor < c.committed {
-		return nil, fmt.Errorf("counted records: %w", errCorrupt)
-	}
-	n, err := next()
-	if err != nil {
-		return nil, err
-	}
+	c := &countedSet{committed: next()}
+	c.floor = c.committed + next()
 	prev := c.floor
-	for range n {
-		gap, err := next()
-		if err != nil {
-			return nil, err
-		}
-		size, err := next()
-		if err != nil {
-			return nil, err
-		}
+	for n := next(); n > 0 && !bad; n-- {
+		gap, size := next(), next()
 		r := offsetRange{prev + gap, prev + gap + size}
 		if size == 0 || (len(c.ranges) > 0 && gap == 0) || r.to < r.from {
-			return nil, fmt.Errorf("counted records: %w", errCorrupt)
+			bad = true
+			break
 		}
 		c.ranges = append(c.ranges, r)
 		prev = r.to
 	}
-	m, err := next()
-	if err != nil {
-		return nil, err
-	}
-	for range m {
-		d, err := next()
-		if err != nil {
-			return nil, err
-		}
-		of, err := next()
-		if err != nil {
-			return nil, err
-		}
+	for m := next(); m > 0 && !bad; m-- {
+		d, of := next(), next()
 		words := int((of + 63) / 64)
 		if of < 2 || of > maxPartsPerRecord || len(v) < 8*words {
-			return nil, fmt.Errorf("counted records: %w", errCorrupt)
+			bad = true
+			break
 		}
 		pr := &partialRecord{of: int(of), done: make([]uint64, words)}
 		for i := range pr.done {
@@ -275,8 +248,8 @@ func decodeCounted(v []byte) (*countedSet, error) {
 		}
 		c.partial[c.floor+d] = pr
 	}
-	if len(v) != 0 {
-		return nil, fmt.Errorf("counted records: %w", errCorrupt)
+	if bad || len(v) != 0 || c.floor < c.committed {
+		return nil, corrupt
 	}
 	return c, nil
 }
