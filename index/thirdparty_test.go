@@ -257,7 +257,7 @@ func TestBadgerTableBloomFalsePositives(t *testing.T) {
 			passed++
 		}
 	}
-	// Expected ≈50 (0.1%); upstream's sizing passes ≈500.
+	// Expected ≈50 (0.1%); upstream's sizing passes about ten times as many.
 	require.Less(t, passed, 150, "false positives of %d absent keys", n)
 	t.Logf("%d false positives of %d absent keys, %d bits per key", passed, n, 8*(len(filter)-1)/n)
 }
