@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -903,4 +904,41 @@ func firstKeyIn(t *testing.T, txn *badger.Txn, prefix []byte) []byte {
 	it.Rewind()
 	require.True(t, it.Valid(), "no key under %x", prefix)
 	return it.Item().KeyCopy(nil)
+}
+
+// TestBatchPostingsNewestFirst checks the per-batch posting lists against
+// appending every trace's seq and sorting: every list newest first, each
+// trace once per posting it holds (twice when the batch holds it twice).
+func TestBatchPostingsNewestFirst(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		const npostings = 12
+		n := 1 + rng.IntN(200)
+		prepared := make([]preparedTrace, n)
+		seqs := make([]uint64, n)
+		durs := make([]int, n)
+		want := make([][]uint64, npostings)
+		for i := range prepared {
+			seqs[i] = rng.Uint64N(1 << 40)
+			if i > 0 && rng.IntN(10) == 0 {
+				seqs[i] = seqs[rng.IntN(i)] // the same trace twice in a batch
+			}
+			durs[i] = 8 + rng.IntN(npostings-8) // duration postings follow the others
+			want[durs[i]] = append(want[durs[i]], seqs[i])
+			for _, p := range rng.Perm(8)[:rng.IntN(8)] {
+				prepared[i].postings = append(prepared[i].postings, int32(p))
+				want[p] = append(want[p], seqs[i])
+			}
+		}
+		got := batchPostings(prepared, seqs, durs, npostings)
+		for p := range want {
+			if len(want[p]) == 0 {
+				require.Empty(t, got[p], "round %d, posting %d", round, p)
+				continue
+			}
+			slices.Sort(want[p])
+			slices.Reverse(want[p])
+			require.Equal(t, want[p], got[p], "round %d, posting %d", round, p)
+		}
+	}
 }

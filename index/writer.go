@@ -77,6 +77,7 @@ package index
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -646,12 +647,13 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		}
 	}
 	chunks := s.chunkReader(txn)
-	// Per batch posting: the seqs of the traces holding it. The duration
-	// postings, known only once summaries are merged, follow the prepared
-	// ones.
+	// Per batch posting: the seqs of the traces holding it, gathered once
+	// every trace has its seq (below). The duration postings, known only
+	// once summaries are merged, follow the prepared ones.
 	postings := slices.Clip(batch.postings)
-	frags := make([][]uint64, len(postings))
 	durPostings := map[uint16]int{}
+	seqs := make([]uint64, len(prepared))
+	durs := make([]int, len(prepared))
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write traces: %w", err)
@@ -703,16 +705,13 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			d = len(postings)
 			durPostings[b] = d
 			postings = append(postings, durPosting(b))
-			frags = append(frags, nil)
 		}
-		frags[d] = append(frags[d], merged.Seq)
+		seqs[i], durs[i] = merged.Seq, d
 		if err := set(sumKey, merged.appendTo(nil)); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
-		for _, p := range pt.postings {
-			frags[p] = append(frags[p], merged.Seq)
-		}
 	}
+	frags := batchPostings(prepared, seqs, durs, len(postings))
 	for _, l := range batch.lists {
 		if err := set(l.key, nil); err != nil {
 			return fmt.Errorf("write lists: %w", err)
@@ -750,10 +749,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(postings[a], postings[b]) })
 	var val []byte
 	for _, i := range order {
-		p, seqs := postings[i], frags[i]
-		slices.Sort(seqs) // then reversed: newest first
-		slices.Reverse(seqs)
-		seqs = slices.Compact(seqs)
+		p, seqs := postings[i], slices.Compact(frags[i])
 		for len(seqs) > 0 {
 			n := 1
 			for n < len(seqs) && n < maxFragSeqs && seqs[0]-seqs[n] <= fragWindow {
@@ -775,6 +771,42 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	}
 	s.card.written(marks, now)
 	return nil
+}
+
+// batchPostings lists, per posting, the seqs of the prepared traces that hold
+// it (their own postings, and durs[i] for trace i), newest first. The
+// traces are visited in descending seq order, so every list comes out
+// sorted without sorting it: there are far fewer traces in a batch than
+// entries in its postings. A trace in the batch twice has its seq twice,
+// side by side.
+func batchPostings(prepared []preparedTrace, seqs []uint64, durs []int, npostings int) [][]uint64 {
+	order := make([]int32, len(prepared))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return cmp.Compare(seqs[b], seqs[a]) })
+	// The lists share one array, each sized by a count first.
+	counts, total := make([]int, npostings), len(prepared)
+	for i := range prepared {
+		counts[durs[i]]++
+		for _, p := range prepared[i].postings {
+			counts[p]++
+		}
+		total += len(prepared[i].postings)
+	}
+	all, off := make([]uint64, total), 0
+	frags := make([][]uint64, npostings)
+	for p, n := range counts {
+		frags[p] = all[off : off : off+n]
+		off += n
+	}
+	for _, i := range order {
+		frags[durs[i]] = append(frags[durs[i]], seqs[i])
+		for _, p := range prepared[i].postings {
+			frags[p] = append(frags[p], seqs[i])
+		}
+	}
+	return frags
 }
 
 // fragmentID names a posting fragment by its content.
