@@ -84,6 +84,7 @@ import (
 	"hash/fnv"
 	"math/bits"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -299,6 +300,10 @@ type preparer struct {
 	intrinsics [][4]int32
 	trace      int32           // number of the trace being prepared, from 1
 	high       map[string]bool // high-cardinality keys when the batch started
+	// spanKeys remembers per span-attribute key what wireAttr asks before
+	// it looks at a value: keyHigh, and keyNamed once its tag name is
+	// listed.
+	spanKeys map[string]uint8
 
 	buf, val, bodies, wbuf []byte // scratch
 	stripped               tracepb.Span
@@ -320,6 +325,7 @@ func newPreparer(s *Store) *preparer {
 		resPostings: map[*span.Resource][]int32{},
 		scHash:      map[*span.Scope]uint64{},
 		high:        s.card.snapshot(),
+		spanKeys:    map[string]uint8{},
 		groups:      groupBuilder{codec: s.groups},
 	}
 }
@@ -402,15 +408,27 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 	// the values of high-cardinality keys (IDs, addresses) and strings too
 	// long to index (queries, user agents): six of the ten attributes of
 	// the load generator's spans.
-	if p.high[key] || longWireString(value) {
-		p.tagName(scopeSpan, key)
+	st, ok := p.spanKeys[key]
+	if !ok {
+		if p.high[key] {
+			st = keyHigh
+		}
+		// The key aliases a span's wire bytes; a copy, once per key and
+		// batch, keeps the map independent of them.
+		key = strings.Clone(key)
+		p.spanKeys[key] = st
+	}
+	if st&keyHigh != 0 || longWireString(value) {
+		if st&keyNamed == 0 {
+			p.tagName(scopeSpan, key)
+			p.spanKeys[key] = st | keyNamed
+		}
 		return -1
 	}
 	p.wbuf = append(appendLV(p.wbuf[:0], key), value...)
 	if i, ok := p.wire[string(p.wbuf)]; ok {
 		return i
 	}
-	var ok bool
 	if p.val, ok = appendWireAttrString(p.val[:0], value); !ok {
 		return -1
 	}
@@ -420,6 +438,12 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 	}
 	return i
 }
+
+// spanKeys flags.
+const (
+	keyHigh  uint8 = 1 << iota // high-cardinality when the batch started
+	keyNamed                   // the batch listed its tag name
+)
 
 // longWireString reports whether v, an AnyValue's encoding, is a string
 // value longer than maxIndexedValue bytes.
