@@ -40,10 +40,11 @@
 // commit (one commit interval of consumption) are skipped.
 //
 // The earlier scheme kept the counted span IDs per trace, a Badger key read
-// and written per trace, which cost about a tenth of the all-in-one's CPU. What it also caught and this does not: the same span
-// sent twice by a client (an exporter retry after a lost response) is
-// counted twice, as the OpenTelemetry Collector's spanmetrics connector and
-// Tempo's metrics generator count it; the span store still stores it once.
+// and written per trace, which cost about a tenth of the all-in-one's CPU.
+// What it also caught and this does not: the same span sent twice by a
+// client (an exporter retry after a lost response) is counted twice, as the
+// OpenTelemetry Collector's spanmetrics connector and Tempo's metrics
+// generator count it; the span store still stores it once.
 //
 // Indexer rule (what makes it exact):
 //  1. Call ObserveDurable for every assembled trace before sampling, with
