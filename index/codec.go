@@ -363,6 +363,16 @@ type summary struct {
 	ChunksOnly bool
 }
 
+// clone is a copy that shares no slice with s.
+func (s *summary) clone() summary {
+	c := *s
+	c.Reasons = slices.Clone(s.Reasons)
+	c.Services = slices.Clone(s.Services)
+	c.Warnings = slices.Clone(s.Warnings)
+	c.Chunks = slices.Clone(s.Chunks)
+	return c
+}
+
 // chunkRef places one chunk: its ID, its group, and its offset and length
 // in the group's plain content.
 type chunkRef struct {

@@ -131,15 +131,22 @@ func (b *groupBuilder) seal() (values []kv, ids []uint64) {
 	return values, ids
 }
 
-// chunkReader resolves chunk references, and chunk values of the earlier
-// forms, to plain chunks within one transaction, keeping the last groups it
-// decompressed.
+// chunkReader resolves chunk references, chunk values of the earlier forms
+// and summary references within one transaction, keeping the last groups
+// and summary blocks it decompressed.
 type chunkReader struct {
-	txn   *badger.Txn
-	dicts *chunkDicts
-	codec *groupCodec
-	cache [groupCacheSize]struct {
-		gid   uint64
+	txn       *badger.Txn
+	dicts     *chunkDicts
+	codec     *groupCodec
+	groups    blockCache
+	sumBlocks blockCache
+}
+
+// blockCache holds the last groupCacheSize blocks (chunk groups or summary
+// blocks) a reader decompressed, by ID.
+type blockCache struct {
+	entries [groupCacheSize]struct {
+		id    uint64
 		plain []byte
 	}
 	next int
@@ -173,37 +180,48 @@ func (r *chunkReader) ref(c chunkRef) ([]byte, error) {
 
 // group returns the plain content of one group.
 func (r *chunkReader) group(gid uint64) ([]byte, error) {
-	for _, c := range r.cache {
-		if c.plain != nil && c.gid == gid {
+	return r.block(groupKey(gid), gid, &r.groups, "chunk group")
+}
+
+// block returns the plain content of the compressed block (a chunk group or
+// a summary block) under key, from cache or decompressed into it. It
+// aliases the cache, valid until groupCacheSize more blocks are read.
+func (r *chunkReader) block(key []byte, id uint64, cache *blockCache, what string) ([]byte, error) {
+	for _, c := range cache.entries {
+		if c.plain != nil && c.id == id {
 			return c.plain, nil
 		}
 	}
-	item, err := r.txn.Get(groupKey(gid))
+	item, err := r.txn.Get(key)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, fmt.Errorf("span chunk: %w: group %016x is missing", ErrCorrupt, gid)
+		return nil, fmt.Errorf("%s %016x: %w: missing", what, id, ErrCorrupt)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read chunk group %016x: %w", gid, err)
+		return nil, fmt.Errorf("read %s %016x: %w", what, id, err)
 	}
 	// Reuse the evicted entry's buffer; the entry is empty until the
 	// decode succeeds.
-	plain := r.cache[r.next].plain[:0]
-	r.cache[r.next].plain = nil
+	slot := &cache.entries[cache.next]
+	plain := slot.plain[:0]
+	slot.plain = nil
 	err = item.Value(func(v []byte) error {
 		if len(v) == 0 || v[0] != valueVersion {
-			return fmt.Errorf("chunk group %016x: %w: bad header", gid, ErrCorrupt)
+			return fmt.Errorf("%s %016x: %w: bad header", what, id, ErrCorrupt)
 		}
 		var err error
 		plain, err = r.codec.dec.DecodeAll(v[1:], plain)
 		if err != nil {
-			return fmt.Errorf("chunk group %016x: %w: %w", gid, ErrCorrupt, err)
+			return fmt.Errorf("%s %016x: %w: %w", what, id, ErrCorrupt, err)
+		}
+		if len(plain) == 0 {
+			return fmt.Errorf("%s %016x: %w: empty", what, id, ErrCorrupt)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.cache[r.next].gid, r.cache[r.next].plain = gid, plain
-	r.next = (r.next + 1) % groupCacheSize
+	slot.id, slot.plain = id, plain
+	cache.next = (cache.next + 1) % groupCacheSize
 	return plain, nil
 }

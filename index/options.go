@@ -209,9 +209,9 @@ func (o Options) badgerOptions(dir string, logger badger.Logger) badger.Options 
 		WithValueLogFileSize(o.ValueLogFileSize).
 		WithCompression(compression).
 		WithZSTDCompressionLevel(1).
-		// Chunk groups (tens of KB) go to the value log, written once;
-		// keys, summaries, chunk references and most posting fragments
-		// stay in the LSM.
+		// Chunk groups (tens of KB) and summary blocks (several KB under
+		// load) go to the value log, written once; keys, summary
+		// references and most posting fragments stay in the LSM.
 		WithValueThreshold(4 << 10).
 		// Commits of span data are serialised (Store.writeMu) and nothing
 		// else writes the keys they read, so tracking every read for

@@ -41,7 +41,7 @@ func (s *Store) Trace(ctx context.Context, id span.TraceID) (StoredTrace, bool, 
 
 // readTrace reads the summary of one trace, then its spans (readSpans).
 func readTrace(ctx context.Context, txn *badger.Txn, chunks *chunkReader, id span.TraceID) ([]span.Span, *summary, error) {
-	sum, found, err := getSummary(txn, traceKey(id, subSummary))
+	sum, found, err := chunks.summary(traceKey(id, subSummary))
 	if err != nil || !found {
 		return nil, nil, err
 	}

@@ -32,7 +32,7 @@ func (s *Store) AddReasons(ctx context.Context, id span.TraceID, reasons []strin
 			return fmt.Errorf("read summary: %w", err)
 		}
 		expires := item.ExpiresAt()
-		sum, _, err := getSummary(txn, key)
+		sum, _, err := s.chunkReader(txn).summary(key)
 		if err != nil {
 			return err
 		}

@@ -472,7 +472,7 @@ func (s *searcher) visit(seq uint64) error {
 	}); err != nil {
 		return err
 	}
-	sum, found, err := getSummary(s.txn, traceKey(tid, subSummary))
+	sum, found, err := s.chunks.summary(traceKey(tid, subSummary))
 	if err != nil {
 		return fmt.Errorf("trace %s: %w", tid, err)
 	}

@@ -527,7 +527,7 @@ func chunkCount(t *testing.T, st *Store, id span.TraceID) int {
 	require.NoError(t, st.db.View(func(txn *badger.Txn) error {
 		var found bool
 		var err error
-		sum, found, err = getSummary(txn, traceKey(id, subSummary))
+		sum, found, err = st.chunkReader(txn).summary(traceKey(id, subSummary))
 		require.True(t, found)
 		return err
 	}))
@@ -814,7 +814,7 @@ func TestSeqsAcrossReopen(t *testing.T) {
 	seqs := map[uint64]bool{}
 	require.NoError(t, st.db.View(func(txn *badger.Txn) error {
 		for i := 1; i <= 25; i++ {
-			sum, found, err := getSummary(txn, traceKey(tid(byte(i)), subSummary))
+			sum, found, err := st.chunkReader(txn).summary(traceKey(tid(byte(i)), subSummary))
 			require.NoError(t, err)
 			require.True(t, found)
 			require.False(t, seqs[sum.Seq], "seq %d handed out twice", sum.Seq)
@@ -876,7 +876,7 @@ func TestDurationSearch(t *testing.T) {
 	old := mkTrace(tid(2), spanDef{id: 1, res: resFrontend, name: "a", startMs: 5, durMs: 500})
 	require.NoError(t, st.WriteTraces(ctx, []KeptTrace{{Trace: old}}))
 	require.NoError(t, st.db.Update(func(txn *badger.Txn) error {
-		sum, _, err := getSummary(txn, traceKey(tid(2), subSummary))
+		sum, _, err := st.chunkReader(txn).summary(traceKey(tid(2), subSummary))
 		require.NoError(t, err)
 		if err := txn.Delete(firstKeyIn(t, txn, durPosting(durationBucket(500*uint64(ms))))); err != nil {
 			return err

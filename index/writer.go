@@ -5,13 +5,15 @@ package index
 // are length-prefixed (uvarint length, then bytes) so that a prefix scan for
 // one value never runs into a longer value sharing its bytes.
 //
-//	0x01 tid[16] 'a'                 -> trace summary (seq, times, root, counts, reasons, services, warnings, chunk places)
+//	0x01 tid[16] 'a'                 -> reference to the trace's summary in a summary block, or the summary inline
 //	0x02 'c' hash[8]                 -> instrumentation scope (OTLP ScopeSpans without spans)
 //	0x02 'r' hash[8]                 -> resource (OTLP ResourceSpans without scope spans)
 //	0x03 seq[8]                      -> tid[16]; also the trace-start index (see seq)
 //	0x04 seq[8] tid[16] chunk[8]     -> span chunk of an earlier version, read only
 //	0x05 id[4]                       -> chunk compression dictionary of the previous version, read only (dict.go)
 //	0x06 group[8]                    -> chunk group: a batch's plain chunks, zstd-compressed together (group.go)
+//	0x07 block[8]                    -> summary block: a batch's trace summaries (seq, times, root, counts,
+//	                                    reasons, services, warnings, chunk places), zstd-compressed together (sumblock.go)
 //	0x10 lv(service) F               -> service posting fragment
 //	0x11 lv(service) lv(span name) F -> operation posting fragment (one span has both)
 //	0x12 lv(span name) F             -> span-name posting fragment
@@ -28,9 +30,11 @@ package index
 //
 // where F is maxseq[8] frag[8].
 //
-// Keys, not bytes, are what a write costs in Badger (memtable inserts, WAL
-// entries, compaction merges), so the layout keeps them few: two per
-// trace (summary, seq) and a few per batch. A write stores each
+// A write's cost in Badger is its keys (memtable inserts, WAL entries,
+// compaction merges) and the bytes of the LSM that flushes and compactions
+// copy and recompress, so the layout keeps both small: two keys per trace
+// (a summary reference and the seq) and a few per batch, with the bulky
+// values (chunk groups, summary blocks) in the value log. A write stores each
 // trace's spans as one chunk (more only past maxChunkSpans or
 // maxChunkBytes), identified by the FNV-64 of its sorted span IDs: a replay
 // with the same grouping places the same chunk again, and one that
@@ -43,6 +47,9 @@ package index
 // trace summary, read and rewritten by every write anyway, places each
 // chunk (group, offset, length). Earlier versions kept each chunk under a
 // key of its own (0x04, by seq and trace ID); such traces are still read.
+// The summaries of a batch go in summary blocks like the chunks in groups
+// (sumblock.go); the trace's 0x01 key places its summary there. Earlier
+// versions kept it inline, as AddReasons still writes it; both are read.
 //
 // Postings are written per batch, not per trace: a posting fragment holds
 // the seqs of every trace of one write that has the value (delta-encoded,
@@ -101,6 +108,7 @@ const (
 	prefixChunk      byte = 0x04
 	prefixDict       byte = 0x05
 	prefixGroup      byte = 0x06
+	prefixSumBlock   byte = 0x07
 	prefixSvcPost    byte = 0x10
 	prefixOpPost     byte = 0x11
 	prefixNamePost   byte = 0x12
@@ -218,6 +226,7 @@ type preparedTrace struct {
 	spanErr  []bool        // per spanIDs entry
 	blobs    []kv          // resources and scopes not written lately, written before the chunks that name them
 	postings []int32       // indexes into the batch's postings, distinct
+	merged   summary       // the summary written, once commit merged it
 }
 
 type listEntry struct {
@@ -678,20 +687,30 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	durPostings := map[uint16]int{}
 	seqs := make([]uint64, len(prepared))
 	durs := make([]int, len(prepared))
+	// The merged summaries go into summary blocks, written once every
+	// trace is merged; a trace the batch holds twice merges its second
+	// part into the first's summary, which is not on disk yet.
+	sums := sumBlocks{codec: s.groups}
+	latest := make(map[span.TraceID]int, len(prepared))
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write traces: %w", err)
 		}
 		pt := &prepared[i]
-		sumKey := traceKey(pt.id, subSummary)
-		merged, found, err := getSummary(txn, sumKey)
-		if err != nil {
+		var (
+			merged summary
+			found  bool
+			err    error
+		)
+		chunks.txn = txn // commit may have started a new transaction
+		if j, ok := latest[pt.id]; ok {
+			merged, found = prepared[j].merged.clone(), true
+		} else if merged, found, err = chunks.summary(traceKey(pt.id, subSummary)); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		var stored map[span.SpanID]bool
 		if found {
 			// Only a trace written before can already hold the spans.
-			chunks.txn = txn // commit may have started a new transaction
 			if stored, err = storedSpanIDs(ctx, chunks, pt.id, &merged); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
@@ -731,8 +750,21 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			postings = append(postings, durPosting(b))
 		}
 		seqs[i], durs[i] = merged.Seq, d
-		if err := set(sumKey, merged.appendTo(nil)); err != nil {
-			return fmt.Errorf("write trace %s: %w", pt.id, err)
+		pt.merged = merged
+		latest[pt.id] = i
+		sums.add(&pt.merged)
+	}
+	// Blocks before the references: a reference on disk always finds its
+	// block.
+	sums.seal()
+	for _, b := range sums.values {
+		if err := setTTL(b.k, b.v, s.groupTTL()); err != nil {
+			return fmt.Errorf("write summary blocks: %w", err)
+		}
+	}
+	for i := range prepared {
+		if err := set(traceKey(prepared[i].id, subSummary), sums.ref(i)); err != nil {
+			return fmt.Errorf("write trace %s: %w", prepared[i].id, err)
 		}
 	}
 	frags := batchPostings(prepared, seqs, durs, len(postings))
@@ -979,25 +1011,4 @@ func (c *blobCache) mark(h uint64, now time.Time) {
 		clear(c.written)
 	}
 	c.written[h] = now
-}
-
-// getSummary reads and decodes a trace summary.
-func getSummary(txn *badger.Txn, key []byte) (summary, bool, error) {
-	item, err := txn.Get(key)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return summary{}, false, nil
-	}
-	if err != nil {
-		return summary{}, false, fmt.Errorf("read summary: %w", err)
-	}
-	var sum summary
-	err = item.Value(func(v []byte) error {
-		var err error
-		sum, err = decodeSummary(v)
-		return err
-	})
-	if err != nil {
-		return summary{}, false, err
-	}
-	return sum, true, nil
 }
