@@ -55,6 +55,10 @@ type Store struct {
 	dicts   *chunkDicts
 	groups  *groupCodec
 	writeMu sync.Mutex // serialises commits, see writeTraces
+	// postings gathers the posting lists of committed batches until Flush
+	// (under flushMu) writes them (postings.go).
+	postings pendingPostings
+	flushMu  sync.Mutex
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
 	// does not probe the n-1 taken before it. Above seqFloor this process
@@ -124,8 +128,9 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 	if err := s.registerMetrics(reg); err != nil {
 		return nil, fmt.Errorf("open span store %s: %w", dir, err)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.gcLoop()
+	go s.postingLoop()
 	return s, nil
 }
 
@@ -286,14 +291,17 @@ func (s *Store) gcLoop() {
 	}
 }
 
-// Close stops value-log GC and closes Badger, flushing
-// memtables. It is safe to call more than once.
+// Close stops value-log GC, writes the posting lists gathered (Flush) and
+// closes Badger, flushing memtables. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.wg.Wait()
-		if err := s.db.Close(); err != nil {
+		if err := s.Flush(context.Background()); err != nil {
 			s.closeErr = fmt.Errorf("close span store: %w", err)
+		}
+		if err := s.db.Close(); err != nil {
+			s.closeErr = errors.Join(s.closeErr, fmt.Errorf("close span store: %w", err))
 		}
 		s.groups.close()
 	})

@@ -51,11 +51,13 @@ package index
 // (sumblock.go); the trace's 0x01 key places its summary there. Earlier
 // versions kept it inline, as AddReasons still writes it; both are read.
 //
-// Postings are written per batch, not per trace: a posting fragment holds
-// the seqs of every trace of one write that has the value (delta-encoded,
+// Postings are written per flush, not per trace: a commit gathers its
+// batch's postings and a flush writes those of several batches (about a
+// second of writes, postings.go) as one fragment per value, which holds
+// the seqs of every trace gathered that has the value (delta-encoded,
 // newest first); maxseq is the largest and frag the FNV-64 of the value,
-// so a replay of the same batch rewrites the same keys. A value shared by
-// a whole batch (a service, http.method=GET) costs one key per batch. A
+// so a flush of the same seqs rewrites the same keys. A value shared by
+// the traces (a service, http.method=GET) costs one key per flush. A
 // fragment spans at most fragWindow of seq, so search, walking fragments
 // newest maxseq first, can seek to a time and merge overlapping fragments
 // into one newest-first stream (search.go).
@@ -241,10 +243,23 @@ type listEntry struct {
 // and services accumulate. A batch is written in as few transactions as
 // Badger allows; when it returns an error, a prefix of the batch MAY be
 // stored, and calling again with the same batch MUST be safe and completes
-// it.
+// it. When it returns nil, the traces and their posting lists are durable.
 func (s *Store) WriteTraces(ctx context.Context, traces []KeptTrace) error {
+	if err := s.WriteTracesThen(ctx, traces, nil); err != nil {
+		return err
+	}
+	return s.Flush(ctx)
+}
+
+// WriteTracesThen is WriteTraces that returns once the traces are durable
+// and readable by ID, before their posting lists are: those are written
+// together with the postings of later batches (postings.go), within
+// postingFlushAge, and durable then runs (if not nil). Until it has, a
+// crash can lose the traces' postings, so their source must be kept
+// (their Kafka offsets not committed) until durable runs.
+func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable func()) error {
 	start := time.Now()
-	nSpans, err := s.writeTraces(ctx, traces)
+	nSpans, err := s.writeTraces(ctx, traces, durable)
 	s.metrics.writeLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.metrics.writeErrors.Inc()
@@ -252,10 +267,17 @@ func (s *Store) WriteTraces(ctx context.Context, traces []KeptTrace) error {
 	}
 	s.metrics.tracesWritten.Add(float64(len(traces)))
 	s.metrics.spansWritten.Add(float64(nSpans))
+	if s.postings.full() {
+		// The traces are written and durable is registered: a failed
+		// flush is retried by the posting loop, not by the caller.
+		if err := s.Flush(ctx); err != nil {
+			s.logger.Warn("write posting lists", "err", err)
+		}
+	}
 	return nil
 }
 
-func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error) {
+func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable func()) (int, error) {
 	prepared := make([]preparedTrace, 0, len(traces))
 	nSpans := 0
 	p := newPreparer(s)
@@ -274,7 +296,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace) (int, error
 	// is off, see badgerOptions), and Badger applies writes one batch at a
 	// time anyway. prepare, the CPU-heavy part, stays parallel.
 	s.writeMu.Lock()
-	err := s.commit(ctx, prepared, p)
+	err := s.commit(ctx, prepared, p, durable)
 	s.writeMu.Unlock()
 	if err != nil {
 		// The list keys admitted for this batch may not be on disk; let a
@@ -650,28 +672,11 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 // so a partial commit leaves traces that are not yet searchable rather
 // than postings of traces not yet stored; the retry writes the same
 // fragments again.
-func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *preparer) (err error) {
-	txn := s.db.NewTransaction(true)
-	defer func() { txn.Discard() }()
-	setTTL := func(k, v []byte, ttl time.Duration) error {
-		e := badger.NewEntry(k, v)
-		if ttl > 0 {
-			e = e.WithTTL(ttl)
-		}
-		err := txn.SetEntry(e)
-		if errors.Is(err, badger.ErrTxnTooBig) {
-			if err := txn.Commit(); err != nil {
-				return fmt.Errorf("commit partial batch: %w", err)
-			}
-			txn = s.db.NewTransaction(true)
-			err = txn.SetEntry(e)
-		}
-		if err != nil {
-			return fmt.Errorf("set key %x: %w", k[:min(len(k), 18)], err)
-		}
-		return nil
-	}
-	set := func(k, v []byte) error { return setTTL(k, v, s.opts.Retention) }
+func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *preparer, durable func()) (err error) {
+	w := newTxnWriter(s.db)
+	defer w.discard()
+	setTTL := w.set
+	set := func(k, v []byte) error { return w.set(k, v, s.opts.Retention) }
 
 	// Groups first: a chunk reference on disk always finds its group.
 	for _, g := range batch.groupValues {
@@ -679,7 +684,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			return fmt.Errorf("write chunk groups: %w", err)
 		}
 	}
-	chunks := s.chunkReader(txn)
+	chunks := s.chunkReader(w.txn)
 	// Per batch posting: the seqs of the traces holding it, gathered once
 	// every trace has its seq (below). The duration postings, known only
 	// once summaries are merged, follow the prepared ones.
@@ -702,7 +707,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			found  bool
 			err    error
 		)
-		chunks.txn = txn // commit may have started a new transaction
+		chunks.txn = w.txn // the writer may have started a new transaction
 		if j, ok := latest[pt.id]; ok {
 			merged, found = prepared[j].merged.clone(), true
 		} else if merged, found, err = chunks.summary(traceKey(pt.id, subSummary)); err != nil {
@@ -715,7 +720,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		} else {
-			seq, err := s.allocSeq(txn, seqForTime(pt.delta.MinStart))
+			seq, err := s.allocSeq(w.txn, seqForTime(pt.delta.MinStart))
 			if err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
@@ -795,37 +800,13 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			return fmt.Errorf("mark high-cardinality key %q: %w", k, err)
 		}
 	}
-	// Fragments are written in key order: the memtable insert is cheaper
-	// when neighbouring keys arrive together, and it makes the write
-	// deterministic.
-	order := make([]int, len(frags))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(postings[a], postings[b]) })
-	var val []byte
-	for _, i := range order {
-		p, seqs := postings[i], slices.Compact(frags[i])
-		for len(seqs) > 0 {
-			n := 1
-			for n < len(seqs) && n < maxFragSeqs && seqs[0]-seqs[n] <= fragWindow {
-				n++
-			}
-			val = appendFragment(val[:0], seqs[:n])
-			k := make([]byte, 0, len(p)+16)
-			k = append(k, p...)
-			k = appendU64(k, seqs[0])
-			k = appendU64(k, fragmentID(val))
-			if err := set(k, slices.Clone(val)); err != nil {
-				return fmt.Errorf("write postings: %w", err)
-			}
-			seqs = seqs[n:]
-		}
-	}
-	if err := txn.Commit(); err != nil {
+	if err := w.commit(); err != nil {
 		return fmt.Errorf("commit batch: %w", err)
 	}
 	s.card.written(marks, now)
+	// The posting fragments are written with those of later batches
+	// (postings.go).
+	s.postings.add(postings, frags, len(prepared), durable)
 	return nil
 }
 

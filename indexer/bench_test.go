@@ -32,7 +32,12 @@ import (
 // front of it (the store has its own benchmarks in index/).
 type discardWriter struct{}
 
-func (discardWriter) WriteTraces(context.Context, []index.KeptTrace) error { return nil }
+func (discardWriter) WriteTracesThen(_ context.Context, _ []index.KeptTrace, durable func()) error {
+	durable()
+	return nil
+}
+
+func (discardWriter) Flush(context.Context) error { return nil }
 
 type skewStage struct{ adj clockskew.Adjuster }
 

@@ -514,7 +514,7 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 	}
 	kt := []index.KeptTrace{{Trace: t, Reasons: reasons, Warnings: warnings}}
 	for attempt := 1; ; attempt++ {
-		err = ix.store.WriteTraces(ctx, kt)
+		err = ix.store.WriteTracesThen(ctx, kt, nil)
 		if err == nil {
 			break
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,9 +27,13 @@ import (
 )
 
 // TraceWriter stores kept traces. Writes must be idempotent: a replay after a
-// crash rewrites the same spans.
+// crash rewrites the same spans. A write may become durable after
+// WriteTracesThen returns (the span store writes posting lists for several
+// batches at once): durable runs then, and the traces' Kafka records are
+// held until it has. Flush makes every write so far durable.
 type TraceWriter interface {
-	WriteTraces(ctx context.Context, traces []index.KeptTrace) error
+	WriteTracesThen(ctx context.Context, traces []index.KeptTrace, durable func()) error
+	Flush(ctx context.Context) error
 }
 
 // Stage transforms a complete trace before sampling, e.g. clock-skew repair.
@@ -866,6 +871,11 @@ func (ix *Indexer) writeLoop() {
 		wg.Go(func() { ix.writeWorker(w) })
 	}
 	wg.Wait()
+	// The writes' posting lists, so that their records are released; if
+	// that fails, the records stay uncommitted and a restart replays them.
+	if err := ix.store.Flush(context.Background()); err != nil {
+		ix.log.Error("write posting lists", "err", err)
+	}
 }
 
 // writeLinger is how long a write batch waits to fill. Writers that keep up
@@ -900,12 +910,17 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 	}
 	flush := func() {
 		start := time.Now()
-		ix.retryWrite("traces", "traces", len(batch), func(ctx context.Context) error { return ix.store.WriteTraces(ctx, batch) })
+		held := slices.Clone(tickets)
+		release := func() {
+			for _, tk := range held {
+				tk.Release()
+			}
+		}
+		ix.retryWrite("traces", "traces", len(batch), func(ctx context.Context) error {
+			return ix.store.WriteTracesThen(ctx, batch, release)
+		})
 		ix.m.writeLatency.Observe(time.Since(start).Seconds())
 		ix.m.spansWritten.Add(float64(nspans))
-		for _, tk := range tickets {
-			tk.Release()
-		}
 		batch, tickets, nspans = batch[:0], tickets[:0], 0
 	}
 	batchJobs(jobs, writeLinger, add, flush)

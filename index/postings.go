@@ -1,0 +1,226 @@
+package index
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Posting lists are written for several batches at once. A batch's own
+// fragments were one key per distinct value per batch: values every trace
+// shares (a service, a status) cost one key per batch, but values that vary
+// by resource (host.name, service.instance.id, service.version) cost one
+// per host and batch, a few seqs each, and postings were most of the keys
+// and bytes of the LSM, which every flush and compaction copies. So a
+// commit hands its batch's postings to pendingPostings, and they are
+// written together once postingFlushTraces traces or postingFlushAge have
+// gathered (Flush): one fragment per value per flush.
+//
+// A trace is readable by ID once its commit returns, and found by search
+// once its postings are written. Until then a crash loses its postings, so
+// the writer's callers learn when they are durable (WriteTracesThen's
+// callback) and keep the traces' sources (Kafka offsets) until then; a
+// replay rewrites the traces and their postings, in fragments grouped
+// differently, which search dedupes.
+const (
+	postingFlushTraces = 16384
+	postingFlushAge    = time.Second
+)
+
+// pendingPostings gathers the postings of committed batches.
+type pendingPostings struct {
+	mu      sync.Mutex
+	seqs    map[string][]uint64 // posting prefix -> seqs of every batch gathered
+	traces  int                 // traces of the batches gathered
+	since   time.Time           // when the first batch gathered was added
+	waiters []func()            // durable callbacks of the batches gathered
+}
+
+// add gathers a committed batch: frags[i] are the seqs of postings[i] (nil
+// for none), durable its callback (nil for none).
+func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, durable func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.seqs == nil {
+		p.seqs = map[string][]uint64{}
+	}
+	if p.traces == 0 && len(p.waiters) == 0 {
+		p.since = time.Now()
+	}
+	for i, seqs := range frags {
+		if len(seqs) > 0 {
+			k := string(postings[i])
+			p.seqs[k] = append(p.seqs[k], seqs...)
+		}
+	}
+	p.traces += traces
+	if durable != nil {
+		p.waiters = append(p.waiters, durable)
+	}
+}
+
+// full reports whether enough traces have gathered to write them.
+func (p *pendingPostings) full() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.traces >= postingFlushTraces
+}
+
+// due reports whether the first batch gathered has waited postingFlushAge.
+func (p *pendingPostings) due(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return (p.traces > 0 || len(p.waiters) > 0) && now.Sub(p.since) >= postingFlushAge
+}
+
+// take empties p and returns what it held.
+func (p *pendingPostings) take() (seqs map[string][]uint64, traces int, since time.Time, waiters []func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seqs, traces, since, waiters = p.seqs, p.traces, p.since, p.waiters
+	p.seqs, p.traces, p.waiters = nil, 0, nil
+	return seqs, traces, since, waiters
+}
+
+// restore gathers again what a failed flush took, ahead of what was added
+// meanwhile.
+func (p *pendingPostings) restore(seqs map[string][]uint64, traces int, since time.Time, waiters []func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.seqs == nil {
+		p.seqs = map[string][]uint64{}
+	}
+	for k, s := range seqs {
+		p.seqs[k] = append(s, p.seqs[k]...)
+	}
+	if p.traces == 0 && len(p.waiters) == 0 || since.Before(p.since) {
+		p.since = since
+	}
+	p.traces += traces
+	p.waiters = append(waiters, p.waiters...)
+}
+
+// Flush writes the posting lists of every write so far and then runs their
+// durable callbacks. Nothing is lost when it fails: a later Flush writes
+// them.
+func (s *Store) Flush(ctx context.Context) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	seqs, traces, since, waiters := s.postings.take()
+	if err := s.writePostings(ctx, seqs); err != nil {
+		s.postings.restore(seqs, traces, since, waiters)
+		return err
+	}
+	for _, w := range waiters {
+		w()
+	}
+	return nil
+}
+
+// writePostings writes fragments of every posting in key order (which
+// makes a flush deterministic), each holding the seqs of one fragWindow,
+// newest first.
+func (s *Store) writePostings(ctx context.Context, seqs map[string][]uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(seqs))
+	for k := range seqs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	w := newTxnWriter(s.db)
+	defer w.discard()
+	var val []byte
+	for _, p := range keys {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("write postings: %w", err)
+		}
+		list := seqs[p]
+		slices.SortFunc(list, func(a, b uint64) int { return cmp.Compare(b, a) })
+		list = slices.Compact(list)
+		seqs[p] = list // Compact zeroed the tail: a failed flush restores this
+		for len(list) > 0 {
+			n := 1
+			for n < len(list) && n < maxFragSeqs && list[0]-list[n] <= fragWindow {
+				n++
+			}
+			val = appendFragment(val[:0], list[:n])
+			k := make([]byte, 0, len(p)+16)
+			k = append(k, p...)
+			k = appendU64(k, list[0])
+			k = appendU64(k, fragmentID(val))
+			if err := w.set(k, bytes.Clone(val), s.opts.Retention); err != nil {
+				return fmt.Errorf("write postings: %w", err)
+			}
+			list = list[n:]
+		}
+	}
+	if err := w.commit(); err != nil {
+		return fmt.Errorf("write postings: %w", err)
+	}
+	return nil
+}
+
+// postingLoop writes gathered postings once the oldest has waited
+// postingFlushAge, so that writes that stop still become searchable.
+func (s *Store) postingLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(postingFlushAge / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			if !s.postings.due(now) {
+				continue
+			}
+			if err := s.Flush(context.Background()); err != nil {
+				s.logger.Warn("write posting lists", "err", err)
+			}
+		}
+	}
+}
+
+// txnWriter sets keys in write transactions: when Badger says one is full,
+// it commits it and starts the next.
+type txnWriter struct {
+	db  *badger.DB
+	txn *badger.Txn
+}
+
+func newTxnWriter(db *badger.DB) *txnWriter {
+	return &txnWriter{db: db, txn: db.NewTransaction(true)}
+}
+
+// set sets k to v, expiring after ttl (0: never).
+func (w *txnWriter) set(k, v []byte, ttl time.Duration) error {
+	e := badger.NewEntry(k, v)
+	if ttl > 0 {
+		e = e.WithTTL(ttl)
+	}
+	err := w.txn.SetEntry(e)
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		if err := w.txn.Commit(); err != nil {
+			return fmt.Errorf("commit partial batch: %w", err)
+		}
+		w.txn = w.db.NewTransaction(true)
+		err = w.txn.SetEntry(e)
+	}
+	if err != nil {
+		return fmt.Errorf("set key %x: %w", k[:min(len(k), 18)], err)
+	}
+	return nil
+}
+
+func (w *txnWriter) commit() error { return w.txn.Commit() }
+
+func (w *txnWriter) discard() { w.txn.Discard() }

@@ -1,0 +1,109 @@
+package index
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	readerpb "github.com/threadline/threadline/proto/reader/v1"
+)
+
+// searchService returns how many traces a search by service finds (through
+// its posting list).
+func searchService(t *testing.T, st *Store, service string) int {
+	t.Helper()
+	got, err := st.Search(context.Background(), &readerpb.SearchRequest{Tags: map[string]string{"service.name": service}, Limit: 1000})
+	require.NoError(t, err)
+	return len(got)
+}
+
+// TestPostingsWrittenTogether: WriteTracesThen returns with the traces
+// readable by ID and their postings gathered; Flush writes the postings of
+// several batches as one fragment per value and only then runs the
+// batches' durable callbacks, once each.
+func TestPostingsWrittenTogether(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	w := newWorkload(31)
+	a, b := w.kept(20), w.kept(30)
+	var durableA, durableB atomic.Int32
+	require.NoError(t, st.WriteTracesThen(ctx, a, func() { durableA.Add(1) }))
+	require.NoError(t, st.WriteTracesThen(ctx, b, func() { durableB.Add(1) }))
+	requireTraces(t, st, a)
+	requireTraces(t, st, b)
+	require.Zero(t, durableA.Load(), "postings not written yet")
+	require.Zero(t, searchService(t, st, "frontend"), "search finds a trace once its postings are written")
+
+	require.NoError(t, st.Flush(ctx))
+	require.EqualValues(t, 1, durableA.Load())
+	require.EqualValues(t, 1, durableB.Load())
+	require.Equal(t, len(a)+len(b), searchService(t, st, "frontend"))
+	require.Equal(t, 1, countKeys(t, st, svcPosting("frontend")), "one fragment for both batches")
+
+	require.NoError(t, st.Flush(ctx))
+	require.EqualValues(t, 1, durableA.Load(), "a callback runs once")
+}
+
+// TestPostingsFlushedByAge: postings of writes that stop are written within
+// postingFlushAge (and a bit), without a Flush call.
+func TestPostingsFlushedByAge(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	batch := newWorkload(32).kept(10)
+	var durable atomic.Int32
+	require.NoError(t, st.WriteTracesThen(context.Background(), batch, func() { durable.Add(1) }))
+	require.Eventually(t, func() bool { return durable.Load() == 1 }, 5*postingFlushAge, 10*time.Millisecond)
+	require.Equal(t, len(batch), searchService(t, st, "frontend"))
+}
+
+// failAfter is a context whose Err reports cancellation after n calls.
+type failAfter struct {
+	context.Context
+	n atomic.Int32
+}
+
+func (c *failAfter) Err() error {
+	if c.n.Add(-1) < 0 {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestPostingsFailedFlush: a flush that fails part-way keeps what it took,
+// runs no callback, and the next flush writes it all. The batch is written
+// twice (a replay), so the lists it had sorted held repeats.
+func TestPostingsFailedFlush(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	a, b := newWorkload(33).kept(10), newWorkload(34).kept(10)
+	var durable atomic.Int32
+	require.NoError(t, st.WriteTracesThen(ctx, a, func() { durable.Add(1) }))
+	require.NoError(t, st.WriteTracesThen(ctx, a, func() { durable.Add(1) }))
+	failing := &failAfter{Context: ctx}
+	failing.n.Store(5)
+	require.ErrorIs(t, st.Flush(failing), context.Canceled)
+	require.Zero(t, durable.Load())
+	require.NoError(t, st.WriteTracesThen(ctx, b, func() { durable.Add(1) }))
+	require.NoError(t, st.Flush(ctx))
+	require.EqualValues(t, 3, durable.Load())
+	require.Equal(t, len(a)+len(b), searchService(t, st, "frontend"))
+	// The service postings come first in key order: the failed flush had
+	// sorted them.
+	for _, svc := range []string{"frontend", "checkout", "payment"} {
+		seqs := postingSeqs(t, st, svcPosting(svc))
+		require.NotEmpty(t, seqs)
+		require.NotContains(t, seqs, uint64(0), "posting of %s lost seqs in the failed flush", svc)
+	}
+}
+
+// TestCloseWritesPostings: Close writes the postings gathered.
+func TestCloseWritesPostings(t *testing.T) {
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	batch := newWorkload(35).kept(10)
+	require.NoError(t, st.WriteTracesThen(context.Background(), batch, nil))
+	require.NoError(t, st.Close())
+	st = openStore(t, dir)
+	require.Equal(t, len(batch), searchService(t, st, "frontend"))
+}
