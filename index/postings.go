@@ -66,11 +66,11 @@ func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, d
 	}
 }
 
-// full reports whether enough traces have gathered to write them.
-func (p *pendingPostings) full() bool {
+// pending is the number of traces gathered.
+func (p *pendingPostings) pending() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.traces >= postingFlushTraces
+	return p.traces
 }
 
 // due reports whether the first batch gathered has waited postingFlushAge.
@@ -184,6 +184,7 @@ func (s *Store) postingLoop() {
 				continue
 			}
 			if err := s.Flush(context.Background()); err != nil {
+				s.metrics.writeErrors.Inc()
 				s.logger.Warn("write posting lists", "err", err)
 			}
 		}

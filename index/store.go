@@ -151,7 +151,7 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 		}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_store_write_errors_total",
-			Help: "WriteTraces calls that failed.",
+			Help: "WriteTraces calls and posting-list flushes that failed.",
 		}),
 	}
 	if reg == nil {
@@ -172,6 +172,10 @@ func (s *Store) registerMetrics(reg prometheus.Registerer) error {
 			Help:        "Bytes of span-store files on disk.",
 			ConstLabels: prometheus.Labels{"kind": "vlog"},
 		}, size(".vlog")),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "threadline_store_postings_pending_traces",
+			Help: "Traces written whose posting lists are not yet (found by ID, not yet by search).",
+		}, func() float64 { return float64(s.postings.pending()) }),
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

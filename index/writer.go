@@ -267,10 +267,11 @@ func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable
 	}
 	s.metrics.tracesWritten.Add(float64(len(traces)))
 	s.metrics.spansWritten.Add(float64(nSpans))
-	if s.postings.full() {
+	if s.postings.pending() >= postingFlushTraces {
 		// The traces are written and durable is registered: a failed
 		// flush is retried by the posting loop, not by the caller.
 		if err := s.Flush(ctx); err != nil {
+			s.metrics.writeErrors.Inc()
 			s.logger.Warn("write posting lists", "err", err)
 		}
 	}
