@@ -2,7 +2,6 @@ package index
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,10 +28,14 @@ import (
 // callback) and keep the traces' sources (Kafka offsets) until then; a
 // replay rewrites the traces and their postings, in fragments grouped
 // differently, which search dedupes.
-const (
-	postingFlushTraces = 16384
-	postingFlushAge    = time.Second
-)
+const postingFlushAge = time.Second
+
+// postingFlushTraces is a variable for tests; maxPendingTraces (its
+// multiple) bounds what gathers while a flush runs: past it, writers flush
+// themselves.
+var postingFlushTraces = 16384
+
+func maxPendingTraces() int { return 4 * postingFlushTraces }
 
 // pendingPostings gathers the postings of committed batches.
 type pendingPostings struct {
@@ -144,8 +147,9 @@ func (s *Store) writePostings(ctx context.Context, seqs map[string][]uint64) err
 			return fmt.Errorf("write postings: %w", err)
 		}
 		list := seqs[p]
-		slices.SortFunc(list, func(a, b uint64) int { return cmp.Compare(b, a) })
+		slices.Sort(list) // ascending: much faster than a descending SortFunc
 		list = slices.Compact(list)
+		slices.Reverse(list)
 		seqs[p] = list // Compact zeroed the tail: a failed flush restores this
 		for len(list) > 0 {
 			n := 1
@@ -169,8 +173,10 @@ func (s *Store) writePostings(ctx context.Context, seqs map[string][]uint64) err
 	return nil
 }
 
-// postingLoop writes gathered postings once the oldest has waited
-// postingFlushAge, so that writes that stop still become searchable.
+// postingLoop writes gathered postings when a write finds postingFlushTraces
+// gathered (flushNow), and once the oldest has waited postingFlushAge, so
+// that writes that stop still become searchable. Writers only signal it:
+// they go on preparing their next batch meanwhile.
 func (s *Store) postingLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(postingFlushAge / 4)
@@ -179,14 +185,15 @@ func (s *Store) postingLoop() {
 		select {
 		case <-s.stop:
 			return
+		case <-s.flushNow:
 		case now := <-t.C:
 			if !s.postings.due(now) {
 				continue
 			}
-			if err := s.Flush(context.Background()); err != nil {
-				s.metrics.writeErrors.Inc()
-				s.logger.Warn("write posting lists", "err", err)
-			}
+		}
+		if err := s.Flush(context.Background()); err != nil {
+			s.metrics.writeErrors.Inc()
+			s.logger.Warn("write posting lists", "err", err)
 		}
 	}
 }

@@ -107,3 +107,35 @@ func TestCloseWritesPostings(t *testing.T) {
 	st = openStore(t, dir)
 	require.Equal(t, len(batch), searchService(t, st, "frontend"))
 }
+
+// TestPostingsFlushedByCount: a write that finds postingFlushTraces gathered
+// has the posting loop write them, long before postingFlushAge; past four
+// times that, the writer flushes itself.
+func TestPostingsFlushedByCount(t *testing.T) {
+	defer func(n int) { postingFlushTraces = n }(postingFlushTraces)
+	postingFlushTraces = 20
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	w := newWorkload(36)
+	var durable atomic.Int32
+	start := time.Now()
+	require.NoError(t, st.WriteTracesThen(ctx, w.kept(10), func() { durable.Add(1) }))
+	require.NoError(t, st.WriteTracesThen(ctx, w.kept(10), func() { durable.Add(1) }))
+	require.Eventually(t, func() bool { return durable.Load() == 2 }, postingFlushAge/2, time.Millisecond)
+	require.Less(t, time.Since(start), postingFlushAge, "not the age-driven flush")
+
+	st.flushMu.Lock() // a flush that does not finish: the loop is stuck
+	require.NoError(t, st.WriteTracesThen(ctx, w.kept(50), nil))
+	require.Equal(t, 50, st.postings.pending())
+	returned := make(chan error)
+	go func() { returned <- st.WriteTracesThen(ctx, w.kept(40), nil) }()
+	require.Eventually(t, func() bool { return st.postings.pending() == 90 }, 5*time.Second, time.Millisecond)
+	select {
+	case <-returned:
+		t.Fatal("a write past four times postingFlushTraces returned before flushing")
+	case <-time.After(50 * time.Millisecond):
+	}
+	st.flushMu.Unlock()
+	require.NoError(t, <-returned)
+	require.Zero(t, st.postings.pending(), "the writer flushed what had gathered")
+}

@@ -59,6 +59,7 @@ type Store struct {
 	// (under flushMu) writes them (postings.go).
 	postings pendingPostings
 	flushMu  sync.Mutex
+	flushNow chan struct{} // a write found postingFlushTraces gathered
 	// seqHint is the highest seq handed out per start millisecond (guarded by
 	// writeMu), so allocating a seq for the n-th trace of one millisecond
 	// does not probe the n-1 taken before it. Above seqFloor this process
@@ -111,16 +112,17 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		}
 	}()
 	s := &Store{
-		groups: codec,
-		db:     db,
-		dir:    dir,
-		logger: logger,
-		opts:   opts,
-		lists:  newListCache(opts.Retention),
-		blobs:  &blobCache{refresh: opts.Retention / 2, written: map[uint64]time.Time{}},
-		card:   newCardinality(opts.MaxIndexedValuesPerKey, opts.Retention),
-		dicts:  &chunkDicts{},
-		stop:   make(chan struct{}),
+		groups:   codec,
+		db:       db,
+		dir:      dir,
+		logger:   logger,
+		opts:     opts,
+		lists:    newListCache(opts.Retention),
+		blobs:    &blobCache{refresh: opts.Retention / 2, written: map[uint64]time.Time{}},
+		card:     newCardinality(opts.MaxIndexedValuesPerKey, opts.Retention),
+		dicts:    &chunkDicts{},
+		stop:     make(chan struct{}),
+		flushNow: make(chan struct{}, 1),
 	}
 	if err := s.load(); err != nil {
 		return nil, fmt.Errorf("open span store %s: %w", dir, err)

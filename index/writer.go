@@ -267,12 +267,19 @@ func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable
 	}
 	s.metrics.tracesWritten.Add(float64(len(traces)))
 	s.metrics.spansWritten.Add(float64(nSpans))
-	if s.postings.pending() >= postingFlushTraces {
-		// The traces are written and durable is registered: a failed
-		// flush is retried by the posting loop, not by the caller.
+	switch n := s.postings.pending(); {
+	case n >= maxPendingTraces():
+		// The posting loop is behind (or failing): the writer waits. The
+		// traces are written and durable is registered, so a failed
+		// flush is retried by the loop, not by the caller.
 		if err := s.Flush(ctx); err != nil {
 			s.metrics.writeErrors.Inc()
 			s.logger.Warn("write posting lists", "err", err)
+		}
+	case n >= postingFlushTraces:
+		select {
+		case s.flushNow <- struct{}{}:
+		default: // a flush is signalled already
 		}
 	}
 	return nil
