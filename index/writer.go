@@ -671,24 +671,23 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 // same transaction that writes it. A transaction that grows too big is
 // committed and a new one continues with the entry that did not fit.
 //
-// Per trace the summary is the last entry, after the chunks, seq and
-// duration keys, so a summary on disk never counts a span that is not: a
+// The summary references come last, after the chunk groups, seq keys and
+// summary blocks, so a summary on disk never counts a span that is not: a
 // retry after a partial commit finds the chunks it wrote (and counts their
-// spans once) or, if the summary did not make it, starts the trace afresh
+// spans once) or, if the reference did not make it, starts the trace afresh
 // (an orphaned seq key points at a summary with another seq and search
-// ignores it). The posting fragments of the batch come after every trace,
-// so a partial commit leaves traces that are not yet searchable rather
-// than postings of traces not yet stored; the retry writes the same
-// fragments again.
+// ignores it). The batch's postings are gathered once the commit is done
+// and written by a later flush (postings.go), so a partial commit leaves
+// traces that are not yet searchable, never postings of traces not yet
+// stored; durable runs once they are written.
 func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *preparer, durable func()) (err error) {
 	w := newTxnWriter(s.db)
 	defer w.discard()
-	setTTL := w.set
 	set := func(k, v []byte) error { return w.set(k, v, s.opts.Retention) }
 
 	// Groups first: a chunk reference on disk always finds its group.
 	for _, g := range batch.groupValues {
-		if err := setTTL(g.k, g.v, s.groupTTL()); err != nil {
+		if err := w.set(g.k, g.v, s.groupTTL()); err != nil {
 			return fmt.Errorf("write chunk groups: %w", err)
 		}
 	}
@@ -745,7 +744,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		merged.merge(&pt.delta)
 
 		for _, b := range pt.blobs {
-			if err := setTTL(b.k, b.v, s.blobTTL()); err != nil {
+			if err := w.set(b.k, b.v, s.blobTTL()); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
 		}
@@ -771,7 +770,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	// block.
 	sums.seal()
 	for _, b := range sums.values {
-		if err := setTTL(b.k, b.v, s.groupTTL()); err != nil {
+		if err := w.set(b.k, b.v, s.groupTTL()); err != nil {
 			return fmt.Errorf("write summary blocks: %w", err)
 		}
 	}
@@ -804,7 +803,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	now := time.Now()
 	marks := s.card.due(now)
 	for _, k := range marks {
-		if err := setTTL(highCardKey(k), nil, s.blobTTL()); err != nil {
+		if err := w.set(highCardKey(k), nil, s.blobTTL()); err != nil {
 			return fmt.Errorf("mark high-cardinality key %q: %w", k, err)
 		}
 	}
