@@ -12,15 +12,15 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// Posting lists are written for several batches at once. A batch's own
-// fragments were one key per distinct value per batch: values every trace
-// shares (a service, a status) cost one key per batch, but values that vary
-// by resource (host.name, service.instance.id, service.version) cost one
-// per host and batch, a few seqs each, and postings were most of the keys
-// and bytes of the LSM, which every flush and compaction copies. So a
-// commit hands its batch's postings to pendingPostings, and they are
-// written together once postingFlushTraces traces or postingFlushAge have
-// gathered (Flush): one fragment per value per flush.
+// Posting lists are written for several batches at once. Written per
+// batch, values every trace shares (a service, a status) cost one key per
+// batch, but values that vary by resource (host.name, service.instance.id,
+// service.version) cost one per host and batch, a few seqs each: once the
+// summaries had left the LSM (sumblock.go), postings were most of its
+// bytes, which every flush and compaction copies. So a commit hands its
+// batch's postings to pendingPostings, and they are written together once
+// postingFlushTraces traces or postingFlushAge have gathered (Flush): one
+// fragment per value per flush.
 //
 // A trace is readable by ID once its commit returns, and found by search
 // once its postings are written. Until then a crash loses its postings, so
@@ -28,6 +28,8 @@ import (
 // callback) and keep the traces' sources (Kafka offsets) until then; a
 // replay rewrites the traces and their postings, in fragments grouped
 // differently, which search dedupes.
+
+// postingFlushAge is the longest a committed batch waits for its postings.
 const postingFlushAge = time.Second
 
 // postingFlushTraces is a variable for tests; maxPendingTraces (its
@@ -39,33 +41,41 @@ func maxPendingTraces() int { return 4 * postingFlushTraces }
 
 // pendingPostings gathers the postings of committed batches.
 type pendingPostings struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	g  gathered
+}
+
+// gathered is what pendingPostings holds, and what a flush takes.
+type gathered struct {
 	seqs    map[string][]uint64 // posting prefix -> seqs of every batch gathered
 	traces  int                 // traces of the batches gathered
 	since   time.Time           // when the first batch gathered was added
 	waiters []func()            // durable callbacks of the batches gathered
 }
 
+func (g *gathered) empty() bool { return g.traces == 0 && len(g.waiters) == 0 }
+
 // add gathers a committed batch: frags[i] are the seqs of postings[i] (nil
 // for none), durable its callback (nil for none).
 func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, durable func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.seqs == nil {
-		p.seqs = map[string][]uint64{}
+	g := &p.g
+	if g.seqs == nil {
+		g.seqs = map[string][]uint64{}
 	}
-	if p.traces == 0 && len(p.waiters) == 0 {
-		p.since = time.Now()
+	if g.empty() {
+		g.since = time.Now()
 	}
 	for i, seqs := range frags {
 		if len(seqs) > 0 {
 			k := string(postings[i])
-			p.seqs[k] = append(p.seqs[k], seqs...)
+			g.seqs[k] = append(g.seqs[k], seqs...)
 		}
 	}
-	p.traces += traces
+	g.traces += traces
 	if durable != nil {
-		p.waiters = append(p.waiters, durable)
+		g.waiters = append(g.waiters, durable)
 	}
 }
 
@@ -73,41 +83,42 @@ func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, d
 func (p *pendingPostings) pending() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.traces
+	return p.g.traces
 }
 
 // due reports whether the first batch gathered has waited postingFlushAge.
 func (p *pendingPostings) due(now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return (p.traces > 0 || len(p.waiters) > 0) && now.Sub(p.since) >= postingFlushAge
+	return !p.g.empty() && now.Sub(p.g.since) >= postingFlushAge
 }
 
 // take empties p and returns what it held.
-func (p *pendingPostings) take() (seqs map[string][]uint64, traces int, since time.Time, waiters []func()) {
+func (p *pendingPostings) take() gathered {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	seqs, traces, since, waiters = p.seqs, p.traces, p.since, p.waiters
-	p.seqs, p.traces, p.waiters = nil, 0, nil
-	return seqs, traces, since, waiters
+	g := p.g
+	p.g = gathered{}
+	return g
 }
 
 // restore gathers again what a failed flush took, ahead of what was added
 // meanwhile.
-func (p *pendingPostings) restore(seqs map[string][]uint64, traces int, since time.Time, waiters []func()) {
+func (p *pendingPostings) restore(old gathered) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.seqs == nil {
-		p.seqs = map[string][]uint64{}
+	g := &p.g
+	if g.seqs == nil {
+		g.seqs = map[string][]uint64{}
 	}
-	for k, s := range seqs {
-		p.seqs[k] = append(s, p.seqs[k]...)
+	for k, s := range old.seqs {
+		g.seqs[k] = append(s, g.seqs[k]...)
 	}
-	if p.traces == 0 && len(p.waiters) == 0 || since.Before(p.since) {
-		p.since = since
+	if g.empty() || old.since.Before(g.since) {
+		g.since = old.since
 	}
-	p.traces += traces
-	p.waiters = append(waiters, p.waiters...)
+	g.traces += old.traces
+	g.waiters = append(old.waiters, g.waiters...)
 }
 
 // Flush writes the posting lists of every write so far and then runs their
@@ -116,12 +127,12 @@ func (p *pendingPostings) restore(seqs map[string][]uint64, traces int, since ti
 func (s *Store) Flush(ctx context.Context) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
-	seqs, traces, since, waiters := s.postings.take()
-	if err := s.writePostings(ctx, seqs); err != nil {
-		s.postings.restore(seqs, traces, since, waiters)
+	g := s.postings.take()
+	if err := s.writePostings(ctx, g.seqs); err != nil {
+		s.postings.restore(g)
 		return err
 	}
-	for _, w := range waiters {
+	for _, w := range g.waiters {
 		w()
 	}
 	return nil

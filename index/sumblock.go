@@ -13,12 +13,13 @@ import (
 // its 0x01 key: the summaries of a batch are concatenated into blocks of
 // about sumBlockTarget bytes, each compressed once with zstd and stored
 // under its own key (0x07), and the trace's key holds a reference (block,
-// index), about 11 bytes. Block values are far above the value threshold,
-// so Badger writes them once to its value log, while the references stay
-// in the LSM, whose memtable flushes and compactions copy, decompress and
-// recompress every byte they hold: with the summaries inline, the LSM held
-// half again as many bytes, and the flushes and compactions that copied
-// them were most of Badger's CPU under load.
+// index), about 11 bytes. Under load a block is far above the value
+// threshold, so Badger writes it once to its value log (a small batch's
+// block stays in the LSM), while the references stay in the LSM, whose
+// memtable flushes and compactions copy, decompress and recompress every
+// byte they hold: with the summaries inline, the LSM held twice the bytes,
+// and the flushes and compactions that copied them were most of Badger's
+// CPU under load.
 //
 // A block is named by the FNV-64 of its plain content, so a replay that
 // merges to the same summaries rewrites the same key with the same value;
@@ -74,8 +75,8 @@ func (b *sumBlocks) seal() {
 	if len(b.lens) == 0 {
 		return
 	}
-	plain := binary.AppendUvarint(make([]byte, 1, 1+len(b.sums)+3*len(b.lens)+binary.MaxVarintLen64), uint64(len(b.lens)))
-	plain[0] = valueVersion
+	plain := append(make([]byte, 0, 1+binary.MaxVarintLen64+3*len(b.lens)+len(b.sums)), valueVersion)
+	plain = binary.AppendUvarint(plain, uint64(len(b.lens)))
 	for _, n := range b.lens {
 		plain = binary.AppendUvarint(plain, uint64(n))
 	}
