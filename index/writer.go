@@ -78,7 +78,7 @@ package index
 // store has not written it for half the retention, and lives 1.5 × the
 // retention, so it outlives every span that names it.
 //
-// Duration postings (0x16) are written per batch like the others, by the
+// Duration postings (0x16) are gathered and flushed like the others, by the
 // bucket of the merged summary's duration, known only at commit: a late
 // span that lengthens a trace posts it in a second bucket; search
 // verifies every candidate against the summary and drops such stale

@@ -879,9 +879,9 @@ func (ix *Indexer) writeLoop() {
 }
 
 // writeLinger is how long a write batch waits to fill. Writers that keep up
-// flush some batches part-full, each with its own posting fragments (about
-// 1% more disk per span than full batches); 100 ms filled them but held
-// kept traces and their Kafka records longer, and cost throughput.
+// flush some batches part-full (the store writes posting lists for many
+// batches at once, so that costs little); 100 ms filled them but held kept
+// traces and their Kafka records longer, and cost throughput.
 const writeLinger = 20 * time.Millisecond
 
 // writeWorker writes the jobs of one queue in batches of WriteBatchSpans,
