@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ type harness struct {
 	stop   func()
 }
 
-func newHarness(t *testing.T, cfg Config, scfg sampling.Config) *harness {
+func newHarness(t *testing.T, cfg Config, scfg sampling.Config, wrap ...func(*index.Store) TraceWriter) *harness {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := t.TempDir()
@@ -55,7 +56,11 @@ func newHarness(t *testing.T, cfg Config, scfg sampling.Config) *harness {
 	require.NoError(t, err)
 	dec, err := sampling.NewTailSampler(scfg, prometheus.NewRegistry())
 	require.NoError(t, err)
-	ix, err := New(cfg, Parts{Store: store, Decider: dec}, logger, prometheus.NewRegistry())
+	var w TraceWriter = store
+	for _, f := range wrap {
+		w = f(store)
+	}
+	ix, err := New(cfg, Parts{Store: w, Decider: dec}, logger, prometheus.NewRegistry())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -476,4 +481,58 @@ func TestPacker(t *testing.T) {
 	c.data = c.data[:len(c.data)/2]
 	_, err := c.unpack()
 	require.Error(t, err)
+}
+
+// gatedWriter is the store with its durable callbacks held until open: a
+// store that writes posting lists later than the traces.
+type gatedWriter struct {
+	*index.Store
+	mu   sync.Mutex
+	held []func()
+}
+
+func (g *gatedWriter) WriteTracesThen(ctx context.Context, traces []index.KeptTrace, durable func()) error {
+	if err := g.Store.WriteTracesThen(ctx, traces, nil); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held = append(g.held, durable)
+	return nil
+}
+
+func (g *gatedWriter) open() {
+	g.mu.Lock()
+	held := g.held
+	g.held = nil
+	g.mu.Unlock()
+	for _, f := range held {
+		f()
+	}
+}
+
+func (g *gatedWriter) Flush(ctx context.Context) error {
+	g.open()
+	return g.Store.Flush(ctx)
+}
+
+// TestRecordsHeldUntilDurable: a written trace's Kafka records stay held
+// (their offsets uncommitted) until the store reports the write durable,
+// and are released then.
+func TestRecordsHeldUntilDurable(t *testing.T) {
+	var gate *gatedWriter
+	h := newHarness(t, testConfig(), sampling.DefaultConfig(), func(st *index.Store) TraceWriter {
+		gate = &gatedWriter{Store: st}
+		return gate
+	})
+	s := traceSpec{id: traceID(1), service: "api", op: "GET /", start: time.Now(), duration: time.Millisecond, err: true, spans: 3}
+	h.feed(s.build())
+	require.Eventually(t, func() bool {
+		_, found, err := h.store.Trace(context.Background(), s.id)
+		return err == nil && found
+	}, 10*time.Second, 10*time.Millisecond, "the trace is written")
+	require.Eventually(t, func() bool { gate.mu.Lock(); defer gate.mu.Unlock(); return len(gate.held) > 0 }, 5*time.Second, time.Millisecond)
+	require.Positive(t, h.ledger.Pending(), "written, not yet durable: the record is held")
+	gate.open()
+	require.Eventually(t, func() bool { return h.ledger.Pending() == 0 }, 5*time.Second, time.Millisecond, "durable: released")
 }
