@@ -304,8 +304,7 @@ func (tr *tree) lookup(id span.SpanID, n int) (int32, bool) {
 		i, ok := tr.byID[id]
 		return i, ok && int(i) < n
 	}
-	k := binary.BigEndian.Uint64(id[:])
-	if i := slices.Index(tr.idKeys[:n], k); i >= 0 {
+	if i := slices.Index(tr.idKeys[:n], idKey(id[:])); i >= 0 {
 		return int32(i), true
 	}
 	return -1, false

@@ -32,12 +32,9 @@ import (
 // postingFlushAge is the longest a committed batch waits for its postings.
 const postingFlushAge = time.Second
 
-// postingFlushTraces is a variable for tests; maxPendingTraces (its
-// multiple) bounds what gathers while a flush runs: past it, writers flush
-// themselves.
+// postingFlushTraces is a variable for tests. Four times it bounds what
+// gathers while a flush runs: past it, writers flush themselves.
 var postingFlushTraces = 16384
-
-func maxPendingTraces() int { return 4 * postingFlushTraces }
 
 // pendingPostings gathers the postings of committed batches.
 type pendingPostings struct {

@@ -268,7 +268,7 @@ func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable
 	s.metrics.tracesWritten.Add(float64(len(traces)))
 	s.metrics.spansWritten.Add(float64(nSpans))
 	switch n := s.postings.pending(); {
-	case n >= maxPendingTraces():
+	case n >= 4*postingFlushTraces:
 		// The posting loop is behind (or failing): the writer waits. The
 		// traces are written and durable is registered, so a failed
 		// flush is retried by the loop, not by the caller.
