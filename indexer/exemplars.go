@@ -514,7 +514,12 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 	}
 	kt := []index.KeptTrace{{Trace: t, Reasons: reasons, Warnings: warnings}}
 	for attempt := 1; ; attempt++ {
+		// The trace's records were committed when it was dropped, so no
+		// replay would rewrite its posting lists: they are flushed now.
 		err = ix.store.WriteTracesThen(ctx, kt, nil)
+		if err == nil {
+			err = ix.store.Flush(ctx)
+		}
 		if err == nil {
 			break
 		}
