@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -124,10 +125,33 @@ func (f AdjusterFunc) Adjust(t *span.Trace) Result { return f(t) }
 // Adjust mutates the spans in place. It first undoes an earlier adjustment
 // (spans carrying AttrClockSkew), so running it again on a trace that gained
 // late spans re-estimates from the original timestamps instead of compounding.
+// It is safe for concurrent use.
 func CorrectClockSkew(cfg Config) Adjuster {
 	maxDelta := max(int64(cfg.MaxDelta), 0)
-	return AdjusterFunc(func(t *span.Trace) Result { return adjust(t, maxDelta) })
+	// Adjust runs once per trace, from several goroutines at once, and most
+	// traces are small: reusing a tree's arrays from a pool spares the
+	// dozens of allocations building one would cost each trace.
+	var pool sync.Pool
+	return AdjusterFunc(func(t *span.Trace) Result {
+		if len(t.Spans) > maxPooledSpans {
+			// A large trace amortizes its allocations over its spans;
+			// buffers grown for it would be part waste, kept alive by the
+			// pool after the trace is gone.
+			return newTree(0).adjust(t, maxDelta)
+		}
+		tr, _ := pool.Get().(*tree)
+		if tr == nil {
+			tr = newTree(maxSlab)
+		}
+		res := tr.adjust(t, maxDelta)
+		tr.reset()
+		pool.Put(tr)
+		return res
+	})
 }
+
+// maxPooledSpans is the largest trace adjusted with a pooled tree.
+const maxPooledSpans = 4096
 
 var _ Adjuster = AdjusterFunc(nil)
 
@@ -135,40 +159,115 @@ const unbounded = math.MaxInt64
 
 // tree is a trace's span tree, built once per Adjust. Spans are addressed by
 // their index in Trace.Spans; int32 indices keep the per-span arrays small.
+//
+// Every array is carved from the tree's slabs, which outlive the trace when
+// the tree is pooled. Only what a trace needs is built: instances, children
+// and the instance call graph only for a trace with a skewed pair.
 type tree struct {
-	spans    []span.Span
-	byID     map[span.SpanID]int32 // first span with each ID; nil for small trees (lookup)
-	parent   []int32               // -1 for a root (no parent, missing parent, or cycle broken here)
-	childOff []int32               // CSR: children of i are childIdx[childOff[i]:childOff[i+1]]
-	childIdx []int32
-	order    []int32 // breadth-first from the roots: parents before children
-	roots    []int32
-	start    []int64 // start time, ns, as received
-	end      []int64
-	valid    []bool   // start and end are usable for skew estimation
-	idKeys   []uint64 // span IDs as numbers, for tie-breaks
-	inst     []int32
-	insts    []Instance
+	spans  []span.Span
+	byID   map[span.SpanID]int32 // first span with each ID; nil for small trees (lookup)
+	parent []int32               // -1 for a root (no parent, missing parent, or cycle broken here)
+	start  []int64               // start time, ns, as received (as shifted, once applied)
+	end    []int64
+	valid  []bool   // start and end are usable for skew estimation
+	idKeys []uint64 // span IDs as numbers, for tie-breaks
+
+	// Set by groupInstances.
+	inst  []int32
+	insts []instKey // by first appearance; the array is reused across traces
+
+	kinds    []edge // set by correct, for cross-instance children
 	warnings []string
+
+	i32   slab[int32]
+	i64   slab[int64]
+	u64   slab[uint64]
+	flags slab[bool]
+	edges slab[edge]
 }
+
+// newTree returns a tree whose slabs grow their buffers up to limit
+// elements (see slab).
+func newTree(limit int) *tree {
+	return &tree{
+		i32: slab[int32]{limit: limit}, i64: slab[int64]{limit: limit}, u64: slab[uint64]{limit: limit},
+		flags: slab[bool]{limit: limit}, edges: slab[edge]{limit: limit},
+	}
+}
+
+// reset readies a used tree for the next trace. It drops every reference
+// into the trace (so a pooled tree does not keep it alive) and the warnings,
+// which the caller now owns, and keeps the arrays.
+func (tr *tree) reset() {
+	clear(tr.insts)
+	*tr = tree{
+		insts: tr.insts[:0],
+		i32:   tr.i32.reset(), i64: tr.i64.reset(), u64: tr.u64.reset(),
+		flags: tr.flags.reset(), edges: tr.edges.reset(),
+	}
+}
+
+// slab hands out zeroed slices carved from one buffer that is kept across
+// traces, so a pooled tree serves a trace no larger than those it has seen
+// without allocating. A slice that does not fit under the limit is
+// allocated on its own.
+type slab[T any] struct {
+	buf   []T
+	used  int
+	limit int // largest buffer, in elements; 0: every slice on its own
+}
+
+// maxSlab is the buffer limit of a pooled tree: enough for the arrays of a
+// trace of maxPooledSpans spans with a few links each. It bounds what a
+// pooled tree keeps alive.
+const maxSlab = 32 * maxPooledSpans
+
+func (s *slab[T]) take(n int) []T {
+	if s.used+n > len(s.buf) {
+		if s.used+n > s.limit {
+			return make([]T, n)
+		}
+		// Slices handed out so far keep the old buffer alive. The new one
+		// fits this trace's arrays so far, so after a few traces of one size
+		// a single buffer serves them all.
+		s.buf = make([]T, min(max(2*len(s.buf), s.used+n), s.limit))
+		s.used = 0
+	}
+	out := s.buf[s.used : s.used+n : s.used+n]
+	s.used += n
+	clear(out)
+	return out
+}
+
+func (s slab[T]) reset() slab[T] { return slab[T]{buf: s.buf, limit: s.limit} }
 
 func (tr *tree) warnf(format string, args ...any) {
 	tr.warnings = append(tr.warnings, fmt.Sprintf(format, args...))
 }
 
-func adjust(t *span.Trace, maxDelta int64) Result {
+func (tr *tree) adjust(t *span.Trace, maxDelta int64) Result {
 	for i := range t.Spans {
 		unadjust(&t.Spans[i])
 	}
-	tr := buildTree(t)
+	tr.build(t)
+	// A trace without a skewed pair needs no offset (see skewed): most
+	// traces stop here, before instances and the call graph are built.
+	var off []int64
+	if maxDelta > 0 && tr.skewed() {
+		tr.groupInstances()
+		if len(tr.insts) > 1 {
+			off = tr.correct(maxDelta)
+		}
+	}
+	stamps := tr.newStamps(off)
 	res := Result{}
-	if maxDelta > 0 && len(tr.insts) > 1 {
-		res.Offsets, res.Adjusted = tr.correct(maxDelta)
+	if off != nil {
+		res.Offsets, res.Adjusted = tr.apply(off, &stamps)
+		tr.checkResidual()
 	}
 	res.LogicalTimes = tr.logicalTimes(t.ID)
-	attrs := newIntAttrs(len(tr.spans))
 	for i := range tr.spans {
-		attrs.set(&tr.spans[i], AttrLogicalTime, res.LogicalTimes[i])
+		stamps.set(&tr.spans[i], AttrLogicalTime, res.LogicalTimes[i], 1)
 	}
 	res.Warnings = tr.warnings
 	return res
@@ -180,22 +279,15 @@ func adjust(t *span.Trace, maxDelta int64) Result {
 // that compares the two.
 var smallTree = 16
 
-func buildTree(t *span.Trace) *tree {
+// build fills in the tree's spans, times, IDs and parents, and breaks
+// parent cycles.
+func (tr *tree) build(t *span.Trace) {
 	n := len(t.Spans)
-	// One allocation per element type: parent, inst, childOff, fill and
-	// order (the children, childIdx, come after it once counted).
-	i32 := make([]int32, 5*n+1)
-	i64 := make([]int64, 2*n)
-	tr := &tree{
-		spans:    t.Spans,
-		parent:   i32[:n:n],
-		inst:     i32[n : 2*n : 2*n],
-		childOff: i32[2*n : 3*n+1 : 3*n+1],
-		start:    i64[:n:n],
-		end:      i64[n:],
-		valid:    make([]bool, n),
-		idKeys:   make([]uint64, n),
-	}
+	tr.spans = t.Spans
+	tr.parent = tr.i32.take(n)
+	tr.start, tr.end = tr.i64.take(n), tr.i64.take(n)
+	tr.valid = tr.flags.take(n)
+	tr.idKeys = tr.u64.take(n)
 	if n > smallTree {
 		tr.byID = make(map[span.SpanID]int32, n)
 	}
@@ -225,76 +317,66 @@ func buildTree(t *span.Trace) *tree {
 		}
 	}
 	tr.breakParentCycles()
-
-	// Children in CSR form: one allocation instead of one slice per span.
-	for _, p := range tr.parent {
-		if p >= 0 {
-			tr.childOff[p+1]++
-		}
-	}
-	for i := range n {
-		tr.childOff[i+1] += tr.childOff[i]
-	}
-	tr.childIdx = make([]int32, tr.childOff[n])
-	fill := i32[3*n+1 : 4*n+1 : 4*n+1]
-	copy(fill, tr.childOff[:n])
-	for i, p := range tr.parent {
-		if p >= 0 {
-			tr.childIdx[fill[p]] = int32(i)
-			fill[p]++
-		}
-	}
-	tr.order = i32[4*n+1 : 4*n+1 : 5*n+1]
-	for i, p := range tr.parent {
-		if p < 0 {
-			tr.roots = append(tr.roots, int32(i))
-			tr.order = append(tr.order, int32(i))
-		}
-	}
-	for k := 0; k < len(tr.order); k++ {
-		i := tr.order[k]
-		tr.order = append(tr.order, tr.childIdx[tr.childOff[i]:tr.childOff[i+1]]...)
-	}
-
-	// Spans share resources: an instance is computed once per resource.
-	var byRes map[*span.Resource]int32
-	var byName map[Instance]int32
-	if n > smallTree {
-		byRes, byName = map[*span.Resource]int32{}, map[Instance]int32{}
-	}
-	for i, s := range t.Spans {
-		tr.inst[i] = tr.instance(i, s.Resource, byRes, byName)
-	}
-	return tr
 }
 
-// instance returns the index in insts of span i's instance, adding it when
-// new. A small tree (nil maps) finds a resource among the spans before i
-// and a name among insts by scanning.
-func (tr *tree) instance(i int, res *span.Resource, byRes map[*span.Resource]int32, byName map[Instance]int32) int32 {
-	if byRes == nil {
-		if j := slices.IndexFunc(tr.spans[:i], func(o span.Span) bool { return o.Resource == res }); j >= 0 {
-			return tr.inst[j]
+// skewed reports whether some parent/child pair with usable times is out of
+// order: the child starts before its parent, or it is the server of an RPC
+// pair (see classify) and ends after its client. Without such a pair every
+// instance's estimate is 0 (0 lies in each pair's interval, see estimate),
+// so correct would shift nothing and warn nothing. Pairs within one
+// instance are checked too: that only sends a few traces down the full path.
+func (tr *tree) skewed() bool {
+	for c, p := range tr.parent {
+		if p < 0 || !tr.valid[p] || !tr.valid[c] {
+			continue
 		}
-		name := InstanceOf(res)
-		if k := slices.Index(tr.insts, name); k >= 0 {
-			return int32(k)
+		if tr.start[c] < tr.start[p] {
+			return true
 		}
-		tr.insts = append(tr.insts, name)
-		return int32(len(tr.insts) - 1)
+		if tr.end[c] > tr.end[p] && tr.classify(p, int32(c)) == edgeRPC {
+			return true
+		}
 	}
-	if id, ok := byRes[res]; ok {
-		return id
+	return false
+}
+
+// groupInstances sets inst and insts: spans share resources, so an
+// instance is computed once per resource. A small tree finds a resource
+// among the spans before it and a name among insts by scanning.
+func (tr *tree) groupInstances() {
+	n := len(tr.spans)
+	tr.inst = tr.i32.take(n)
+	if n <= smallTree {
+		for i, s := range tr.spans {
+			if j := slices.IndexFunc(tr.spans[:i], func(o span.Span) bool { return o.Resource == s.Resource }); j >= 0 {
+				tr.inst[i] = tr.inst[j]
+				continue
+			}
+			key := instanceKey(s.Resource)
+			k := slices.IndexFunc(tr.insts, key.sameName)
+			if k < 0 {
+				k = len(tr.insts)
+				tr.insts = append(tr.insts, key)
+			}
+			tr.inst[i] = int32(k)
+		}
+		return
 	}
-	name := InstanceOf(res)
-	id, ok := byName[name]
-	if !ok {
-		id = int32(len(tr.insts))
-		tr.insts = append(tr.insts, name)
-		byName[name] = id
+	byRes, byName := map[*span.Resource]int32{}, map[Instance]int32{}
+	for i, s := range tr.spans {
+		id, ok := byRes[s.Resource]
+		if !ok {
+			key := instanceKey(s.Resource)
+			name := key.name()
+			if id, ok = byName[name]; !ok {
+				id = int32(len(tr.insts))
+				tr.insts = append(tr.insts, key)
+				byName[name] = id
+			}
+			byRes[s.Resource] = id
+		}
+		tr.inst[i] = id
 	}
-	byRes[res] = id
-	return id
 }
 
 // lookup returns the first span with the ID among the first n, from byID or,
@@ -319,8 +401,8 @@ func (tr *tree) breakParentCycles() {
 		onPath
 		done
 	)
-	state := make([]uint8, len(tr.parent))
-	var path []int32
+	state := tr.i32.take(len(tr.parent))
+	path := tr.i32.take(len(tr.parent))[:0] // a span is on at most one path
 	for i := range tr.parent {
 		path = path[:0]
 		j := int32(i)
@@ -405,16 +487,18 @@ func followsFrom(s *tracepb.Span, parent []byte) bool {
 	return false
 }
 
-// correct estimates and applies one offset per instance. Instances are decided
-// in topological order of the instance call graph where it has no loops, so an
-// instance is estimated only after every instance that calls it; a loop (A
-// calls B calls A) is broken in discovery order. The instance of the largest
-// root subtree is the reference clock (offset 0).
-func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
+// correct estimates one offset per instance, indexed like insts, and sets
+// kinds; it returns nil when no child is on another instance than its parent
+// (nothing to estimate or check). Instances are decided in topological order
+// of the instance call graph where it has no loops, so an instance is
+// estimated only after every instance that calls it; a loop (A calls B calls
+// A) is broken in discovery order. The instance of the largest root subtree
+// is the reference clock (offset 0).
+func (tr *tree) correct(maxDelta int64) []int64 {
 	n, k := len(tr.spans), len(tr.insts)
 	// Cross-instance edges grouped by the child's instance (in) and by the
 	// parent's instance (out), both as lists of child span indices.
-	inOff, outOff := make([]int32, k+1), make([]int32, k+1)
+	inOff, outOff := tr.i32.take(k+1), tr.i32.take(k+1)
 	cross := 0
 	for c, p := range tr.parent {
 		if p >= 0 && tr.inst[p] != tr.inst[c] {
@@ -424,15 +508,17 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		}
 	}
 	if cross == 0 {
-		return nil, 0
+		return nil
 	}
 	for i := range k {
 		inOff[i+1] += inOff[i]
 		outOff[i+1] += outOff[i]
 	}
-	in, out := make([]int32, cross), make([]int32, cross)
-	inFill, outFill := slices.Clone(inOff[:k]), slices.Clone(outOff[:k])
-	kinds := make([]edge, n)
+	in, out := tr.i32.take(cross), tr.i32.take(cross)
+	inFill, outFill := tr.i32.take(k), tr.i32.take(k)
+	copy(inFill, inOff)
+	copy(outFill, outOff)
+	kinds := tr.edges.take(n)
 	for c, p := range tr.parent {
 		if p >= 0 && tr.inst[p] != tr.inst[c] {
 			in[inFill[tr.inst[c]]] = int32(c)
@@ -442,15 +528,16 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 			kinds[c] = tr.classify(p, int32(c))
 		}
 	}
-	indeg := make([]int32, k)
+	tr.kinds = kinds
+	indeg := tr.i32.take(k)
 	for i := range k {
 		indeg[i] = inOff[i+1] - inOff[i]
 	}
 
-	off := make([]int64, k)
-	decided := make([]bool, k)
-	discovered := make([]bool, k)
-	var ready, disc []int32
+	off := tr.i64.take(k)
+	decided, discovered := tr.flags.take(k), tr.flags.take(k)
+	// Each instance joins each queue at most once.
+	ready, disc := tr.i32.take(k)[:0], tr.i32.take(k)[:0]
 	decide := func(c int32, o int64) {
 		decided[c], off[c] = true, o
 		for _, ch := range out[outOff[c]:outOff[c+1]] {
@@ -469,10 +556,10 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		}
 	}
 	estimate := func(c int32) {
-		o := tr.estimate(c, in[inOff[c]:inOff[c+1]], kinds, off, decided)
+		o := tr.estimate(c, in[inOff[c]:inOff[c+1]], off, decided)
 		if o > maxDelta || o < -maxDelta {
 			tr.warnf("clock skew: estimated offset %v for instance %s exceeds max delta %v; not applied",
-				time.Duration(o), tr.insts[c], time.Duration(maxDelta))
+				time.Duration(o), tr.insts[c].name(), time.Duration(maxDelta))
 			o = 0
 		}
 		decide(c, o)
@@ -507,16 +594,14 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 			estimate(next)
 		}
 	}
+	return off
+}
 
-	// Apply, then report per instance.
-	counts := make([]int, k)
+// apply shifts every span that moves by its instance's offset, stamps it
+// with AttrClockSkew, and reports per instance.
+func (tr *tree) apply(off []int64, stamps *intAttrs) (map[Instance]time.Duration, int) {
+	counts := tr.i32.take(len(tr.insts))
 	adjusted := 0
-	for i := range tr.spans {
-		if tr.shifts(int32(i), off) {
-			adjusted++
-		}
-	}
-	attrs := newIntAttrs(adjusted)
 	for i := range tr.spans {
 		if !tr.shifts(int32(i), off) {
 			continue
@@ -525,10 +610,11 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		s := &tr.spans[i]
 		shift(s.Span, o)
 		s.ForgetWire()
-		attrs.set(s, AttrClockSkew, o)
+		stamps.set(s, AttrClockSkew, o, 2) // room for AttrLogicalTime too
 		tr.start[i] += o
 		tr.end[i] += o
 		counts[tr.inst[i]]++
+		adjusted++
 	}
 	var offsets map[Instance]time.Duration
 	for c, o := range off {
@@ -538,11 +624,32 @@ func (tr *tree) correct(maxDelta int64) (map[Instance]time.Duration, int) {
 		if offsets == nil {
 			offsets = map[Instance]time.Duration{}
 		}
-		offsets[tr.insts[c]] = time.Duration(o)
-		tr.warnf("clock skew: shifted %d spans of instance %s by %v", counts[c], tr.insts[c], time.Duration(o))
+		name := tr.insts[c].name()
+		offsets[name] = time.Duration(o)
+		tr.warnf("clock skew: shifted %d spans of instance %s by %v", counts[c], name, time.Duration(o))
 	}
-	tr.checkResidual(kinds)
 	return offsets, adjusted
+}
+
+// newStamps returns room for the attributes Adjust writes: AttrLogicalTime
+// on every span and AttrClockSkew on each span off shifts (nil: none).
+func (tr *tree) newStamps(off []int64) intAttrs {
+	stamps, lists := 0, 0
+	for i := range tr.spans {
+		s := tr.spans[i].Span
+		if s == nil {
+			continue
+		}
+		need := 1
+		if off != nil && tr.shifts(int32(i), off) {
+			need = 2
+		}
+		stamps += need
+		if cap(s.Attributes)-len(s.Attributes) < need {
+			lists += len(s.Attributes) + need
+		}
+	}
+	return newIntAttrs(stamps, lists)
 }
 
 // shifts reports whether span i is moved by its instance's offset. Spans
@@ -566,9 +673,9 @@ func (tr *tree) shifts(i int32, off []int64) bool {
 // latency. With only lower bounds, the smallest sufficient shift is taken. An
 // empty intersection (pairs disagree) falls back to the median of the pairs'
 // centring offsets, with a warning.
-func (tr *tree) estimate(c int32, edges []int32, kinds []edge, off []int64, decided []bool) int64 {
+func (tr *tree) estimate(c int32, edges []int32, off []int64, decided []bool) int64 {
 	lo, hi := int64(math.MinInt64), int64(unbounded)
-	var mids []int64
+	mids := tr.i64.take(len(edges))[:0]
 	used := 0
 	for _, ch := range edges {
 		p := tr.parent[ch]
@@ -579,7 +686,7 @@ func (tr *tree) estimate(c int32, edges []int32, kinds []edge, off []int64, deci
 		l := tr.start[p] + po - tr.start[ch]
 		lo = max(lo, l)
 		used++
-		if kinds[ch] == edgeRPC {
+		if tr.kinds[ch] == edgeRPC {
 			h := tr.end[p] + po - tr.end[ch]
 			hi = min(hi, h)
 			mids = append(mids, l+(h-l)/2)
@@ -602,13 +709,13 @@ func (tr *tree) estimate(c int32, edges []int32, kinds []edge, off []int64, deci
 		m = a + (m-a)/2
 	}
 	tr.warnf("clock skew: %d RPC pairs into instance %s disagree (no single offset fits all); used their median centring offset %v",
-		len(mids), tr.insts[c], time.Duration(m))
+		len(mids), tr.insts[c].name(), time.Duration(m))
 	return m
 }
 
 // checkResidual warns about cross-instance edges that are still out of order
 // after adjustment, so the UI can say which spans are not to be trusted.
-func (tr *tree) checkResidual(kinds []edge) {
+func (tr *tree) checkResidual() {
 	before, outside := 0, 0
 	var example []byte
 	for c, p := range tr.parent {
@@ -620,7 +727,7 @@ func (tr *tree) checkResidual(kinds []edge) {
 			before++
 			bad = true
 		}
-		if kinds[c] == edgeRPC && tr.end[c] > tr.end[p] {
+		if tr.kinds[c] == edgeRPC && tr.end[c] > tr.end[p] {
 			outside++
 			bad = true
 		}
@@ -637,15 +744,15 @@ func (tr *tree) checkResidual(kinds []edge) {
 // rootsBySize orders roots so the one with the largest subtree (most likely
 // the real root when parents are missing) comes first.
 func (tr *tree) rootsBySize() []int32 {
-	size := make([]int32, len(tr.spans))
-	for k := len(tr.order) - 1; k >= 0; k-- {
-		i := tr.order[k]
+	order, roots := tr.breadthFirst()
+	size := tr.i32.take(len(tr.spans))
+	for k := len(order) - 1; k >= 0; k-- {
+		i := order[k]
 		size[i]++
 		if p := tr.parent[i]; p >= 0 {
 			size[p] += size[i]
 		}
 	}
-	roots := slices.Clone(tr.roots)
 	slices.SortFunc(roots, func(a, b int32) int {
 		if c := cmp.Compare(size[b], size[a]); c != 0 {
 			return c
@@ -653,6 +760,45 @@ func (tr *tree) rootsBySize() []int32 {
 		return tr.cmpStart(a, b)
 	})
 	return roots
+}
+
+// breadthFirst returns the spans breadth-first from the roots (parents
+// before children) and the roots, in span order.
+func (tr *tree) breadthFirst() (order, roots []int32) {
+	n := len(tr.spans)
+	// Children in CSR form: children of i are childIdx[childOff[i]:childOff[i+1]].
+	childOff := tr.i32.take(n + 1)
+	for _, p := range tr.parent {
+		if p >= 0 {
+			childOff[p+1]++
+		}
+	}
+	for i := range n {
+		childOff[i+1] += childOff[i]
+	}
+	childIdx := tr.i32.take(int(childOff[n]))
+	fill := tr.i32.take(n)
+	copy(fill, childOff)
+	for i, p := range tr.parent {
+		if p >= 0 {
+			childIdx[fill[p]] = int32(i)
+			fill[p]++
+		}
+	}
+	// The parent relation is a forest: every span is reached exactly once.
+	order = tr.i32.take(n)[:0]
+	roots = tr.i32.take(n)[:0]
+	for i, p := range tr.parent {
+		if p < 0 {
+			roots = append(roots, int32(i))
+			order = append(order, int32(i))
+		}
+	}
+	for k := 0; k < len(order); k++ {
+		i := order[k]
+		order = append(order, childIdx[childOff[i]:childOff[i+1]]...)
+	}
+	return order, roots
 }
 
 func spanID(b []byte) (span.SpanID, bool) {

@@ -328,6 +328,23 @@ func TestInstanceOf(t *testing.T) {
 	require.Equal(t, Instance("unknown_service"), InstanceOf(nil))
 }
 
+// TestInstanceSameName: small trees group spans by instKey.sameName, which
+// must agree with comparing the joined names, also where different parts
+// join to the same name ("a@b"+"c" and "a"+"b@c").
+func TestInstanceSameName(t *testing.T) {
+	parts := []string{"", "a", "b", "@", "a@", "@b", "a@b", "ab"}
+	for _, s1 := range parts[1:] { // service names are never empty
+		for _, i1 := range parts {
+			for _, s2 := range parts[1:] {
+				for _, i2 := range parts {
+					k, o := instKey{s1, i1}, instKey{s2, i2}
+					require.Equal(t, k.name() == o.name(), k.sameName(o), "%q %q", k.name(), o.name())
+				}
+			}
+		}
+	}
+}
+
 func TestConfig(t *testing.T) {
 	cfg := DefaultConfig()
 	require.Equal(t, time.Hour, cfg.MaxDelta)

@@ -105,3 +105,41 @@ func TestSmallTreesMatchMaps(t *testing.T) {
 		}
 	}
 }
+
+// TestUnskewedNeedsNoCorrection: Adjust skips instances and offset
+// estimation for a trace where tree.skewed finds no out-of-order pair. That
+// is only right if correct would then decide every offset 0 and
+// checkResidual would warn about nothing; check that on traces that are
+// correct (no injected skew) and on random ones.
+func TestUnskewedNeedsNoCorrection(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	unskewed := 0
+	for i := range 2000 {
+		var tr *span.Trace
+		if i%2 == 0 {
+			tr, _, _ = genTrace(r, 1+r.IntN(40), 0, genOpts{links: r.IntN(2) == 0})
+		} else {
+			data := make([]byte, 6*(1+r.IntN(30)))
+			for i := range data {
+				data[i] = byte(r.Uint32())
+			}
+			tr = build(fuzzRows(data))
+		}
+		tree := newTree(0)
+		tree.build(tr)
+		if tree.skewed() {
+			continue
+		}
+		unskewed++
+		warnings := len(tree.warnings)
+		tree.groupInstances()
+		if len(tree.insts) > 1 {
+			if off := tree.correct(time.Hour.Nanoseconds()); off != nil {
+				require.Equal(t, make([]int64, len(tree.insts)), off)
+				tree.checkResidual()
+			}
+		}
+		require.Len(t, tree.warnings, warnings, "%q", tree.warnings)
+	}
+	require.Greater(t, unskewed, 500)
+}

@@ -15,6 +15,17 @@ var identityKeys = [...]string{"service.instance.id", "host.id", "host.name", "k
 // guess left). A missing service.name reads "unknown_service", as the OTel
 // SDKs report it.
 func InstanceOf(r *span.Resource) Instance {
+	return instanceKey(r).name()
+}
+
+// instKey is an Instance before its parts are joined: joining allocates, and
+// most instances a trace groups its spans by are never named.
+type instKey struct {
+	svc, id string // id "" when the resource names no identity
+}
+
+// instanceKey returns the parts of InstanceOf(r).
+func instanceKey(r *span.Resource) instKey {
 	svc, id, rank := "", "", len(identityKeys)
 	if r != nil {
 		for _, kv := range r.Resource.GetAttributes() {
@@ -37,8 +48,49 @@ func InstanceOf(r *span.Resource) Instance {
 	if svc == "" {
 		svc = "unknown_service"
 	}
-	if id == "" {
-		return Instance(svc)
+	return instKey{svc: svc, id: id}
+}
+
+func (k instKey) name() Instance {
+	if k.id == "" {
+		return Instance(k.svc)
 	}
-	return Instance(svc + "@" + id)
+	return Instance(k.svc + "@" + k.id)
+}
+
+// sameName reports whether k.name() == o.name() without joining either.
+// Different parts can join to the same name ("a@b"+"c" and "a"+"b@c"), and
+// the instance is the name, so the joined bytes are compared.
+func (k instKey) sameName(o instKey) bool {
+	if k.svc == o.svc {
+		return k.id == o.id // "svc" ≠ "svc@id", and "svc@a" = "svc@b" only if a = b
+	}
+	n := k.nameLen()
+	if n != o.nameLen() {
+		return false
+	}
+	for i := range n {
+		if k.nameByte(i) != o.nameByte(i) {
+			return false
+		}
+	}
+	return true
+}
+
+func (k instKey) nameLen() int {
+	if k.id == "" {
+		return len(k.svc)
+	}
+	return len(k.svc) + 1 + len(k.id)
+}
+
+// nameByte returns k.name()[i].
+func (k instKey) nameByte(i int) byte {
+	switch {
+	case i < len(k.svc):
+		return k.svc[i]
+	case i == len(k.svc):
+		return '@'
+	}
+	return k.id[i-len(k.svc)-1]
 }

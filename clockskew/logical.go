@@ -20,8 +20,8 @@ import (
 func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 	n := len(tr.spans)
 	// Successor lists in CSR form: parent edges, then same-trace link edges.
-	succOff := make([]int32, n+1)
-	indeg := make([]int32, n)
+	succOff := tr.i32.take(n + 1)
+	indeg := tr.i32.take(n)
 	for c, p := range tr.parent {
 		if p >= 0 {
 			succOff[p+1]++
@@ -41,8 +41,9 @@ func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 	for i := range n {
 		succOff[i+1] += succOff[i]
 	}
-	succ := make([]int32, succOff[n])
-	fill := slices.Clone(succOff[:n])
+	succ := tr.i32.take(int(succOff[n]))
+	fill := tr.i32.take(n)
+	copy(fill, succOff)
 	for c, p := range tr.parent {
 		if p >= 0 {
 			succ[fill[p]] = int32(c)
@@ -60,7 +61,7 @@ func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 		}
 	}
 
-	h := spanHeap{tr: tr}
+	h := spanHeap{tr: tr, items: tr.i32.take(n)[:0]} // a span is pushed at most once
 	for i := range n {
 		if indeg[i] == 0 {
 			h.push(int32(i))
@@ -72,7 +73,7 @@ func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 	for t := int64(1); t <= int64(n); t++ {
 		if len(h.items) == 0 {
 			if byStart == nil {
-				byStart = make([]int32, n)
+				byStart = tr.i32.take(n)
 				for i := range byStart {
 					byStart[i] = int32(i)
 				}

@@ -66,44 +66,54 @@ func shift(s *tracepb.Span, o int64) {
 	}
 }
 
-// intAttrs hands out int attributes carved from three slabs, so marking every
-// span of a trace costs three allocations instead of three per span. The
-// slabs live as long as the trace's spans, which is what they are for.
+// intAttrs hands out int attributes carved from one slab, so stamping every
+// span of a trace costs one allocation instead of three per span, and grows
+// full attribute lists from a second slab instead of one allocation each
+// (spans fresh off the wire have exactly full lists, or none while their
+// attributes are deferred). The slabs live as long as the trace's spans,
+// which is what they are for.
 type intAttrs struct {
-	kvs  []commonpb.KeyValue
-	vals []commonpb.AnyValue
-	ints []commonpb.AnyValue_IntValue
+	free  []intKeyValue
+	lists []*commonpb.KeyValue
 }
 
-func newIntAttrs(n int) *intAttrs {
-	return &intAttrs{
-		kvs:  make([]commonpb.KeyValue, n),
-		vals: make([]commonpb.AnyValue, n),
-		ints: make([]commonpb.AnyValue_IntValue, n),
-	}
+// intKeyValue is one attribute with its value, allocated together.
+type intKeyValue struct {
+	kv  commonpb.KeyValue
+	val commonpb.AnyValue
+	iv  commonpb.AnyValue_IntValue
+}
+
+// newIntAttrs makes room for n attributes and lists of lists elements in all
+// (see set).
+func newIntAttrs(n, lists int) intAttrs {
+	return intAttrs{free: make([]intKeyValue, n), lists: make([]*commonpb.KeyValue, lists)}
 }
 
 // set sets key to v on sp, replacing an existing value (which makes
-// sp.Wire stale). It must be called at most n times (the slab size).
-func (a *intAttrs) set(sp *span.Span, key string, v int64) {
+// sp.Wire stale). It must be called at most n times (the slab size). A list
+// that must grow is grown by room (this attribute and any to be set next),
+// from the lists slab while it lasts.
+func (a *intAttrs) set(sp *span.Span, key string, v int64, room int) {
 	s := sp.Span
 	if s == nil {
 		return
 	}
-	iv := &a.ints[0]
-	iv.IntValue = v
-	val := &a.vals[0]
-	val.Value = iv
-	a.ints, a.vals = a.ints[1:], a.vals[1:]
+	at := &a.free[0]
+	a.free = a.free[1:]
+	at.iv.IntValue = v
+	at.val.Value = &at.iv
 	for _, kv := range s.GetAttributes() {
 		if kv.GetKey() == key {
-			kv.Value = val
+			kv.Value = &at.val
 			sp.ForgetWire()
 			return
 		}
 	}
-	kv := &a.kvs[0]
-	a.kvs = a.kvs[1:]
-	kv.Key, kv.Value = key, val
-	s.Attributes = append(s.Attributes, kv)
+	at.kv.Key, at.kv.Value = key, &at.val
+	if n := len(s.Attributes) + room; len(s.Attributes) == cap(s.Attributes) && n <= len(a.lists) {
+		s.Attributes = append(a.lists[:0:n], s.Attributes...)
+		a.lists = a.lists[n:]
+	}
+	s.Attributes = append(s.Attributes, &at.kv)
 }
