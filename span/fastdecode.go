@@ -63,24 +63,37 @@ func (s *slab[T]) many(n int) []T {
 // past it), so a record is decoded in one allocation per slab rather
 // than four or five doubling ones.
 func (s *slab[T]) expect(n int) {
-	s.next = max(n, 1)
-	s.free = make([]T, s.next)
+	s.next = n
+	if n > 0 {
+		s.free = make([]T, n)
+	}
 }
 
-// presize sizes the slabs for a record of n bytes, from what typical spans
-// spend per value: an attribute takes 30–60 bytes on the wire (and a
-// record's resource attributes are often shared, not decoded), a span with
-// its attributes several hundred. An estimate too low costs one more
-// chunk; too high, memory the spans keep.
-func (d *fastDecoder) presize(n int) {
-	spans, attrs := n/512, n/48
-	d.spans.expect(spans)
-	d.statuses.expect(spans)
-	d.out = make([]Span, 0, max(spans, 1))
+// spanSlot holds what every span of a record gets: the span, its status
+// (OTLP SDKs send one with nearly every span) and its deferred-attributes
+// flag. Taking all three from one slab sized by an exact count of the
+// record's spans costs one allocation per record instead of three
+// estimated ones, and nothing is reserved for spans that are not there.
+// The slot's parts live as long as any of them, as a slab chunk does.
+type spanSlot struct {
+	span     tracepb.Span
+	status   tracepb.Status
+	deferred deferredAttrs
+}
+
+// presize sizes the slabs for a record of n bytes holding spans spans.
+// The span count is exact (CountSpans); attributes are estimated from
+// what typical spans spend per value: an attribute takes 30–60 bytes on
+// the wire (and a record's resource attributes are often shared, not
+// decoded). An estimate too low costs one more chunk; too high, memory
+// the spans keep.
+func (d *fastDecoder) presize(n, spans int) {
+	d.slots.expect(spans)
+	d.out = make([]Span, 0, spans)
 	if d.lazy {
-		d.deferred.expect(spans)
 		return // span attributes stay on the wire
 	}
+	attrs := n / 48
 	d.kvs.expect(attrs)
 	d.kvPtrs.expect(attrs)
 	d.anys.expect(attrs)
@@ -95,12 +108,11 @@ func (s *slab[T]) grow(n int) {
 type fastDecoder struct {
 	buf []byte // the decoder's copy of the record: strings and bytes point into it
 
-	spans    slab[tracepb.Span]
+	slots    slab[spanSlot]
 	events   slab[tracepb.Span_Event]
 	evPtrs   slab[*tracepb.Span_Event]
 	links    slab[tracepb.Span_Link]
 	linkPtrs slab[*tracepb.Span_Link]
-	statuses slab[tracepb.Status]
 	kvs      slab[commonpb.KeyValue]
 	kvPtrs   slab[*commonpb.KeyValue]
 	anys     slab[commonpb.AnyValue]
@@ -109,7 +121,6 @@ type fastDecoder struct {
 	intVals  slab[commonpb.AnyValue_IntValue]
 	dblVals  slab[commonpb.AnyValue_DoubleValue]
 	boolVals slab[commonpb.AnyValue_BoolValue]
-	deferred slab[deferredAttrs]
 	out      []Span
 	cache    *Decoder // nil: no sharing between records
 	// lazy leaves span attributes in the span's Wire, checked but not
@@ -122,11 +133,18 @@ type fastDecoder struct {
 // with earlier records. The spans alias a copy of data, or data itself
 // when owned.
 func decodeTracesFast(data []byte, cache *Decoder, owned, lazy bool) ([]Span, bool) {
+	// A pass over the record's framing counts its spans, so the slots and
+	// the output are allocated once at their final size rather than from
+	// an estimate that either wastes memory or grows.
+	spans, err := CountSpans(data)
+	if err != nil {
+		return nil, false // malformed: the decode would refuse it too
+	}
 	if !owned {
 		data = append([]byte(nil), data...)
 	}
 	d := &fastDecoder{buf: data, cache: cache, lazy: lazy}
-	d.presize(len(data))
+	d.presize(len(data), spans)
 	b := d.buf
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -148,29 +166,14 @@ func decodeTracesFast(data []byte, cache *Decoder, owned, lazy bool) ([]Span, bo
 // returns false to give up.
 func walkFields(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool) bool {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return false
+		if num, bs, n := shortField(b); n > 0 {
+			if !fn(num, protowire.BytesType, 0, bs) {
+				return false
+			}
+			b = b[n:]
+			continue
 		}
-		b = b[n:]
-		var (
-			v  uint64
-			bs []byte
-		)
-		switch typ {
-		case protowire.VarintType:
-			v, n = protowire.ConsumeVarint(b)
-		case protowire.Fixed64Type:
-			v, n = protowire.ConsumeFixed64(b)
-		case protowire.Fixed32Type:
-			var v32 uint32
-			v32, n = protowire.ConsumeFixed32(b)
-			v = uint64(v32)
-		case protowire.BytesType:
-			bs, n = protowire.ConsumeBytes(b)
-		default:
-			return false
-		}
+		num, typ, v, bs, n := consumeField(b)
 		if n < 0 || !fn(num, typ, v, bs) {
 			return false
 		}
@@ -179,14 +182,69 @@ func walkFields(b []byte, fn func(num protowire.Number, typ protowire.Type, v ui
 	return true
 }
 
+// consumeField parses the field at the start of b: its number, wire type
+// and value (the varint, fixed value, or bytes), and its size n, which is
+// negative for malformed bytes and for group wire types. One-byte tags
+// (fields 1 to 15) and lengths, nearly all of OTLP, are decoded here
+// rather than by protowire's varint decoder, which is not inlined: its
+// calls per tag and per length were a third of the lazy decode's CPU.
+func consumeField(b []byte) (num protowire.Number, typ protowire.Type, v uint64, bs []byte, n int) {
+	tag, n := uint64(0), 1
+	if len(b) > 0 && b[0] < 0x80 {
+		tag = uint64(b[0])
+	} else if tag, n = protowire.ConsumeVarint(b); n < 0 {
+		return 0, 0, 0, nil, n
+	}
+	num, typ = protowire.DecodeTag(tag)
+	if num < protowire.MinValidNumber {
+		return 0, 0, 0, nil, -1 // as protowire.ConsumeTag
+	}
+	b = b[n:]
+	var m int
+	switch typ {
+	case protowire.VarintType:
+		v, m = protowire.ConsumeVarint(b)
+	case protowire.Fixed64Type:
+		v, m = protowire.ConsumeFixed64(b)
+	case protowire.Fixed32Type:
+		var v32 uint32
+		v32, m = protowire.ConsumeFixed32(b)
+		v = uint64(v32)
+	case protowire.BytesType:
+		if len(b) > 0 && b[0] < 0x80 && int(b[0]) < len(b) {
+			bs, m = b[1:1+b[0]], 1+int(b[0])
+		} else {
+			bs, m = protowire.ConsumeBytes(b)
+		}
+	default:
+		return 0, 0, 0, nil, -1
+	}
+	if m < 0 {
+		return 0, 0, 0, nil, m
+	}
+	return num, typ, v, bs, n + m
+}
+
+// shortField parses the field at the start of b when it is a bytes field
+// whose tag and length take a byte each, as nearly all of OTLP's do; n is 0
+// for any other field, which consumeField then parses. It is small enough
+// to be inlined into the loops that run per attribute and per span field.
+func shortField(b []byte) (num protowire.Number, bs []byte, n int) {
+	if len(b) < 2 || b[0] < 1<<3 || b[0] >= 0x80 || b[0]&7 != byte(protowire.BytesType) || b[1] >= 0x80 || int(b[1]) > len(b)-2 {
+		return 0, nil, 0
+	}
+	n = 2 + int(b[1])
+	return protowire.Number(b[0] >> 3), b[2:n], n
+}
+
 // countFields counts the occurrences of up to three repeated fields of
 // message b, so their pointer slices are allocated once at their final
 // length. It reports false for malformed bytes.
 func countFields(b []byte, nums ...protowire.Number) (c [3]int, ok bool) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, _, _, _, n := consumeField(b)
 		if n < 0 {
-			return c, false
+			return c, false // groups too, which the decode refuses anyway
 		}
 		b = b[n:]
 		for i, want := range nums {
@@ -194,11 +252,6 @@ func countFields(b []byte, nums ...protowire.Number) (c [3]int, ok bool) {
 				c[i]++
 			}
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return c, false
-		}
-		b = b[n:]
 	}
 	return c, true
 }
@@ -227,13 +280,17 @@ func wireBytes(b []byte) []byte {
 // their resource or scope in field 1, their children in field 2 and a
 // schema URL in field 3.
 type wireGroup struct {
-	msg      []byte // the resource or scope; nil when absent
-	schema   []byte
-	children [][]byte
+	msg    []byte // the resource or scope; nil when absent
+	schema []byte
+	fields []byte // the whole group, walked again for its children
 }
 
+// splitGroup checks a group's fields and finds its resource or scope and
+// schema URL, which may follow the children on the wire. The children are
+// not collected (a slice of them was an allocation per group): children
+// walks the fields again.
 func splitGroup(b []byte) (wireGroup, bool) {
-	var g wireGroup
+	g := wireGroup{fields: b}
 	ok := walkFields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) bool {
 		if typ != protowire.BytesType {
 			return false
@@ -245,7 +302,6 @@ func splitGroup(b []byte) (wireGroup, bool) {
 			}
 			g.msg = wireBytes(bs)
 		case 2:
-			g.children = append(g.children, bs)
 		case 3:
 			g.schema = bs
 		default:
@@ -254,6 +310,21 @@ func splitGroup(b []byte) (wireGroup, bool) {
 		return true
 	})
 	return g, ok
+}
+
+// children yields the group's children in order. splitGroup has checked
+// that every field is a well-formed bytes field.
+func (g wireGroup) children(yield func([]byte) bool) {
+	for b := g.fields; len(b) > 0; {
+		num, _, _, v, n := consumeField(b)
+		if n < 0 {
+			return
+		}
+		b = b[n:]
+		if num == 2 && !yield(v) {
+			return
+		}
+	}
 }
 
 func (d *fastDecoder) resourceSpans(b []byte) bool {
@@ -272,7 +343,7 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 	if !ok {
 		return false
 	}
-	for _, sb := range g.children {
+	for sb := range g.children {
 		if !d.scopeSpans(res, sb) {
 			return false
 		}
@@ -337,15 +408,15 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 	if !ok {
 		return false
 	}
-	for _, sb := range g.children {
-		sp := d.spans.one()
-		deferred, ok := d.span(sp, sb)
+	for sb := range g.children {
+		slot := d.slots.one()
+		deferred, ok := d.span(&slot.span, &slot.status, sb)
 		if !ok {
 			return false
 		}
-		out := Span{Span: sp, Resource: res, Scope: sc, Wire: sb}
+		out := Span{Span: &slot.span, Resource: res, Scope: sc, Wire: sb}
 		if deferred {
-			out.deferred = d.deferred.one()
+			out.deferred = &slot.deferred
 		}
 		d.out = append(d.out, out)
 	}
@@ -378,9 +449,10 @@ func (d *fastDecoder) scope(s *commonpb.InstrumentationScope, b []byte) bool {
 	})
 }
 
-// span decodes a span into sp. In lazy mode its attributes are checked
-// and left in b, and deferred reports whether it has any.
-func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
+// span decodes a span into sp, and its status, if it has one, into st.
+// In lazy mode its attributes are checked and left in b, and deferred
+// reports whether it has any.
+func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (deferred, ok bool) {
 	if !d.lazy {
 		// The repeated fields are appended to slices of their exact
 		// length. Lazily, events and links (few spans have any) grow as
@@ -394,8 +466,22 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
 		sp.Links = d.linkPtrs.many(c[2])[:0]
 	}
 	hasAttrs, reserved := false, false
-	ok = walkFields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) bool {
-		var ok bool
+	// This is walkFields written out: a span has a score of fields, and
+	// the callback per field showed in profiles.
+	for rest := b; len(rest) > 0; {
+		var (
+			typ = protowire.BytesType
+			v   uint64
+		)
+		num, bs, n := shortField(rest)
+		if n == 0 {
+			num, typ, v, bs, n = consumeField(rest)
+			if n < 0 {
+				return false, false
+			}
+		}
+		rest = rest[n:]
+		ok := false
 		switch typ {
 		case protowire.BytesType:
 			switch num {
@@ -412,13 +498,14 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
 			case 9:
 				hasAttrs = true
 				if d.lazy {
-					ok, r := checkKeyValue(bs, 0)
+					var r bool
+					ok, r = checkKeyValue(bs, 0)
 					reserved = reserved || r
-					return ok
+				} else {
+					kv := d.kvs.one()
+					sp.Attributes = append(sp.Attributes, kv)
+					ok = d.keyValue(kv, bs, 0)
 				}
-				kv := d.kvs.one()
-				sp.Attributes = append(sp.Attributes, kv)
-				ok = d.keyValue(kv, bs, 0)
 			case 11:
 				ev := d.events.one()
 				sp.Events = append(sp.Events, ev)
@@ -429,10 +516,10 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
 				ok = d.link(l, bs)
 			case 15:
 				if sp.Status != nil {
-					return false // proto merges a repeated singular message
+					return false, false // proto merges a repeated singular message
 				}
-				sp.Status = d.statuses.one()
-				ok = d.status(sp.Status, bs)
+				sp.Status = st
+				ok = d.status(st, bs)
 			}
 		case protowire.VarintType:
 			switch num {
@@ -457,17 +544,19 @@ func (d *fastDecoder) span(sp *tracepb.Span, b []byte) (deferred, ok bool) {
 				sp.Flags, ok = uint32(v), true
 			}
 		}
-		return ok
-	})
-	if ok && reserved {
+		if !ok {
+			return false, false
+		}
+	}
+	if reserved {
 		// Decoded in full after all: see ReservedAttrPrefix.
-		*sp = tracepb.Span{}
+		*sp, *st = tracepb.Span{}, tracepb.Status{}
 		d.lazy = false
-		_, ok = d.span(sp, b)
+		_, ok = d.span(sp, st, b)
 		d.lazy = true
 		return false, ok
 	}
-	return d.lazy && hasAttrs, ok
+	return d.lazy && hasAttrs, true
 }
 
 func (d *fastDecoder) event(ev *tracepb.Span_Event, b []byte) bool {
@@ -648,15 +737,15 @@ func (d *fastDecoder) kvList(list *commonpb.KeyValueList, b []byte, depth int) b
 func checkKeyValue(b []byte, depth int) (ok, reserved bool) {
 	hasValue := false
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType {
-			return false, false
+		num, v, n := shortField(b)
+		if n == 0 {
+			var typ protowire.Type
+			num, typ, _, v, n = consumeField(b)
+			if n < 0 || typ != protowire.BytesType {
+				return false, false
+			}
 		}
-		v, m := protowire.ConsumeBytes(b[n:])
-		if m < 0 {
-			return false, false
-		}
-		b = b[n+m:]
+		b = b[n:]
 		switch {
 		case num == 1:
 			if !validUTF8(v) {
@@ -683,33 +772,31 @@ func checkAnyValue(b []byte, depth int) bool {
 	if len(b) == 0 {
 		return true
 	}
-	num, typ, n := protowire.ConsumeTag(b)
-	if n < 0 {
-		return false
-	}
-	b = b[n:]
-	var v []byte
-	switch typ {
-	case protowire.VarintType:
-		_, n = protowire.ConsumeVarint(b)
-		if num != 2 && num != 3 {
-			return false
+	// The common values, short strings and scalars, are checked here; the
+	// general parse below accepts exactly the same.
+	switch b[0] {
+	case 0x0a: // string_value
+		if _, v, n := shortField(b); n == len(b) {
+			return validUTF8(v)
 		}
-	case protowire.Fixed64Type:
-		_, n = protowire.ConsumeFixed64(b)
-		if num != 4 {
-			return false
-		}
-	case protowire.BytesType:
-		v, n = protowire.ConsumeBytes(b)
-	default:
-		return false
+	case 0x10, 0x18: // bool_value, int_value
+		_, m := protowire.ConsumeVarint(b[1:])
+		return m > 0 && 1+m == len(b)
+	case 0x21: // double_value
+		return len(b) == 9
 	}
-	if n < 0 || n != len(b) {
+	num, typ, _, v, n := consumeField(b)
+	if n != len(b) {
 		return false // malformed, or a second member
 	}
-	if typ != protowire.BytesType {
-		return true
+	switch typ {
+	case protowire.VarintType:
+		return num == 2 || num == 3
+	case protowire.Fixed64Type:
+		return num == 4
+	case protowire.BytesType:
+	default:
+		return false
 	}
 	switch num {
 	case 1:

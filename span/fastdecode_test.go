@@ -444,3 +444,49 @@ func TestDeferredAttrs(t *testing.T) {
 	require.True(t, proto.Equal(td.ResourceSpans[0].ScopeSpans[0].Spans[0], spans[0].Span))
 	require.True(t, requireSameAsProto(t, data))
 }
+
+// TestDecodeFastEdgeEncodings runs short, often malformed, attribute
+// encodings through requireSameAsProto: the hand-written fast paths for
+// one-byte tags and lengths (shortField, checkAnyValue) must accept and
+// refuse exactly what the general parse and proto.Unmarshal do, field 0,
+// truncated lengths and wrong wire types included.
+func TestDecodeFastEdgeEncodings(t *testing.T) {
+	alphabet := []byte{0x00, 0x01, 0x02, 0x08, 0x09, 0x0a, 0x0d, 0x10, 0x12, 0x18, 0x1a, 0x21, 0x2a, 0x7f, 0x80, 0xff}
+	var each func(prefix []byte, n int, fn func([]byte))
+	each = func(prefix []byte, n int, fn func([]byte)) {
+		fn(prefix)
+		if n == 0 {
+			return
+		}
+		for _, c := range alphabet {
+			each(append(prefix[:len(prefix):len(prefix)], c), n-1, fn)
+		}
+	}
+	record := func(kv []byte) []byte {
+		sp := protowire.AppendBytes(protowire.AppendTag(nil, 9, protowire.BytesType), kv)
+		ss := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), sp)
+		rs := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), ss)
+		return protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), rs)
+	}
+	key := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "k")
+	each(nil, 3, func(kv []byte) { requireSameAsProto(t, record(kv)) })
+	each(nil, 4, func(value []byte) {
+		kv := protowire.AppendBytes(protowire.AppendTag(key, 2, protowire.BytesType), value)
+		requireSameAsProto(t, record(kv))
+	})
+	// Values whose lengths or varints take more than a byte.
+	long := strings.Repeat("x", 200)
+	for _, value := range [][]byte{
+		protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), long),
+		protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), math.MaxUint64),
+		append(protowire.AppendTag(nil, 3, protowire.VarintType), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02), // overflows
+		append(protowire.AppendTag(nil, 3, protowire.VarintType), 0x80, 0x00),                                                 // not minimal, still valid
+		append(protowire.AppendTag(nil, 4, protowire.Fixed64Type), 1, 2, 3, 4, 5, 6, 7),
+		append(protowire.AppendTag(nil, 4, protowire.Fixed64Type), 1, 2, 3, 4, 5, 6, 7, 8, 9),
+	} {
+		kv := protowire.AppendBytes(protowire.AppendTag(key, 2, protowire.BytesType), value)
+		requireSameAsProto(t, record(kv))
+		kv = protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte(long))
+		requireSameAsProto(t, record(protowire.AppendBytes(protowire.AppendTag(kv, 2, protowire.BytesType), value)))
+	}
+}

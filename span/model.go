@@ -101,34 +101,24 @@ func (s Span) RangeDeferredAttrs(fn func(key string, value []byte)) {
 		return
 	}
 	for b := s.Wire; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, _, kv, n := consumeField(b)
 		if n < 0 {
 			return
 		}
 		b = b[n:]
 		if num != 9 || typ != protowire.BytesType {
-			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return
-			}
-			b = b[n:]
 			continue
 		}
-		kv, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return
-		}
-		b = b[n:]
 		var key, value []byte
 		for len(kv) > 0 {
-			num, _, n := protowire.ConsumeTag(kv)
-			if n < 0 {
-				return
+			num, v, m := shortField(kv)
+			if m == 0 {
+				// A field longer than 127 bytes.
+				if num, typ, _, v, m = consumeField(kv); m < 0 || typ != protowire.BytesType {
+					return
+				}
 			}
-			v, m := protowire.ConsumeBytes(kv[n:])
-			if m < 0 {
-				return
-			}
-			kv = kv[n+m:]
+			kv = kv[m:]
 			if num == 1 {
 				key = v
 			} else {
