@@ -2,6 +2,7 @@ package red
 
 import (
 	"context"
+	"encoding/binary"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -676,7 +677,7 @@ func BenchmarkObserve(b *testing.B) {
 	defer func() { require.NoError(b, s.Close()) }()
 	b.ReportAllocs()
 	b.ResetTimer()
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime(b)
 	n := 0
 	for i := 0; b.Loop(); i++ {
 		t := tr.traces[i%len(tr.traces)]
@@ -689,6 +690,7 @@ func BenchmarkObserve(b *testing.B) {
 	}
 	require.NoError(b, s.Flush(context.Background()))
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "spans/s")
+	b.ReportMetric(float64(cpuTime(b)-cpu)/float64(b.N), "cpu-ns/op")
 }
 
 // TestObservationSplit splits observations down to what cannot be split:
@@ -760,4 +762,96 @@ func TestBadPartsCountWithoutDeduplication(t *testing.T) {
 	}
 	require.NoError(t, s.Flush(context.Background()))
 	require.Equal(t, float64(want), counterValue(t, s.m.spans.WithLabelValues("counted")))
+}
+
+// BenchmarkFlush measures the whole path of one trace through the store as
+// the indexer drives it: Observe, Link when kept (about one in eight), and a
+// share of the flush that writes counts and links to Badger. Traffic spans a
+// few hundred series and advances through time, so buckets fill, their link
+// lists fill and new buckets start, as in a steady stream.
+func BenchmarkFlush(b *testing.B) {
+	const (
+		nServices, nOps = 8, 24
+		flushEvery      = 5000  // traces per flush, about one FlushInterval's worth
+		perBucket       = 20000 // traces per 10 s bucket of span start time
+	)
+	r := rand.New(rand.NewPCG(7, 11))
+	var res []*span.Resource
+	for i := range nServices {
+		res = append(res, resource("service-"+string(rune('a'+i))))
+	}
+	var names []string
+	for i := range nOps {
+		names = append(names, "operation /api/v1/"+string(rune('a'+i)))
+	}
+	// Templates: spans with times relative to the trace start. Observe
+	// keeps nothing of a span, so each round moves a template's spans to its
+	// trace's time in place rather than allocating new ones.
+	type tmpl struct {
+		spans      []span.Span
+		start, end []uint64
+		kept       bool
+	}
+	var tmpls []tmpl
+	for range 4096 {
+		var t tmpl
+		for j := range 1 + r.IntN(12) {
+			kind := tracepb.Span_SPAN_KIND_SERVER
+			if r.IntN(2) == 0 {
+				kind = tracepb.Span_SPAN_KIND_CLIENT
+			}
+			code := tracepb.Status_STATUS_CODE_UNSET
+			if r.IntN(100) < 3 {
+				code, t.kept = tracepb.Status_STATUS_CODE_ERROR, true
+			}
+			off := r.Int64N(int64(time.Second))
+			dur := int64(math.Exp(math.Log(0.2e6) + r.Float64()*(math.Log(5e9)-math.Log(0.2e6))))
+			t.start, t.end = append(t.start, uint64(off)), append(t.end, uint64(off+dur))
+			t.spans = append(t.spans, span.Span{Resource: res[r.IntN(nServices)], Span: &tracepb.Span{
+				SpanId: []byte{7: byte(j + 1)}, Name: names[r.IntN(nOps)], Kind: kind,
+				Status: &tracepb.Status{Code: code},
+			}})
+		}
+		t.kept = t.kept || r.IntN(16) == 0
+		tmpls = append(tmpls, t)
+	}
+	o := DefaultOptions()
+	o.FlushInterval = time.Hour // flushes come from the loop below only
+	s, err := Open(b.TempDir(), nil, nil, o)
+	require.NoError(b, err)
+	defer func() { require.NoError(b, s.Close()) }()
+	ctx := context.Background()
+	b.ReportAllocs()
+	start, cpu := time.Now(), cpuTime(b)
+	n := 0
+	for i := 0; b.Loop(); i++ {
+		tp := tmpls[i%len(tmpls)]
+		base := uint64(t0.UnixNano()) + uint64(i/perBucket)*uint64(10*time.Second) + uint64(i%perBucket)*uint64(10*time.Second/perBucket)
+		t := &span.Trace{Spans: tp.spans}
+		binary.BigEndian.PutUint64(t.ID[8:], uint64(i)+1)
+		for j, sp := range tp.spans {
+			sp.TraceId = t.ID[:]
+			sp.StartTimeUnixNano, sp.EndTimeUnixNano = base+tp.start[j], base+tp.end[j]
+		}
+		s.ObserveDurable(t, nil, nil)
+		if tp.kept {
+			s.Link(t.ID, []string{"error"})
+		}
+		n += len(t.Spans)
+		if i%flushEvery == flushEvery-1 {
+			require.NoError(b, s.Flush(ctx))
+		}
+	}
+	require.NoError(b, s.Flush(ctx))
+	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "spans/s")
+	// CPU time of the whole process (Badger's goroutines included) per
+	// trace: steadier than ns/op on a shared machine.
+	b.ReportMetric(float64(cpuTime(b)-cpu)/float64(b.N), "cpu-ns/op")
+}
+
+// cpuTime returns the CPU time the process has used.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -47,7 +47,7 @@ type Store struct {
 	pending  []observation
 	nPending int // spans in pending
 	links    []pendingLink
-	awaiting map[span.TraceID]*memo
+	awaiting map[span.TraceID]memo
 	ring     []ringEntry
 	ringNext int
 	gen      uint64
@@ -62,6 +62,8 @@ type Store struct {
 	slotRing    []slotKey             // FIFO bound on slots
 	slotNext    int
 	counted     map[topicPartition]*countedSet // per partition, as last committed to Badger
+	spareObs    []observation                  // emptied buffers for pending and links
+	spareLinks  []pendingLink
 
 	commitMu sync.Mutex
 	commits  map[topicPartition]int64 // the offset last committed to Kafka (Committed)
@@ -92,20 +94,39 @@ type observation struct {
 	done  func()
 }
 
+// spanObs is one span as counting and linking need it. Whether the span
+// failed is not a field of its own but its series' status (see failed),
+// which keeps it at 64 bytes rather than 72.
 type spanObs struct {
 	series Series
 	bucket int64
 	dur    int64
-	err    bool
+	end    int64 // for the exemplar, should the trace be linked
 }
 
-// memo remembers, per (series, bucket) a trace touched, its slowest span, so
-// that Link can attach the trace to those buckets and to exemplars.
+func (so *spanObs) failed() bool { return so.series.Status == tracepb.Status_STATUS_CODE_ERROR }
+
+// memo remembers the spans of a trace awaiting Link. A small trace's memo
+// shares them with the pending observation rather than reducing them to
+// memo entries up front: most traces are dropped, never linked, so the flush
+// that links the few kept ones reduces them (see memoEntries), off the
+// indexer's path. A bigger trace's memo keeps only the slowest span per
+// (series, bucket) (see slowestPerRow), which memoEntries reduces the same,
+// so that the memos of traces awaiting Link hold no more memory than
+// reduced entries would.
 type memo struct {
-	gen     uint64
-	entries []memoEntry
+	gen   uint64
+	spans []spanObs
+	more  [][]spanObs // the spans of later observations of the trace (late spans), rare
 }
 
+// maxSharedMemo is the most spans a memo shares with its observation: no
+// more bytes than the entries it stands for would take, as long as a trace
+// this small touches one series and bucket per span.
+const maxSharedMemo = 8
+
+// memoEntry is, per (series, bucket) a linked trace touched, its slowest
+// span, which Link attaches the trace to the bucket and to exemplars by.
 type memoEntry struct {
 	series Series
 	bucket int64
@@ -120,8 +141,8 @@ type ringEntry struct {
 }
 
 type pendingLink struct {
-	trace   span.TraceID
-	entries []memoEntry
+	trace span.TraceID
+	memo  memo
 }
 
 type slotKey struct {
@@ -168,7 +189,7 @@ func Open(dir string, logger *slog.Logger, reg prometheus.Registerer, opts Optio
 		opts:        opts,
 		width:       int64(opts.BucketWidth),
 		logger:      logger,
-		awaiting:    map[span.TraceID]*memo{},
+		awaiting:    map[span.TraceID]memo{},
 		ring:        make([]ringEntry, opts.MaxTracesAwaitingLink),
 		seriesCount: map[int64]int{},
 		rowsKnown:   map[rowID]struct{}{},
@@ -293,12 +314,11 @@ func (s *Store) ObserveDurable(t *span.Trace, parts []Part, done func()) {
 		s.logger.Error("RED observe: parts do not fit the trace; counting without de-duplication", "trace", t.ID.String(), "spans", len(t.Spans), "part_spans", n)
 		parts = nil
 	}
-	o := observation{trace: t.ID, spans: make([]spanObs, 0, len(t.Spans)), parts: parts, done: done}
-	entries := make([]memoEntry, 0, min(len(t.Spans), 8)) // at most one per span; kept until Link
-	for _, sp := range t.Spans {
-		so, end := s.reduce(sp)
-		o.spans = append(o.spans, so)
-		entries = mergeMemo(entries, memoEntry{series: so.series, bucket: so.bucket, dur: so.dur, end: end, err: so.err})
+	o := observation{trace: t.ID, spans: make([]spanObs, len(t.Spans)), parts: parts, done: done}
+	s.reduce(o.spans, t.Spans)
+	kept := o.spans // what the memo keeps
+	if len(kept) > maxSharedMemo {
+		kept = slowestPerRow(kept)
 	}
 	s.mu.Lock()
 	for s.nPending >= s.opts.MaxPendingSpans && !s.closed {
@@ -312,28 +332,67 @@ func (s *Store) ObserveDurable(t *span.Trace, parts []Part, done func()) {
 	}
 	s.pending = append(s.pending, o)
 	s.nPending += len(o.spans)
-	if m := s.awaiting[t.ID]; m != nil {
-		for _, e := range entries {
-			m.entries = mergeMemo(m.entries, e)
-		}
+	if m, ok := s.awaiting[t.ID]; ok {
+		m.more = append(m.more, kept)
+		s.awaiting[t.ID] = m
 	} else {
-		s.remember(t.ID, entries)
+		s.remember(t.ID, kept)
 	}
 	s.mu.Unlock()
 }
 
 // remember stores a trace's memo, forgetting the oldest beyond the bound.
 // Called with mu held.
-func (s *Store) remember(id span.TraceID, entries []memoEntry) {
+func (s *Store) remember(id span.TraceID, spans []spanObs) {
 	old := s.ring[s.ringNext]
-	if m := s.awaiting[old.id]; m != nil && m.gen == old.gen {
+	if m, ok := s.awaiting[old.id]; ok && m.gen == old.gen {
 		delete(s.awaiting, old.id)
 		s.m.forgotten.Inc()
 	}
 	s.gen++
-	s.awaiting[id] = &memo{gen: s.gen, entries: entries}
+	s.awaiting[id] = memo{gen: s.gen, spans: spans}
 	s.ring[s.ringNext] = ringEntry{id: id, gen: s.gen}
 	s.ringNext = (s.ringNext + 1) % len(s.ring)
+}
+
+// memoEntries appends to dst one entry per (series, bucket) that m's spans
+// fell into, holding the slowest of those spans (the first of equals) and
+// whether any of them failed, in the order the pairs first occur.
+func memoEntries(dst []memoEntry, m memo) []memoEntry {
+	add := func(spans []spanObs) {
+		for i := range spans {
+			so := &spans[i]
+			dst = mergeMemo(dst, memoEntry{series: so.series, bucket: so.bucket, dur: so.dur, end: so.end, err: so.failed()})
+		}
+	}
+	add(m.spans)
+	for _, spans := range m.more {
+		add(spans)
+	}
+	return dst
+}
+
+// slowestPerRow returns, per (series, bucket) of spans, the slowest span
+// (the first of equals), in the order the pairs first occur. The result is
+// gathered on the stack and copied out at its size, being kept long.
+func slowestPerRow(spans []spanObs) []spanObs {
+	var buf [maxSharedMemo]spanObs
+	out := buf[:0]
+next:
+	for i := range spans {
+		so := &spans[i]
+		for j := range out {
+			x := &out[j]
+			if x.series == so.series && x.bucket == so.bucket {
+				if so.dur > x.dur {
+					*x = *so
+				}
+				continue next
+			}
+		}
+		out = append(out, *so)
+	}
+	return slices.Clone(out)
 }
 
 func mergeMemo(entries []memoEntry, e memoEntry) []memoEntry {
@@ -350,24 +409,38 @@ func mergeMemo(entries []memoEntry, e memoEntry) []memoEntry {
 	return append(entries, e)
 }
 
-// reduce extracts what counting needs from one span, and its end time.
-func (s *Store) reduce(sp span.Span) (spanObs, int64) {
-	start, end := clampTime(sp.GetStartTimeUnixNano()), clampTime(sp.GetEndTimeUnixNano())
-	so := spanObs{
-		series: Series{
-			Service:   s.names.get(sp.ServiceName()),
-			Operation: s.names.get(sp.GetName()),
-			Kind:      sp.GetKind(),
-			Status:    sp.GetStatus().GetCode(),
-		},
-		bucket: start - start%s.width,
-		dur:    max(end-start, 0),
-		err:    sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR,
+// reduce fills obs[i] with what counting and linking need from spans[i].
+// It locks the name table once for the whole trace rather than twice per
+// span, and looks a service name up once per run of spans sharing a
+// resource (decoded spans share their ResourceSpans' resource), which also
+// saves scanning its attributes again.
+func (s *Store) reduce(obs []spanObs, spans []span.Span) {
+	s.names.mu.Lock()
+	defer s.names.mu.Unlock()
+	var (
+		res *span.Resource
+		svc string
+	)
+	for i, sp := range spans {
+		if i == 0 || sp.Resource != res {
+			res, svc = sp.Resource, s.names.get(sp.ServiceName())
+		}
+		start, end := clampTime(sp.GetStartTimeUnixNano()), clampTime(sp.GetEndTimeUnixNano())
+		obs[i] = spanObs{
+			series: Series{
+				Service:   svc,
+				Operation: s.names.get(sp.GetName()),
+				Kind:      sp.GetKind(),
+				Status:    sp.GetStatus().GetCode(),
+			},
+			bucket: start - start%s.width,
+			dur:    max(end-start, 0),
+			end:    end,
+		}
 	}
-	return so, end
 }
 
-// names is a bounded string intern table, safe for concurrent use.
+// names is a bounded string intern table; mu guards it.
 type names struct {
 	mu sync.Mutex
 	m  map[string]string
@@ -376,10 +449,9 @@ type names struct {
 // maxNames bounds names; past it, names are copied rather than shared.
 const maxNames = 1 << 16
 
-// get returns a copy of v that shares no memory with v's buffer.
+// get returns a copy of v that shares no memory with v's buffer. Called with
+// mu held.
 func (n *names) get(v string) string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	if c, ok := n.m[v]; ok {
 		return c
 	}
@@ -404,13 +476,13 @@ func clampTime(ns uint64) int64 { return int64(min(ns, math.MaxInt64)) }
 func (s *Store) Link(id span.TraceID, _ []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := s.awaiting[id]
-	if m == nil {
+	m, ok := s.awaiting[id]
+	if !ok {
 		s.m.links.WithLabelValues("missed").Inc()
 		return
 	}
 	delete(s.awaiting, id)
-	s.links = append(s.links, pendingLink{trace: id, entries: m.entries})
+	s.links = append(s.links, pendingLink{trace: id, memo: m})
 	s.m.links.WithLabelValues("linked").Inc()
 }
 
@@ -463,27 +535,48 @@ func (s *Store) flush() error {
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	batch, links := s.pending, s.links
-	s.pending, s.links = nil, nil
-	s.mu.Unlock()
 	if len(batch) == 0 && len(links) == 0 {
+		s.mu.Unlock()
 		return nil
 	}
+	// Observe and Link append to the buffers an earlier flush emptied
+	// rather than grow new ones from nothing every flush.
+	s.pending, s.links = s.spareObs, s.spareLinks
+	s.spareObs, s.spareLinks = nil, nil
+	s.mu.Unlock()
 	start := time.Now()
 	rest, err := s.flushObservations(batch)
+	retryLinks := links
 	if err == nil {
 		err = s.flushLinks(links)
-		links = nil
+		retryLinks = nil // links are not retried once attempted
 	}
 	if err != nil {
+		// The batch buffers are not recycled: rest and links may share them.
 		s.m.flushErrors.Inc()
 		s.mu.Lock()
 		s.pending = append(rest, s.pending...)
-		s.links = append(links, s.links...)
+		s.links = append(retryLinks, s.links...)
 		s.mu.Unlock()
 		return err
 	}
 	s.m.flushLatency.Observe(time.Since(start).Seconds())
+	s.spareObs, s.spareLinks = spare(batch), spare(links)
 	return nil
+}
+
+// maxSpare bounds the capacity of the buffers flush keeps for reuse, so that
+// a burst does not pin its memory.
+const maxSpare = 1 << 15
+
+// spare returns buf emptied for reuse, with nothing left for the garbage
+// collector to trace, or nil when it is too big to keep.
+func spare[T any](buf []T) []T {
+	if cap(buf) > maxSpare {
+		return nil
+	}
+	clear(buf)
+	return buf[:0]
 }
 
 // flushObservations persists batch in transactions of at most chunk spans,
@@ -585,7 +678,8 @@ func (s *Store) applyChunk(obs []observation) (chunkResult, error) {
 		deltas := map[rowID]*agg{}
 		count := func(spans []spanObs) {
 			res.counted += len(spans)
-			for _, sp := range spans {
+			for i := range spans {
+				sp := &spans[i]
 				rid := rowID{sp.bucket, sp.series}
 				d := deltas[rid]
 				if d == nil {
@@ -593,7 +687,7 @@ func (s *Store) applyChunk(obs []observation) (chunkResult, error) {
 					deltas[rid] = d
 				}
 				d.count++
-				if sp.err {
+				if sp.failed() {
 					d.errors++
 				}
 				d.sum += uint64(sp.dur)
@@ -829,6 +923,19 @@ func (s *Store) cumSeries(sr Series) *SeriesTotals {
 	return t
 }
 
+// linkSlot is one (bucket, series) link list as a flushLinks transaction
+// changes it: a private copy of s.slots[key], published once the
+// transaction commits.
+type linkSlot struct {
+	key   slotKey
+	top   []linkRef
+	worst int // index in top of its worst link, once full; -1 when not known
+	// cum is the series' cumulative totals, which carry its exemplars,
+	// looked up (cumOK) once per slot after the commit.
+	cum   *SeriesTotals
+	cumOK bool
+}
+
 // flushLinks writes the links of kept traces, keeping at most
 // MaxTraceIDsPerSeries per (bucket, series): a better link replaces (and
 // deletes) the worst one.
@@ -837,33 +944,53 @@ func (s *Store) flushLinks(links []pendingLink) error {
 		return nil
 	}
 	type exemplar struct {
-		series Series
-		e      Exemplar
+		slot     *linkSlot
+		trace    span.TraceID
+		dur, end int64
 	}
 	var (
-		overlay   map[slotKey][]linkRef
+		// rows maps each row the transaction's memo entries name to the
+		// slot its links go to: one lookup per entry answers whether the row
+		// is stored and finds the slot's links, where looking up rowsKnown,
+		// the transaction's overlay and then the cumulative series each
+		// hashed the series' strings again. Cleared, not rebuilt, per
+		// transaction.
+		rows      = map[rowID]*linkSlot{}
+		slots     = map[slotKey]*linkSlot{} // the slots the transaction changes
+		entries   []memoEntry
 		exemplars []exemplar
 	)
 	for len(links) > 0 {
 		n := min(len(links), 2000)
-		err := s.db.Update(func(txn *badger.Txn) error {
-			overlay, exemplars = map[slotKey][]linkRef{}, exemplars[:0]
+		if exemplars == nil {
+			// At most one exemplar per span: sized once, not grown.
+			spans := 0
 			for _, l := range links[:n] {
-				for _, e := range l.entries {
-					sr := e.series
-					if _, known := s.rowsKnown[rowID{e.bucket, sr}]; !known {
-						// Flushes count spans before they link traces, so a
-						// row missing here overflowed its bucket's series cap.
-						if _, found, err := s.getRow(txn, rowID{e.bucket, sr}, &chunkResult{}); err != nil {
+				spans += len(l.memo.spans)
+				for _, more := range l.memo.more {
+					spans += len(more)
+				}
+			}
+			exemplars = make([]exemplar, 0, spans)
+		}
+		err := s.db.Update(func(txn *badger.Txn) error {
+			clear(rows)
+			clear(slots)
+			exemplars = exemplars[:0]
+			for _, l := range links[:n] {
+				entries = memoEntries(entries[:0], l.memo)
+				for _, e := range entries {
+					rid := rowID{e.bucket, e.series}
+					ls := rows[rid]
+					if ls == nil {
+						var err error
+						if ls, err = s.slotOf(txn, rid, slots); err != nil {
 							return err
-						} else if found {
-							s.knowRow(rowID{e.bucket, sr})
-						} else {
-							sr = sr.overflow()
 						}
+						rows[rid] = ls
 					}
-					exemplars = append(exemplars, exemplar{sr, Exemplar{TraceID: l.trace, Duration: time.Duration(e.dur), Time: time.Unix(0, e.end)}})
-					if err := s.linkOne(txn, overlay, slotKey{e.bucket, sr}, linkRef{id: l.trace, err: e.err, dur: e.dur}); err != nil {
+					exemplars = append(exemplars, exemplar{ls, l.trace, e.dur, e.end})
+					if err := s.linkOne(txn, ls, linkRef{id: l.trace, err: e.err, dur: e.dur}); err != nil {
 						return err
 					}
 				}
@@ -882,27 +1009,37 @@ func (s *Store) flushLinks(links []pendingLink) error {
 		if err != nil {
 			return fmt.Errorf("write RED links: %w", err)
 		}
-		for k, refs := range overlay {
+		for k, ls := range slots {
 			if _, ok := s.slots[k]; !ok {
 				old := s.slotRing[s.slotNext]
 				delete(s.slots, old)
 				s.slotRing[s.slotNext] = k
 				s.slotNext = (s.slotNext + 1) % len(s.slotRing)
 			}
-			s.slots[k] = refs
+			s.slots[k] = ls.top
 		}
 		s.cumMu.Lock()
 		for _, x := range exemplars {
-			t := s.cum[x.series]
+			ls := x.slot
+			if !ls.cumOK {
+				// Only flushes (holding flushMu) add series to cum.
+				ls.cum, ls.cumOK = s.cum[ls.key.series], true
+			}
+			t := ls.cum
 			if t == nil {
 				// Counted before this process started (a replay): no
 				// cumulative series to carry the exemplar.
 				continue
 			}
-			i := bucketOf(x.e.Duration)
-			if cur := t.Exemplars[i]; cur == nil || !cur.Time.After(x.e.Time) {
-				ex := x.e
+			i, e := bucketOf(time.Duration(x.dur)), Exemplar{TraceID: x.trace, Duration: time.Duration(x.dur), Time: time.Unix(0, x.end)}
+			switch cur := t.Exemplars[i]; {
+			case cur == nil:
+				ex := e
 				t.Exemplars[i] = &ex
+			case !cur.Time.After(e.Time):
+				// Totals hands out copies, so the exemplar is the store's
+				// own to overwrite (under cumMu) rather than allocate anew.
+				*cur = e
 			}
 		}
 		s.cumMu.Unlock()
@@ -911,36 +1048,58 @@ func (s *Store) flushLinks(links []pendingLink) error {
 	return nil
 }
 
-func (s *Store) linkOne(txn *badger.Txn, overlay map[slotKey][]linkRef, k slotKey, ref linkRef) error {
-	top, ok := overlay[k]
-	if !ok {
-		top = slices.Clone(s.slots[k])
+// slotOf returns the slot that links to row rid go to, adding it to slots:
+// the row's own, or its __other__ series' when the row is not stored.
+func (s *Store) slotOf(txn *badger.Txn, rid rowID, slots map[slotKey]*linkSlot) (*linkSlot, error) {
+	k := slotKey(rid)
+	if _, known := s.rowsKnown[rid]; !known {
+		// Flushes count spans before they link traces, so a row missing here
+		// overflowed its bucket's series cap.
+		if _, found, err := s.getRow(txn, rid, &chunkResult{}); err != nil {
+			return nil, err
+		} else if found {
+			s.knowRow(rid)
+		} else {
+			k.series = k.series.overflow()
+		}
 	}
-	for _, r := range top {
+	ls := slots[k]
+	if ls == nil {
+		ls = &linkSlot{key: k, top: slices.Clone(s.slots[k]), worst: -1}
+		slots[k] = ls
+	}
+	return ls, nil
+}
+
+func (s *Store) linkOne(txn *badger.Txn, ls *linkSlot, ref linkRef) error {
+	for _, r := range ls.top {
 		if r.id == ref.id {
-			overlay[k] = top
 			return nil
 		}
 	}
-	if len(top) >= s.opts.MaxTraceIDsPerSeries {
-		w := 0
-		for i := range top {
-			if top[w].better(top[i]) {
-				w = i
+	k := ls.key
+	if len(ls.top) >= s.opts.MaxTraceIDsPerSeries {
+		// Most links of a full slot lose to its worst: remember which that
+		// is rather than search for it per link.
+		if ls.worst < 0 {
+			ls.worst = 0
+			for i := range ls.top {
+				if ls.top[ls.worst].better(ls.top[i]) {
+					ls.worst = i
+				}
 			}
 		}
-		if !ref.better(top[w]) {
-			overlay[k] = top
+		w := ls.worst
+		if !ref.better(ls.top[w]) {
 			return nil
 		}
-		if err := txn.Delete(linkKey(k.bucket, k.series, top[w].id)); err != nil {
+		if err := txn.Delete(linkKey(k.bucket, k.series, ls.top[w].id)); err != nil {
 			return fmt.Errorf("delete RED link: %w", err)
 		}
-		top[w] = ref
+		ls.top[w], ls.worst = ref, -1
 	} else {
-		top = append(top, ref)
+		ls.top = append(ls.top, ref)
 	}
-	overlay[k] = top
 	if err := txn.SetEntry(badger.NewEntry(linkKey(k.bucket, k.series, ref.id), ref.value()).WithTTL(s.opts.Retention)); err != nil {
 		return fmt.Errorf("write RED link: %w", err)
 	}
