@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -84,6 +85,10 @@ type DB struct {
 	testOnlyDBExtensions
 
 	lock sync.RWMutex // Guards list of inmemory tables, not individual reads and writes.
+
+	// Threadline patch: lsmOrder's scratch, used by the one goroutine
+	// that writes to the memtable.
+	lsmScratch []int
 
 	dirLockGuard *directoryLockGuard
 	// nil if Dir and ValueDir are the same
@@ -846,6 +851,37 @@ var requestPool = sync.Pool{
 	},
 }
 
+// lsmOrder returns the order in which writeToLSM puts a request's entries:
+// each transaction's entries by key, its finish marker after them.
+//
+// Threadline patch (see PATCH.md): the memtable's skiplist finds a key
+// larger than the last one put from the last one's place (skl.Put), so
+// keys put in order cost a short walk instead of a search from the head.
+// Upstream put them in the transaction's map order. The write-ahead log
+// gets them in this order too; its replay needs only each transaction's
+// entries before the transaction's finish marker.
+func (db *DB) lsmOrder(b *request) []int {
+	order := db.lsmScratch[:0]
+	for i := range b.Entries {
+		order = append(order, i)
+	}
+	start := 0
+	for i, e := range b.Entries {
+		if e.meta&bitFinTxn != 0 || i == len(b.Entries)-1 {
+			end := i
+			if e.meta&bitFinTxn == 0 {
+				end++
+			}
+			slices.SortFunc(order[start:end], func(x, y2 int) int {
+				return y.CompareKeys(b.Entries[x].Key, b.Entries[y2].Key)
+			})
+			start = i + 1
+		}
+	}
+	db.lsmScratch = order
+	return order
+}
+
 func (db *DB) writeToLSM(b *request) error {
 	// We should check the length of b.Prts and b.Entries only when badger is not
 	// running in InMemory mode. In InMemory mode, we don't write anything to the
@@ -854,7 +890,8 @@ func (db *DB) writeToLSM(b *request) error {
 		return fmt.Errorf("Ptrs and Entries don't match: %+v", b)
 	}
 
-	for i, entry := range b.Entries {
+	for _, i := range db.lsmOrder(b) {
+		entry := b.Entries[i]
 		var err error
 		if entry.skipVlogAndSetThreshold(db.valueThreshold()) {
 			// Will include deletion / tombstone case.
