@@ -3,6 +3,7 @@ package index
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"testing"
 
@@ -87,4 +88,59 @@ func TestDeferredAttributes(t *testing.T) {
 			require.Equal(t, len(full[i].Trace.Spans[j].Attributes) > j%2, s.AttrsDeferred(), "the store decodes no deferred attribute")
 		}
 	}
+}
+
+// TestDeferredAttributesInAnyOrder: the store remembers the previous span's
+// attribute keys in order (preparer.spanKey); spans that list the same keys
+// in other orders, fewer or more of them, with a high-cardinality key
+// among them, are stored key for key as the same spans decoded in full.
+func TestDeferredAttributesInAnyOrder(t *testing.T) {
+	ctx := context.Background()
+	orders := [][]string{
+		{"user.id", "route", "method"},
+		{"route", "user.id", "method"},
+		{"method", "route"},
+		{"method", "route", "user.id", "region"},
+		{"user.id"},
+	}
+	batch := func(from, to int) []KeptTrace {
+		var out []KeptTrace
+		for i := from; i < to; i++ {
+			var defs []spanDef
+			for j, order := range orders {
+				var attrs []*commonpb.KeyValue
+				for _, k := range order {
+					attrs = append(attrs, strAttr(k, fmt.Sprintf("%s-%d", k, (i*len(orders)+j)%(1+len(k)%4))))
+				}
+				defs = append(defs, spanDef{id: byte(j + 1), res: resFrontend, name: "op", startMs: int64(i*10 + j), durMs: 5, attrs: attrs})
+			}
+			out = append(out, KeptTrace{Trace: mkTrace(tid(byte(i)), defs...)})
+		}
+		return out
+	}
+	opts := func(o *Options) { o.MaxIndexedValuesPerKey = 3 }
+	a, b := openStore(t, t.TempDir(), opts), openStore(t, t.TempDir(), opts)
+	for _, r := range [][2]int{{1, 4}, {4, 30}} { // the first marks user.id high-cardinality
+		full, lazy := decodedTwice(t, batch(r[0], r[1]))
+		require.NoError(t, a.WriteTraces(ctx, full))
+		require.NoError(t, b.WriteTraces(ctx, lazy))
+	}
+	require.True(t, b.card.isHigh("user.id"))
+	var ka, kb [][]byte
+	for _, x := range []struct {
+		st  *Store
+		out *[][]byte
+	}{{a, &ka}, {b, &kb}} {
+		require.NoError(t, x.st.scanKeys(ctx, nil, func(k []byte) bool {
+			*x.out = append(*x.out, bytes.Clone(k))
+			return true
+		}))
+	}
+	require.Equal(t, ka, kb, "the same keys, postings among them")
+	for _, k := range []string{"route", "method", "region"} {
+		require.Contains(t, kb, firstKey(t, b, appendLV([]byte{prefixAttrPost}, k)), "attribute %q is indexed", k)
+	}
+	_, names, err := b.TagNames(ctx)
+	require.NoError(t, err)
+	require.Subset(t, names, []string{"user.id", "route", "method", "region"})
 }

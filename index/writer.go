@@ -341,8 +341,13 @@ type preparer struct {
 	high       map[string]bool // high-cardinality keys when the batch started
 	// spanKeys remembers per span-attribute key what wireAttr asks before
 	// it looks at a value: keyHigh, and keyNamed once its tag name is
-	// listed.
-	spanKeys map[string]uint8
+	// listed. lastKeys are the previous span's keys in their order, and
+	// attrPos the place of the current span's next key: the spans of one
+	// instrumentation repeat their keys in the same order, and comparing a
+	// key with the one at its place costs less than a map lookup.
+	spanKeys map[string]*spanKey
+	lastKeys []*spanKey
+	attrPos  int
 
 	buf, val, bodies, wbuf []byte // scratch
 	stripped               tracepb.Span
@@ -364,7 +369,7 @@ func newPreparer(s *Store) *preparer {
 		resPostings: map[*span.Resource][]int32{},
 		scHash:      map[*span.Scope]uint64{},
 		high:        s.card.snapshot(),
-		spanKeys:    map[string]uint8{},
+		spanKeys:    map[string]*spanKey{},
 		groups:      groupBuilder{codec: s.groups},
 	}
 }
@@ -447,20 +452,11 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 	// the values of high-cardinality keys (IDs, addresses) and strings too
 	// long to index (queries, user agents): six of the ten attributes of
 	// the load generator's spans.
-	st, ok := p.spanKeys[key]
-	if !ok {
-		if p.high[key] {
-			st = keyHigh
-		}
-		// The key aliases a span's wire bytes; a copy, once per key and
-		// batch, keeps the map independent of them.
-		key = strings.Clone(key)
-		p.spanKeys[key] = st
-	}
-	if st&keyHigh != 0 || longWireString(value) {
-		if st&keyNamed == 0 {
-			p.tagName(scopeSpan, key)
-			p.spanKeys[key] = st | keyNamed
+	k := p.spanKey(key)
+	if k.state&keyHigh != 0 || longWireString(value) {
+		if k.state&keyNamed == 0 {
+			p.tagName(scopeSpan, k.name)
+			k.state |= keyNamed
 		}
 		return -1
 	}
@@ -468,17 +464,51 @@ func (p *preparer) wireAttr(key string, value []byte) int32 {
 	if i, ok := p.wire[string(p.wbuf)]; ok {
 		return i
 	}
+	var ok bool
 	if p.val, ok = appendWireAttrString(p.val[:0], value); !ok {
 		return -1
 	}
-	i := p.attr(scopeSpan, key, p.val)
+	i := p.attr(scopeSpan, k.name, p.val)
 	if i >= 0 {
 		p.wire[string(p.wbuf)] = i
 	}
 	return i
 }
 
-// spanKeys flags.
+// spanKey is what wireAttr remembers of a span-attribute key.
+type spanKey struct {
+	name  string // a copy: the key wireAttr gets aliases a span's wire bytes
+	state uint8  // keyHigh, keyNamed
+}
+
+// maxLastKeys bounds the keys remembered in order (preparer.lastKeys).
+const maxLastKeys = 64
+
+// spanKey returns the state of the current span's next attribute key.
+func (p *preparer) spanKey(key string) *spanKey {
+	pos := p.attrPos
+	p.attrPos++
+	if pos < len(p.lastKeys) && p.lastKeys[pos].name == key {
+		return p.lastKeys[pos]
+	}
+	k, ok := p.spanKeys[key]
+	if !ok {
+		k = &spanKey{name: strings.Clone(key)}
+		if p.high[key] {
+			k.state = keyHigh
+		}
+		p.spanKeys[k.name] = k
+	}
+	switch {
+	case pos < len(p.lastKeys):
+		p.lastKeys[pos] = k
+	case pos < maxLastKeys:
+		p.lastKeys = append(p.lastKeys, k)
+	}
+	return k
+}
+
+// spanKey states.
 const (
 	keyHigh  uint8 = 1 << iota // high-cardinality when the batch started
 	keyNamed                   // the batch listed its tag name
@@ -628,6 +658,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		for _, i := range p.intrinsic(sp.ServiceName(), sp.GetKind(), sp.GetName(), statusString(sp.Span)) {
 			p.use(&pt, i)
 		}
+		p.attrPos = 0
 		sp.RangeDeferredAttrs(func(key string, value []byte) { p.use(&pt, p.wireAttr(key, value)) })
 		for _, a := range sp.GetAttributes() {
 			var ok bool
