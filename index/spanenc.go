@@ -314,22 +314,18 @@ func appendWireBody(dst []byte, sp span.Span) ([]byte, bool) {
 	nattrs := 0
 	run := 0 // start of the fields not yet copied
 	for i := 0; i < len(wire); {
-		num, typ, n := protowire.ConsumeTag(wire[i:])
+		num, typ, n := span.ConsumeField(wire[i:])
 		if n < 0 {
-			return dst[:start], false
-		}
-		m := protowire.ConsumeFieldValue(num, typ, wire[i+n:])
-		if m < 0 {
 			return dst[:start], false
 		}
 		switch {
 		case (num == spanTraceID || num == spanSpanID) && typ == protowire.BytesType: // in the chunk key and entry
 			dst = append(dst, wire[run:i]...)
-			run = i + n + m
+			run = i + n
 		case num == spanAttributes && typ == protowire.BytesType:
 			nattrs++
 		}
-		i += n + m
+		i += n
 	}
 	dst = append(dst, wire[run:]...)
 	appended := sp.Attributes // the received ones are deferred, only in wire

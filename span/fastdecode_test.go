@@ -490,3 +490,44 @@ func TestDecodeFastEdgeEncodings(t *testing.T) {
 		requireSameAsProto(t, record(protowire.AppendBytes(protowire.AppendTag(kv, 2, protowire.BytesType), value)))
 	}
 }
+
+// TestConsumeField: ConsumeField agrees with protowire's ConsumeTag and
+// ConsumeFieldValue on every field but groups, which it refuses.
+func TestConsumeField(t *testing.T) {
+	var cases [][]byte
+	for _, f := range [][]byte{
+		protowire.AppendBytes(protowire.AppendTag(nil, 9, protowire.BytesType), make([]byte, 3)),
+		protowire.AppendBytes(protowire.AppendTag(nil, 9, protowire.BytesType), make([]byte, 300)),
+		protowire.AppendBytes(protowire.AppendTag(nil, 200, protowire.BytesType), nil),
+		protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 1<<40),
+		protowire.AppendFixed64(protowire.AppendTag(nil, 7, protowire.Fixed64Type), 5),
+		protowire.AppendFixed32(protowire.AppendTag(nil, 7, protowire.Fixed32Type), 5),
+		protowire.AppendTag(nil, 3, protowire.StartGroupType),
+		{0x00}, {0x4a}, {0x4a, 0x05, 1}, {0x4a, 0x80}, {0xff, 0xff}, {0x4a, 0x7f},
+	} {
+		cases = append(cases, f, f[:len(f)-1], append(f[:len(f):len(f)], 0x08, 0x01))
+	}
+	for _, b := range cases {
+		num, typ, n := ConsumeField(b)
+		wantNum, wantTyp, tn := protowire.ConsumeTag(b)
+		want := tn
+		if tn >= 0 {
+			if vn := protowire.ConsumeFieldValue(wantNum, wantTyp, b[tn:]); vn < 0 {
+				want = vn
+			} else {
+				want = tn + vn
+			}
+		}
+		if wantTyp == protowire.StartGroupType && tn >= 0 {
+			require.Negative(t, n, "%x: groups are refused", b)
+			continue
+		}
+		if want < 0 {
+			require.Negative(t, n, "%x", b)
+			continue
+		}
+		require.Equal(t, want, n, "%x", b)
+		require.Equal(t, wantNum, num, "%x", b)
+		require.Equal(t, wantTyp, typ, "%x", b)
+	}
+}
