@@ -1,7 +1,10 @@
 package index
 
 import (
+	"cmp"
 	"context"
+	mrand "math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -167,5 +170,31 @@ func TestPostingsLostInCrashAreReplayed(t *testing.T) {
 	require.Equal(t, len(batch), searchService(t, st, "frontend"))
 	for _, s := range searchAll(t, st) {
 		require.EqualValues(t, 5, s.SpanCount, "the replay counts no span twice")
+	}
+}
+
+// TestRunMerger: lists made of descending runs (a batch's seqs each, some
+// repeated, as a trace written twice posts its seq twice) come out sorted
+// newest first, as a sort would, whatever the number and length of runs.
+func TestRunMerger(t *testing.T) {
+	rng := mrand.New(mrand.NewPCG(5, 6))
+	var m runMerger
+	for round := range 300 {
+		var list []uint64
+		for range round % 40 {
+			run := make([]uint64, rng.IntN(30))
+			for i := range run {
+				run[i] = uint64(rng.IntN(500))
+			}
+			slices.SortFunc(run, func(a, b uint64) int { return cmp.Compare(b, a) })
+			list = append(list, run...)
+		}
+		want := slices.Clone(list)
+		slices.SortFunc(want, func(a, b uint64) int { return cmp.Compare(b, a) })
+		got := m.merge(list)
+		require.Equal(t, want, got)
+		if len(list) > 0 {
+			require.Same(t, &list[0], &got[0], "sorted in place")
+		}
 	}
 }
