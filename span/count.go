@@ -20,30 +20,28 @@ func CountSpans(data []byte) (int, error) {
 }
 
 // eachField calls fn with the value of every length-delimited field num in b
-// and skips the others.
+// and skips the others. It parses with consumeField (one call per field,
+// one-byte tags and lengths inline: it runs for every record the indexer
+// consumes) and falls back to protowire for what that refuses, groups.
 func eachField(b []byte, num protowire.Number, fn func([]byte) error) error {
 	for len(b) > 0 {
-		fnum, typ, n := protowire.ConsumeTag(b)
+		fnum, typ, _, v, n := consumeField(b)
 		if n < 0 {
-			return fmt.Errorf("count spans: %w", ErrMalformed)
+			var tn int
+			if fnum, typ, tn = protowire.ConsumeTag(b); tn < 0 {
+				return fmt.Errorf("count spans: %w", ErrMalformed)
+			}
+			if n = protowire.ConsumeFieldValue(fnum, typ, b[tn:]); n < 0 {
+				return fmt.Errorf("count spans: %w", ErrMalformed)
+			}
+			n += tn
 		}
 		b = b[n:]
 		if fnum == num && typ == protowire.BytesType {
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("count spans: %w", ErrMalformed)
-			}
 			if err := fn(v); err != nil {
 				return err
 			}
-			b = b[m:]
-			continue
 		}
-		m := protowire.ConsumeFieldValue(fnum, typ, b)
-		if m < 0 {
-			return fmt.Errorf("count spans: %w", ErrMalformed)
-		}
-		b = b[m:]
 	}
 	return nil
 }
