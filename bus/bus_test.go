@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +45,51 @@ func TestLedgerCommitsBelowOldestPending(t *testing.T) {
 	l.Forget(map[string][]int32{"t": {0}})
 	_, ok := l.Committable()["t"][0]
 	require.False(t, ok)
+}
+
+// TestLedgerPendingCount: Pending, a running count, agrees with counting
+// the held tickets with references, through acquires and releases in any
+// order, completed tickets acquired again, commits that drop completed
+// tickets and forgotten partitions.
+func TestLedgerPendingCount(t *testing.T) {
+	l := NewLedger()
+	held := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		n := 0
+		for _, p := range l.parts {
+			for _, tk := range p.pending {
+				if tk.refs > 0 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	var tickets []*Ticket
+	offsets := map[int32]int64{}
+	for step := range 5000 {
+		switch op := rng.IntN(10); {
+		case op < 3:
+			p := rng.Int32N(3)
+			tickets = append(tickets, l.Begin(&kgo.Record{Topic: "t", Partition: p, Offset: offsets[p]}))
+			offsets[p]++
+		case op < 5 && len(tickets) > 0:
+			tickets[rng.IntN(len(tickets))].Acquire()
+		case op < 8 && len(tickets) > 0:
+			if tk := tickets[rng.IntN(len(tickets))]; tk.refs > 0 {
+				tk.Release()
+			}
+		case op == 8:
+			l.Committable()
+		default:
+			if rng.IntN(20) == 0 {
+				l.Forget(map[string][]int32{"t": {rng.Int32N(3)}})
+			}
+		}
+		require.Equal(t, held(), l.Pending(), "step %d", step)
+	}
 }
 
 func startBroker(t *testing.T, dir string) *Embedded {

@@ -18,6 +18,10 @@ import (
 type Ledger struct {
 	mu    sync.Mutex
 	parts map[tp]*partLedger
+	// incomplete counts the tickets with references, of partitions not
+	// forgotten: Pending is asked on every poll, and counting them each
+	// time walked every record held.
+	incomplete int
 }
 
 type tp struct {
@@ -38,6 +42,10 @@ type Ticket struct {
 	offset int64
 	epoch  int32
 	refs   int
+	// retired: the ledger no longer holds it (it completed and Committable
+	// dropped it, or its partition was forgotten), so incomplete does not
+	// count it whatever its references do.
+	retired bool
 }
 
 // NewLedger returns an empty ledger.
@@ -54,6 +62,7 @@ func (l *Ledger) Begin(r *kgo.Record) *Ticket {
 		l.parts[k] = p
 	}
 	t := &Ticket{l: l, tp: k, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
+	l.incomplete++
 	p.pending = append(p.pending, t)
 	p.next = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
 	p.valid = true
@@ -75,6 +84,9 @@ func (t *Ticket) Offset() int64 { return t.offset }
 func (t *Ticket) Acquire() {
 	t.l.mu.Lock()
 	t.refs++
+	if t.refs == 1 && !t.retired {
+		t.l.incomplete++
+	}
 	t.l.mu.Unlock()
 }
 
@@ -82,6 +94,9 @@ func (t *Ticket) Acquire() {
 func (t *Ticket) Release() {
 	t.l.mu.Lock()
 	t.refs--
+	if t.refs == 0 && !t.retired {
+		t.l.incomplete--
+	}
 	t.l.mu.Unlock()
 }
 
@@ -95,6 +110,7 @@ func (l *Ledger) Committable() map[string]map[int32]kgo.EpochOffset {
 	for k, p := range l.parts {
 		i := 0
 		for i < len(p.pending) && p.pending[i].refs <= 0 {
+			p.pending[i].retired = true
 			i++
 		}
 		// Drop completed tickets; keep the slice's capacity from growing forever.
@@ -118,15 +134,7 @@ func (l *Ledger) Committable() map[string]map[int32]kgo.EpochOffset {
 func (l *Ledger) Pending() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
-	for _, p := range l.parts {
-		for _, t := range p.pending {
-			if t.refs > 0 {
-				n++
-			}
-		}
-	}
-	return n
+	return l.incomplete
 }
 
 // Forget drops the partitions' state after they were revoked or lost; the
@@ -136,6 +144,14 @@ func (l *Ledger) Forget(parts map[string][]int32) {
 	defer l.mu.Unlock()
 	for topic, ps := range parts {
 		for _, p := range ps {
+			if pl := l.parts[tp{topic, p}]; pl != nil {
+				for _, t := range pl.pending {
+					if t.refs > 0 {
+						l.incomplete--
+					}
+					t.retired = true
+				}
+			}
 			delete(l.parts, tp{topic, p})
 		}
 	}
