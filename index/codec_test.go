@@ -251,6 +251,67 @@ func TestWireBody(t *testing.T) {
 	}
 }
 
+// TestWireBodyWhole: a lazily decoded span whose IDs lead its encoding is
+// copied in one piece (span.Span.WireBody), byte for byte what the
+// field-by-field copy makes of the same span; one whose span_id comes after
+// other fields takes the field-by-field copy.
+func TestWireBodyWhole(t *testing.T) {
+	w := newWorkload(3)
+	for _, kt := range append(fixture(), w.kept(10)...) {
+		data, err := proto.Marshal(span.ToTracesData(kt.Trace.Spans))
+		require.NoError(t, err)
+		var dec span.Decoder
+		lazy, err := dec.DecodeTracesLazy(slices.Clone(data))
+		require.NoError(t, err)
+		ref, err := dec.DecodeTracesLazy(slices.Clone(data))
+		require.NoError(t, err)
+		for i, sp := range lazy {
+			if !sp.AttrsDeferred() {
+				continue // no attributes to defer
+			}
+			_, whole := sp.WireBody()
+			require.True(t, whole, "span %d", i)
+			if i%2 == 1 {
+				sp.Attributes = append(sp.Attributes, intAttr("threadline.logical_time", int64(i)))
+				ref[i].DecodeAttrs()
+				ref[i].Attributes = append(ref[i].Attributes, intAttr("threadline.logical_time", int64(i)))
+			} else {
+				ref[i].DecodeAttrs()
+			}
+			_, whole = ref[i].WireBody()
+			require.False(t, whole, "attributes decoded")
+			got, ok := appendWireBody(nil, sp)
+			require.True(t, ok)
+			want, ok := appendWireBody(nil, ref[i])
+			require.True(t, ok)
+			require.Equal(t, want, got, "span %d", i)
+		}
+	}
+
+	// span_id after the name: the IDs do not lead.
+	sp := fixture()[0].Trace.Spans[0].Span
+	wire := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), sp.TraceId)
+	wire = protowire.AppendString(protowire.AppendTag(wire, 5, protowire.BytesType), sp.Name)
+	wire = protowire.AppendBytes(protowire.AppendTag(wire, 2, protowire.BytesType), sp.SpanId)
+	kv, err := proto.Marshal(strAttr("k", "v"))
+	require.NoError(t, err)
+	wire = protowire.AppendBytes(protowire.AppendTag(wire, 9, protowire.BytesType), kv)
+	td := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), wire) // ScopeSpans.spans
+	td = protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), td)    // ResourceSpans.scope_spans
+	td = protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), td)    // TracesData.resource_spans
+	spans, err := new(span.Decoder).DecodeTracesLazy(td)
+	require.NoError(t, err)
+	require.Len(t, spans, 1)
+	require.True(t, spans[0].AttrsDeferred())
+	_, whole := spans[0].WireBody()
+	require.False(t, whole)
+	got, ok := appendWireBody(nil, spans[0])
+	require.True(t, ok)
+	want := protowire.AppendString(protowire.AppendTag(nil, 5, protowire.BytesType), sp.Name)
+	want = protowire.AppendBytes(protowire.AppendTag(want, 9, protowire.BytesType), kv)
+	require.Equal(t, want, got)
+}
+
 // FuzzWireBody: whatever encoding a span arrived in, the copied body
 // decodes to that span.
 func FuzzWireBody(f *testing.F) {

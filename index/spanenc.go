@@ -311,6 +311,15 @@ func appendKeyValues(dst []byte, num protowire.Number, kvs []*commonpb.KeyValue,
 func appendWireBody(dst []byte, sp span.Span) ([]byte, bool) {
 	wire := sp.Wire
 	start := len(dst)
+	if body, ok := sp.WireBody(); ok {
+		// The decoder found the IDs leading: the rest is copied whole.
+		dst = append(dst, body...)
+		var err error
+		if dst = appendKeyValues(dst, spanAttributes, sp.Attributes, &err); err != nil {
+			return dst[:start], false
+		}
+		return dst, true
+	}
 	nattrs := 0
 	run := 0 // start of the fields not yet copied
 	for i := 0; i < len(wire); {

@@ -421,12 +421,13 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 	}
 	for sb := range g.children {
 		slot := d.slots.one()
-		deferred, ok := d.span(&slot.span, &slot.status, sb)
+		deferred, body, ok := d.span(&slot.span, &slot.status, sb)
 		if !ok {
 			return false
 		}
 		out := Span{Span: &slot.span, Resource: res, Scope: sc, Wire: sb}
 		if deferred {
+			slot.deferred.bodyAt = int32(body + 1)
 			out.deferred = &slot.deferred
 		}
 		d.out = append(d.out, out)
@@ -463,23 +464,29 @@ func (d *fastDecoder) scope(s *commonpb.InstrumentationScope, b []byte) bool {
 // span decodes a span into sp, and its status, if it has one, into st.
 // In lazy mode its attributes are checked and left in b, and deferred
 // reports whether it has any.
-func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (deferred, ok bool) {
+//
+// body is where the span's fields after its IDs begin, when trace_id and
+// span_id are the encoding's leading fields and occur nowhere else (as OTLP
+// encoders write them), and -1 otherwise (see Span.WireBody).
+func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (deferred bool, body int, ok bool) {
 	if !d.lazy {
 		// The repeated fields are appended to slices of their exact
 		// length. Lazily, events and links (few spans have any) grow as
 		// they come instead, which spares this pass over the span.
 		c, ok := countFields(b, 9, 11, 13)
 		if !ok {
-			return false, false
+			return false, -1, false
 		}
 		sp.Attributes = d.kvPtrs.many(c[0])[:0]
 		sp.Events = d.evPtrs.many(c[1])[:0]
 		sp.Links = d.linkPtrs.many(c[2])[:0]
 	}
 	hasAttrs, reserved := false, false
+	body = 0
 	// This is walkFields written out: a span has a score of fields, and
 	// the callback per field showed in profiles.
 	for rest := b; len(rest) > 0; {
+		at := len(b) - len(rest)
 		var (
 			typ = protowire.BytesType
 			v   uint64
@@ -488,10 +495,17 @@ func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (defe
 		if n == 0 {
 			num, typ, v, bs, n = consumeField(rest)
 			if n < 0 {
-				return false, false
+				return false, -1, false
 			}
 		}
 		rest = rest[n:]
+		if (num == 1 || num == 2) && typ == protowire.BytesType {
+			if at == body {
+				body = at + n // still leading
+			} else {
+				body = -1
+			}
+		}
 		ok := false
 		switch typ {
 		case protowire.BytesType:
@@ -527,7 +541,7 @@ func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (defe
 				ok = d.link(l, bs)
 			case 15:
 				if sp.Status != nil {
-					return false, false // proto merges a repeated singular message
+					return false, -1, false // proto merges a repeated singular message
 				}
 				sp.Status = st
 				ok = d.status(st, bs)
@@ -556,18 +570,18 @@ func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (defe
 			}
 		}
 		if !ok {
-			return false, false
+			return false, -1, false
 		}
 	}
 	if reserved {
 		// Decoded in full after all: see ReservedAttrPrefix.
 		*sp, *st = tracepb.Span{}, tracepb.Status{}
 		d.lazy = false
-		_, ok = d.span(sp, st, b)
+		_, _, ok = d.span(sp, st, b)
 		d.lazy = true
-		return false, ok
+		return false, -1, ok
 	}
-	return d.lazy && hasAttrs, true
+	return d.lazy && hasAttrs, body, true
 }
 
 func (d *fastDecoder) event(ev *tracepb.Span_Event, b []byte) bool {

@@ -49,7 +49,12 @@ type Span struct {
 	deferred *deferredAttrs
 }
 
-type deferredAttrs struct{ done bool }
+type deferredAttrs struct {
+	done bool
+	// bodyAt is 1 + where Wire's fields after the span's IDs begin, when
+	// the IDs lead the encoding and occur nowhere else; 0 when they don't.
+	bodyAt int32
+}
 
 // ReservedAttrPrefix begins the keys of the attributes Threadline writes on
 // spans (the skew stage's stamps). DecodeTracesLazy never defers a span
@@ -89,6 +94,19 @@ func (s Span) DecodeAttrs() {
 		received = full.Attributes
 	}
 	s.Attributes = append(received, s.Attributes...)
+}
+
+// WireBody returns the span's received encoding without its trace_id and
+// span_id fields, and true, while its received attributes are deferred and
+// those fields led the encoding, as OTLP encoders write them; false
+// otherwise. Only attributes appended since (Span.Attributes) are not in it.
+// The span store keeps a span's IDs in its keys and copies the rest of the
+// encoding whole, with no pass over its fields.
+func (s Span) WireBody() ([]byte, bool) {
+	if !s.AttrsDeferred() || s.deferred.bodyAt <= 0 || int(s.deferred.bodyAt)-1 > len(s.Wire) {
+		return nil, false
+	}
+	return s.Wire[s.deferred.bodyAt-1:], true
 }
 
 // RangeDeferredAttrs calls fn with the key and the AnyValue encoding of
