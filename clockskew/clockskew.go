@@ -762,29 +762,44 @@ func (tr *tree) rootsBySize() []int32 {
 	return roots
 }
 
+// successors returns every span's successors in CSR form, those of span i
+// being succ[off[i]:off[i+1]]: its children in span order, then the extra
+// edges from[k] → to[k] in their order.
+func (tr *tree) successors(from, to []int32) (off, succ []int32) {
+	n := len(tr.spans)
+	off = tr.i32.take(n + 1)
+	for _, p := range tr.parent {
+		if p >= 0 {
+			off[p+1]++
+		}
+	}
+	for _, f := range from {
+		off[f+1]++
+	}
+	for i := range n {
+		off[i+1] += off[i]
+	}
+	succ = tr.i32.take(int(off[n]))
+	fill := tr.i32.take(n)
+	copy(fill, off)
+	for c, p := range tr.parent {
+		if p >= 0 {
+			succ[fill[p]] = int32(c)
+			fill[p]++
+		}
+	}
+	for k, f := range from {
+		succ[fill[f]] = to[k]
+		fill[f]++
+	}
+	return off, succ
+}
+
 // breadthFirst returns the spans breadth-first from the roots (parents
 // before children) and the roots, in span order.
 func (tr *tree) breadthFirst() (order, roots []int32) {
 	n := len(tr.spans)
-	// Children in CSR form: children of i are childIdx[childOff[i]:childOff[i+1]].
-	childOff := tr.i32.take(n + 1)
-	for _, p := range tr.parent {
-		if p >= 0 {
-			childOff[p+1]++
-		}
-	}
-	for i := range n {
-		childOff[i+1] += childOff[i]
-	}
-	childIdx := tr.i32.take(int(childOff[n]))
-	fill := tr.i32.take(n)
-	copy(fill, childOff)
-	for i, p := range tr.parent {
-		if p >= 0 {
-			childIdx[fill[p]] = int32(i)
-			fill[p]++
-		}
-	}
+	childOff, childIdx := tr.successors(nil, nil)
 	// The parent relation is a forest: every span is reached exactly once.
 	order = tr.i32.take(n)[:0]
 	roots = tr.i32.take(n)[:0]

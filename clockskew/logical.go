@@ -19,46 +19,24 @@ import (
 // always ends.
 func (tr *tree) logicalTimes(traceID span.TraceID) []int64 {
 	n := len(tr.spans)
-	// Successor lists in CSR form: parent edges, then same-trace link edges.
-	succOff := tr.i32.take(n + 1)
-	indeg := tr.i32.take(n)
-	for c, p := range tr.parent {
-		if p >= 0 {
-			succOff[p+1]++
-			indeg[c]++
-		}
-	}
-	hasLinks := false
+	// Same-trace link edges, linked span first; few spans have any.
+	var from, to []int32
 	for i, s := range tr.spans {
 		for _, l := range s.GetLinks() {
 			if j, ok := tr.linked(traceID, l.GetTraceId(), l.GetSpanId()); ok && j != int32(i) {
-				succOff[j+1]++
-				indeg[i]++
-				hasLinks = true
+				from, to = append(from, j), append(to, int32(i))
 			}
 		}
 	}
-	for i := range n {
-		succOff[i+1] += succOff[i]
-	}
-	succ := tr.i32.take(int(succOff[n]))
-	fill := tr.i32.take(n)
-	copy(fill, succOff)
+	succOff, succ := tr.successors(from, to)
+	indeg := tr.i32.take(n)
 	for c, p := range tr.parent {
 		if p >= 0 {
-			succ[fill[p]] = int32(c)
-			fill[p]++
+			indeg[c]++
 		}
 	}
-	if hasLinks {
-		for i, s := range tr.spans {
-			for _, l := range s.GetLinks() {
-				if j, ok := tr.linked(traceID, l.GetTraceId(), l.GetSpanId()); ok && j != int32(i) {
-					succ[fill[j]] = int32(i)
-					fill[j]++
-				}
-			}
-		}
+	for _, c := range to {
+		indeg[c]++
 	}
 
 	h := spanHeap{tr: tr, items: tr.i32.take(n)[:0]} // a span is pushed at most once

@@ -281,6 +281,13 @@ func TestBadgerSkiplistFingerPuts(t *testing.T) {
 	defer sl.DecrRef()
 	key := func(i int) []byte { return y.KeyWithTs([]byte(fmt.Sprintf("k%07d", i)), 1) }
 	want := map[int]string{}
+	// Keys put before the readers start, and never again: every lookup
+	// must find them while the puts below splice nodes in around them.
+	const settled, settledFrom = 1000, 200000
+	for i := settledFrom; i < settledFrom+settled; i++ {
+		sl.Put(key(i), y.ValueStruct{Value: []byte("settled")})
+		want[i] = "settled"
+	}
 	stop := make(chan struct{})
 	var readers sync.WaitGroup
 	for r := range 2 {
@@ -292,6 +299,10 @@ func TestBadgerSkiplistFingerPuts(t *testing.T) {
 				default:
 				}
 				_ = sl.Get(key(i % 50000)) // must not race with the puts
+				if k := settledFrom + i%settled; string(sl.Get(key(k)).Value) != "settled" {
+					t.Errorf("settled key %d not found during puts", k)
+					return
+				}
 			}
 		})
 	}

@@ -482,11 +482,9 @@ func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (defe
 		sp.Links = d.linkPtrs.many(c[2])[:0]
 	}
 	hasAttrs, reserved := false, false
-	body = 0
 	// This is walkFields written out: a span has a score of fields, and
 	// the callback per field showed in profiles.
 	for rest := b; len(rest) > 0; {
-		at := len(b) - len(rest)
 		var (
 			typ = protowire.BytesType
 			v   uint64
@@ -500,8 +498,8 @@ func (d *fastDecoder) span(sp *tracepb.Span, st *tracepb.Status, b []byte) (defe
 		}
 		rest = rest[n:]
 		if (num == 1 || num == 2) && typ == protowire.BytesType {
-			if at == body {
-				body = at + n // still leading
+			if end := len(b) - len(rest); end-n == body {
+				body = end // still leading
 			} else {
 				body = -1
 			}
