@@ -67,6 +67,7 @@ func NewAllInOne(ctx context.Context, cfg AllInOneConfig, logger *slog.Logger, h
 			return nil, err
 		}
 		cfg.Collector.Kafka.Brokers = []string{a.embedded.Addr()}
+		cfg.Collector.Kafka.Dial = a.embedded.Dial
 	}
 	cfg.Indexer.Kafka = cfg.Collector.Kafka
 	if cfg.Indexer.AlertRules == "" {

@@ -10,12 +10,14 @@
 package bus
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -76,6 +78,10 @@ type Config struct {
 	SASLMechanism string
 	SASLUser      string
 	SASLPassword  string
+	// Dial, when set, connects the clients to the brokers instead of the
+	// network: the all-in-one sets it to its embedded broker's in-memory
+	// connections (Embedded.Dial). Not a flag.
+	Dial func(ctx context.Context, network, host string) (net.Conn, error)
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -159,6 +165,9 @@ func (c Config) Topics() []string {
 // clientOpts are the options every client shares: brokers, TLS, SASL.
 func (c *Config) clientOpts() ([]kgo.Opt, error) {
 	opts := []kgo.Opt{kgo.SeedBrokers(c.Brokers...), kgo.ClientID(c.ClientID)}
+	if c.Dial != nil {
+		opts = append(opts, kgo.Dialer(c.Dial))
+	}
 	if c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLSSkipVerify} //nolint:gosec // opt-in for testing
 		if c.TLSCAFile != "" {

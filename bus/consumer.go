@@ -17,7 +17,11 @@ import (
 // on the poll loop and rebalances are held back while it runs.
 type RecordHandler interface {
 	// HandleRecords takes a polled batch. Each record's ticket must be released
-	// once the record is fully processed (see Ledger).
+	// once the record is fully processed (see Ledger). A record whose key and
+	// value the handler no longer reads may be recycled (kgo.Record.Recycle):
+	// once every record of a fetched batch is, the buffer the batch was
+	// decompressed into is reused (decompressBuffers). Records not recycled
+	// are left to the garbage collector, buffer and all.
 	HandleRecords(ctx context.Context, recs []*kgo.Record, tickets []*Ticket)
 	// PartitionsGone is called after partitions were revoked or lost; state
 	// held for them must be dropped (their next owner replays it).
@@ -51,6 +55,7 @@ type Consumer struct {
 	cfg     ConsumerConfig
 	handler RecordHandler
 	ledger  *Ledger
+	buffers *decompressBuffers
 	log     *slog.Logger
 
 	assignedMu sync.Mutex
@@ -75,6 +80,7 @@ func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandl
 	}
 	c := &Consumer{
 		cfg: cfg, handler: h, ledger: NewLedger(), log: logger,
+		buffers: &decompressBuffers{free: make(chan []byte, maxFreeDecompressBuffers)},
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_kafka_consumed_records_total",
 			Help: "Records consumed from Kafka, by topic.",
@@ -115,6 +121,7 @@ func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandl
 		// throughput.
 		kgo.FetchMaxBytes(1<<20),
 		kgo.FetchMaxPartitionBytes(512<<10),
+		kgo.WithPools(c.buffers),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			c.addAssigned(m, 1)
 			c.log.Info("partitions assigned", "partitions", m)
@@ -269,3 +276,40 @@ func (c *Consumer) Ping(ctx context.Context) error { return c.cl.Ping(ctx) }
 
 // Close leaves the group and closes the client.
 func (c *Consumer) Close() { c.cl.Close() }
+
+// decompressBuffers recycles the buffers the client decompresses fetched
+// batches into (kgo.PoolDecompressBytes). Every span the indexer reads
+// arrives in one, about as many bytes as the process allocates for
+// everything else together, so reusing them saves the garbage collector
+// most of its cycles' worth of work for them. It keeps at most
+// maxFreeDecompressBuffers buffers of at most maxDecompressBuffer bytes.
+type decompressBuffers struct{ free chan []byte }
+
+const (
+	maxFreeDecompressBuffers = 8
+	maxDecompressBuffer      = 8 << 20
+)
+
+// GetDecompressBytes returns a free buffer, or nil for the codec to
+// allocate one; one too small is grown by the codec and the grown one comes
+// back.
+func (p *decompressBuffers) GetDecompressBytes([]byte, kgo.CompressionCodecType) []byte {
+	select {
+	case b := <-p.free:
+		return b
+	default:
+		return nil
+	}
+}
+
+// PutDecompressBytes keeps a buffer the client is done with, zeroed by the
+// client, unless enough are kept already.
+func (p *decompressBuffers) PutDecompressBytes(b []byte) {
+	if cap(b) > maxDecompressBuffer {
+		return
+	}
+	select {
+	case p.free <- b[:0]:
+	default:
+	}
+}

@@ -90,6 +90,7 @@ func (c *EmbeddedConfig) Validate() error {
 type Embedded struct {
 	cluster *kfake.Cluster
 	addr    string
+	local   *inProcessListener
 }
 
 // StartEmbedded starts the broker and creates the topics (idempotently: after a
@@ -122,11 +123,20 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, topics []string, log
 	if cfg.SyncWrites {
 		opts = append(opts, kfake.SyncWrites())
 	}
+	var local *inProcessListener
+	opts = append(opts, kfake.ListenFn(func(network, address string) (net.Listener, error) {
+		tcp, err := net.Listen(network, address)
+		if err != nil {
+			return nil, err
+		}
+		local = newInProcessListener(tcp)
+		return local, nil
+	}))
 	cluster, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded kafka on %s: %w", cfg.Addr, err)
 	}
-	e := &Embedded{cluster: cluster, addr: cluster.ListenAddrs()[0]}
+	e := &Embedded{cluster: cluster, addr: cluster.ListenAddrs()[0], local: local}
 	if err := e.createTopics(ctx, cfg, topics); err != nil {
 		cluster.Close()
 		return nil, err
@@ -138,11 +148,18 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, topics []string, log
 // Addr is the broker's host:port.
 func (e *Embedded) Addr() string { return e.addr }
 
+// Dial connects a client of this process to the broker in memory (see
+// inProcessListener); it has kgo.Dialer's signature and is what
+// Config.Dial takes.
+func (e *Embedded) Dial(ctx context.Context, network, host string) (net.Conn, error) {
+	return e.local.dial(ctx, network, host)
+}
+
 // Close stops the broker, persisting its state.
 func (e *Embedded) Close() { e.cluster.Close() }
 
 func (e *Embedded) createTopics(ctx context.Context, cfg EmbeddedConfig, topics []string) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.addr))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.addr), kgo.Dialer(e.Dial))
 	if err != nil {
 		return fmt.Errorf("embedded kafka admin client: %w", err)
 	}

@@ -363,6 +363,9 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		}
 		c := ix.packer.pack(r.Value, n, now)
 		c.rec, c.parts = t, 1
+		// The chunk holds a packed copy: the client may reuse the
+		// buffer the record's batch was decompressed into.
+		r.Recycle()
 		ix.add(id, pk, c, t, now)
 		return
 	}
