@@ -92,3 +92,5 @@ require (
 replace github.com/dgraph-io/ristretto/v2 => ./third_party/ristretto
 
 replace github.com/dgraph-io/badger/v4 => ./third_party/badger
+
+replace github.com/twmb/franz-go/pkg/kfake => ./third_party/kfake
