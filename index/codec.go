@@ -189,18 +189,17 @@ type chunkEntry struct {
 // spans name, then per span its ID, blob indexes and length-prefixed body.
 // Naming each hash once keeps 16 bytes per span out of the value.
 func appendChunk(dst []byte, entries []chunkEntry) []byte {
-	var hashes []uint64
-	index := func(h uint64) uint64 {
-		if i := slices.Index(hashes, h); i >= 0 {
-			return uint64(i)
+	// The blob hashes in first-seen order; a span's indexes are the places
+	// of its hashes (a chunk names a few).
+	var buf [8]uint64
+	hashes := buf[:0]
+	for _, e := range entries {
+		if !slices.Contains(hashes, e.res) {
+			hashes = append(hashes, e.res)
 		}
-		hashes = append(hashes, h)
-		return uint64(len(hashes) - 1)
-	}
-	type refs struct{ res, scope uint64 }
-	idx := make([]refs, len(entries))
-	for i, e := range entries {
-		idx[i] = refs{index(e.res), index(e.scope)}
+		if !slices.Contains(hashes, e.scope) {
+			hashes = append(hashes, e.scope)
+		}
 	}
 	dst = append(dst, valueVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(hashes)))
@@ -208,10 +207,10 @@ func appendChunk(dst []byte, entries []chunkEntry) []byte {
 		dst = appendU64(dst, h)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(entries)))
-	for i, e := range entries {
+	for _, e := range entries {
 		dst = append(dst, e.sid[:]...)
-		dst = binary.AppendUvarint(dst, idx[i].res)
-		dst = binary.AppendUvarint(dst, idx[i].scope)
+		dst = binary.AppendUvarint(dst, uint64(slices.Index(hashes, e.res)))
+		dst = binary.AppendUvarint(dst, uint64(slices.Index(hashes, e.scope)))
 		dst = binary.AppendUvarint(dst, uint64(len(e.body)))
 		dst = append(dst, e.body...)
 	}
@@ -417,7 +416,8 @@ func subFloor(a, b uint64) uint64 {
 
 // addSpan folds one span's times and root fields into s. It is idempotent:
 // adding the same span twice changes nothing (counts are kept by the caller,
-// which knows whether the span is new).
+// which knows whether the span is new, and so are services: prepare keeps
+// them in its batch's buffer).
 func (s *summary) addSpan(sp span.Span) {
 	start, end := sp.GetStartTimeUnixNano(), sp.GetEndTimeUnixNano()
 	if s.MinStart == 0 || start < s.MinStart {
@@ -430,9 +430,6 @@ func (s *summary) addSpan(sp span.Span) {
 		s.HasRoot = true
 		s.RootStart, s.RootEnd = start, end
 		s.RootService, s.RootName = sp.ServiceName(), sp.GetName()
-	}
-	if svc := sp.ServiceName(); svc != "" {
-		s.Services = unionStrings(s.Services, svc)
 	}
 }
 

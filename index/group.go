@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/dgraph-io/badger/v4"
@@ -50,11 +51,14 @@ func groupKey(gid uint64) []byte { return appendU64([]byte{prefixGroup}, gid) }
 
 // groupCodec compresses and decompresses group values; both are safe for
 // concurrent use. It also recycles the plain buffers groups are built in,
-// which are free again once the group is compressed.
+// which are free again once the group is compressed, and the buffers of
+// compressed values (chunk groups and summary blocks), free again once the
+// commit that wrote them has returned (recycleValues).
 type groupCodec struct {
-	enc  *zstd.Encoder
-	dec  *zstd.Decoder
-	bufs sync.Pool // *[]byte of capacity groupCap
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	bufs   sync.Pool // *[]byte of capacity groupCap
+	values sync.Pool // *[]byte
 }
 
 // groupCap holds a group at its target plus the largest chunk that can
@@ -80,13 +84,44 @@ func (c *groupCodec) close() {
 	_ = c.enc.Close()
 }
 
+// compress returns the value of a group or summary block: valueVersion,
+// then the zstd frame of plain, in a buffer from the values pool.
+func (c *groupCodec) compress(plain []byte) []byte {
+	var dst []byte
+	if p, ok := c.values.Get().(*[]byte); ok {
+		dst = (*p)[:0]
+	} else {
+		dst = make([]byte, 0, 1+len(plain)/4)
+	}
+	return c.enc.EncodeAll(plain, append(dst, valueVersion))
+}
+
+// recycleValues hands the buffers of values made by compress back to the
+// pool and empties values. The transactions that held them MUST be over,
+// committed or discarded, as they are once Store.commit has returned.
+// Txn.Commit returns once Badger's write goroutine is done with the batch
+// (request.Wait), and by then Badger has copied every value: into the
+// value log (valueLog.write), or into the write-ahead log and arena of the
+// memtable (writeToLSM, memTable.Put, Skiplist.Put). It keeps no reference
+// to the caller's slices: the request drops its entries (request.DecrRef),
+// and the store has no subscribers (publisher.sendUpdates) to hand them
+// to. A discarded transaction is never read again.
+func (c *groupCodec) recycleValues(values []kv) []kv {
+	for _, e := range values {
+		v := e.v
+		c.values.Put(&v)
+	}
+	return emptied(values)
+}
+
 // group is a group being filled by a preparer.
 type group struct {
 	plain []byte
 	ids   []byte // (trace ID, chunk ID) of every chunk, hashed into the group ID
 }
 
-// groupBuilder collects the plain chunks of one batch into groups.
+// groupBuilder collects the plain chunks of one batch into groups. It is
+// reused from batch to batch (preparer), keeping its groups' ID buffers.
 type groupBuilder struct {
 	codec  *groupCodec
 	groups []group
@@ -102,7 +137,9 @@ func (b *groupBuilder) add(tid span.TraceID, chunkID uint64, appendTo func([]byt
 		} else {
 			plain = make([]byte, 0, groupCap)
 		}
-		b.groups = append(b.groups, group{plain: plain})
+		b.groups = slices.Grow(b.groups, 1)[:len(b.groups)+1]
+		cur := &b.groups[len(b.groups)-1]
+		cur.plain, cur.ids = plain, cur.ids[:0]
 	}
 	g = len(b.groups) - 1
 	cur := &b.groups[g]
@@ -112,23 +149,37 @@ func (b *groupBuilder) add(tid span.TraceID, chunkID uint64, appendTo func([]byt
 	return g, off, len(cur.plain) - off
 }
 
-// seal compresses every group and returns the group values with their IDs.
-// The builder is empty afterwards.
-func (b *groupBuilder) seal() (values []kv, ids []uint64) {
-	values = make([]kv, len(b.groups))
-	ids = make([]uint64, len(b.groups))
-	for i, g := range b.groups {
+// seal compresses every group and appends the group values and their IDs
+// to values and ids. The builder is empty afterwards.
+func (b *groupBuilder) seal(values []kv, ids []uint64) ([]kv, []uint64) {
+	for i := range b.groups {
+		g := &b.groups[i]
 		h := fnv.New64a()
 		_, _ = h.Write(g.ids)
-		ids[i] = h.Sum64()
-		v := b.codec.enc.EncodeAll(g.plain, append(make([]byte, 0, 1+len(g.plain)/4), valueVersion))
-		values[i] = kv{groupKey(ids[i]), v}
-		if cap(g.plain) == groupCap {
-			b.codec.bufs.Put(&g.plain)
-		}
+		id := h.Sum64()
+		ids = append(ids, id)
+		values = append(values, kv{groupKey(id), b.codec.compress(g.plain)})
+		b.release(g)
 	}
-	b.groups = nil
+	b.groups = b.groups[:0]
 	return values, ids
+}
+
+// reset empties the builder, dropping groups not sealed (a batch that
+// failed).
+func (b *groupBuilder) reset() {
+	for i := range b.groups {
+		b.release(&b.groups[i])
+	}
+	b.groups = b.groups[:0]
+}
+
+// release hands a group's plain buffer back to the pool.
+func (b *groupBuilder) release(g *group) {
+	if plain := g.plain; cap(plain) == groupCap {
+		b.codec.bufs.Put(&plain)
+	}
+	g.plain = nil
 }
 
 // chunkReader resolves chunk references, chunk values of the earlier forms

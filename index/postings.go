@@ -40,26 +40,33 @@ var postingFlushTraces = 16384
 type pendingPostings struct {
 	mu sync.Mutex
 	g  gathered
+	// spare is the map of a flush that succeeded, with its lists emptied,
+	// for the next gathering to fill (recycle).
+	spare map[string]*[]uint64
 }
 
 // gathered is what pendingPostings holds, and what a flush takes.
 type gathered struct {
-	seqs    map[string][]uint64 // posting prefix -> seqs of every batch gathered
-	traces  int                 // traces of the batches gathered
-	since   time.Time           // when the first batch gathered was added
-	waiters []func()            // durable callbacks of the batches gathered
+	seqs    map[string]*[]uint64 // posting prefix -> seqs of every batch gathered (may be empty)
+	traces  int                  // traces of the batches gathered
+	since   time.Time            // when the first batch gathered was added
+	waiters []func()             // durable callbacks of the batches gathered
 }
 
 func (g *gathered) empty() bool { return g.traces == 0 && len(g.waiters) == 0 }
 
 // add gathers a committed batch: frags[i] are the seqs of postings[i] (nil
-// for none), durable its callback (nil for none).
+// for none), durable its callback (nil for none). It copies the seqs: the
+// caller reuses frags for its next batch.
 func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, durable func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	g := &p.g
 	if g.seqs == nil {
-		g.seqs = map[string][]uint64{}
+		g.seqs, p.spare = p.spare, nil
+		if g.seqs == nil {
+			g.seqs = map[string]*[]uint64{}
+		}
 	}
 	if g.empty() {
 		g.since = time.Now()
@@ -69,9 +76,10 @@ func (p *pendingPostings) add(postings [][]byte, frags [][]uint64, traces int, d
 			continue
 		}
 		if list, ok := g.seqs[string(postings[i])]; ok { // no copy of the key
-			g.seqs[string(postings[i])] = append(list, seqs...)
+			*list = append(*list, seqs...)
 		} else {
-			g.seqs[string(postings[i])] = slices.Clip(seqs)
+			list := slices.Clone(seqs)
+			g.seqs[string(postings[i])] = &list
 		}
 	}
 	g.traces += traces
@@ -110,16 +118,45 @@ func (p *pendingPostings) restore(old gathered) {
 	defer p.mu.Unlock()
 	g := &p.g
 	if g.seqs == nil {
-		g.seqs = map[string][]uint64{}
+		g.seqs = map[string]*[]uint64{}
 	}
 	for k, s := range old.seqs {
-		g.seqs[k] = append(s, g.seqs[k]...)
+		if len(*s) == 0 {
+			continue
+		}
+		if list, ok := g.seqs[k]; ok {
+			*list = append(*s, *list...)
+		} else {
+			g.seqs[k] = s
+		}
 	}
 	if g.empty() || old.since.Before(g.since) {
 		g.since = old.since
 	}
 	g.traces += old.traces
 	g.waiters = append(old.waiters, g.waiters...)
+}
+
+// recycle keeps the map of a flushed gathering for a later one, unless p
+// has one already. The postings that had seqs keep their key and their
+// list's capacity, emptied; the others are dropped. So a value that every
+// gathering holds (a service, a status, a host) costs no allocation once
+// both maps that gatherings alternate between hold it (a flush runs while
+// the next gathering fills the other map), unless its list outgrows its
+// earlier length. The spare map retains about one gathering's seqs.
+func (p *pendingPostings) recycle(seqs map[string]*[]uint64) {
+	for k, list := range seqs {
+		if len(*list) == 0 {
+			delete(seqs, k)
+		} else {
+			*list = (*list)[:0]
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.spare == nil && len(seqs) > 0 {
+		p.spare = seqs
+	}
 }
 
 // Flush writes the posting lists of every write so far and then runs their
@@ -133,6 +170,7 @@ func (s *Store) Flush(ctx context.Context) error {
 		s.postings.restore(g)
 		return err
 	}
+	s.postings.recycle(g.seqs)
 	for _, w := range g.waiters {
 		w()
 	}
@@ -142,13 +180,15 @@ func (s *Store) Flush(ctx context.Context) error {
 // writePostings writes fragments of every posting in key order (which
 // makes a flush deterministic), each holding the seqs of one fragWindow,
 // newest first.
-func (s *Store) writePostings(ctx context.Context, seqs map[string][]uint64) error {
-	if len(seqs) == 0 {
-		return nil
-	}
+func (s *Store) writePostings(ctx context.Context, seqs map[string]*[]uint64) error {
 	keys := make([]string, 0, len(seqs))
-	for k := range seqs {
-		keys = append(keys, k)
+	for k, list := range seqs {
+		if len(*list) > 0 {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
 	}
 	slices.Sort(keys)
 	w := newTxnWriter(s.db)
@@ -161,9 +201,9 @@ func (s *Store) writePostings(ctx context.Context, seqs map[string][]uint64) err
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write postings: %w", err)
 		}
-		list := scratch.merge(seqs[p])
+		list := scratch.merge(*seqs[p])
 		list = slices.Compact(list)
-		seqs[p] = list // Compact zeroed the tail: a failed flush restores this
+		*seqs[p] = list // Compact zeroed the tail: a failed flush restores this
 		for len(list) > 0 {
 			n := 1
 			for n < len(list) && n < maxFragSeqs && list[0]-list[n] <= fragWindow {
@@ -247,8 +287,8 @@ func (w *txnWriter) commit() error { return w.txn.Commit() }
 func (w *txnWriter) discard() { w.txn.Discard() }
 
 // runMerger sorts posting lists gathered from batches: each batch's seqs
-// are sorted newest first (batchPostings), so a list is a few such runs
-// one after another, which merging pairwise sorts in n·log(runs)
+// are sorted newest first (postingLists.gather), so a list is a few such
+// runs one after another, which merging pairwise sorts in n·log(runs)
 // comparisons instead of a sort's n·log(n). Its buffers are reused from
 // list to list.
 type runMerger struct {

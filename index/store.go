@@ -55,6 +55,9 @@ type Store struct {
 	dicts   *chunkDicts
 	groups  *groupCodec
 	writeMu sync.Mutex // serialises commits, see writeTraces
+	// preparers holds the preparers of finished batches, emptied, for the
+	// next ones (getPreparer).
+	preparers sync.Pool
 	// postings gathers the posting lists of committed batches until Flush
 	// (under flushMu) writes them (postings.go).
 	postings pendingPostings

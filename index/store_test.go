@@ -909,8 +909,10 @@ func firstKeyIn(t *testing.T, txn *badger.Txn, prefix []byte) []byte {
 // TestBatchPostingsNewestFirst checks the per-batch posting lists against
 // appending every trace's seq and sorting: every list newest first, each
 // trace once per posting it holds (twice when the batch holds it twice).
+// One postingLists gathers every round, as a pooled preparer's does.
 func TestBatchPostingsNewestFirst(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
+	var lists postingLists
 	for round := range 50 {
 		const npostings = 12
 		n := 1 + rng.IntN(200)
@@ -930,7 +932,7 @@ func TestBatchPostingsNewestFirst(t *testing.T) {
 				want[p] = append(want[p], seqs[i])
 			}
 		}
-		got := batchPostings(prepared, seqs, durs, npostings)
+		got := lists.gather(prepared, seqs, durs, npostings)
 		for p := range want {
 			if len(want[p]) == 0 {
 				require.Empty(t, got[p], "round %d, posting %d", round, p)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -47,11 +48,13 @@ func appendSummaryRef(dst []byte, id uint64, i int) []byte {
 
 // sumBlocks builds the summary blocks of one batch. A block's plain form is
 // valueVersion, the uvarint count of summaries, the uvarint length of each,
-// then the summaries (summary.appendTo) back to back.
+// then the summaries (summary.appendTo) back to back. It is reused from
+// batch to batch (preparer), keeping its buffers.
 type sumBlocks struct {
 	codec  *groupCodec
 	sums   []byte // encoded summaries of the block being filled
 	lens   []int
+	plain  []byte // scratch of seal
 	values []kv
 	// per summary added, in order: its block (index in values) and its
 	// entry in the block
@@ -75,7 +78,8 @@ func (b *sumBlocks) seal() {
 	if len(b.lens) == 0 {
 		return
 	}
-	plain := append(make([]byte, 0, 1+binary.MaxVarintLen64+3*len(b.lens)+len(b.sums)), valueVersion)
+	plain := slices.Grow(b.plain[:0], 1+binary.MaxVarintLen64+3*len(b.lens)+len(b.sums))
+	plain = append(plain, valueVersion)
 	plain = binary.AppendUvarint(plain, uint64(len(b.lens)))
 	for _, n := range b.lens {
 		plain = binary.AppendUvarint(plain, uint64(n))
@@ -83,14 +87,23 @@ func (b *sumBlocks) seal() {
 	plain = append(plain, b.sums...)
 	h := fnv.New64a()
 	_, _ = h.Write(plain)
-	v := b.codec.enc.EncodeAll(plain, append(make([]byte, 0, 1+len(plain)/4), valueVersion))
-	b.values = append(b.values, kv{sumBlockKey(h.Sum64()), v})
+	b.values = append(b.values, kv{sumBlockKey(h.Sum64()), b.codec.compress(plain)})
+	b.plain = plain
 	b.sums, b.lens = b.sums[:0], b.lens[:0]
 }
 
-// ref is the reference to the n-th summary added; its block must be sealed.
-func (b *sumBlocks) ref(n int) []byte {
-	return appendSummaryRef(nil, beUint64(b.values[b.block[n]].k[1:]), b.entry[n])
+// reset empties the builder for the next batch. The commit that wrote its
+// values MUST have returned (groupCodec.recycleValues).
+func (b *sumBlocks) reset() {
+	b.values = b.codec.recycleValues(b.values)
+	b.sums, b.lens = b.sums[:0], b.lens[:0]
+	b.block, b.entry = b.block[:0], b.entry[:0]
+}
+
+// appendRef appends the reference to the n-th summary added; its block
+// must be sealed.
+func (b *sumBlocks) appendRef(dst []byte, n int) []byte {
+	return appendSummaryRef(dst, beUint64(b.values[b.block[n]].k[1:]), b.entry[n])
 }
 
 // summary reads and decodes the summary under key: inline, or through its

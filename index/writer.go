@@ -151,10 +151,11 @@ const (
 )
 
 func traceKey(id span.TraceID, sub byte) []byte {
-	k := make([]byte, 0, 1+16+1+8)
-	k = append(k, prefixTrace)
-	k = append(k, id[:]...)
-	return append(k, sub)
+	return appendTraceKey(make([]byte, 0, 1+16+1+8), id, sub)
+}
+
+func appendTraceKey(dst []byte, id span.TraceID, sub byte) []byte {
+	return append(append(append(dst, prefixTrace), id[:]...), sub)
 }
 
 func blobKey(kind byte, hash uint64) []byte { return appendU64([]byte{prefixBlob, kind}, hash) }
@@ -219,7 +220,9 @@ type chunkValue struct {
 }
 
 // preparedTrace is everything about one KeptTrace that does not depend on
-// what is already stored, built before any transaction opens.
+// what is already stored, built before any transaction opens. Its slices
+// are parts of its preparer's batch-wide buffers, valid until the preparer
+// is reset.
 type preparedTrace struct {
 	id       span.TraceID
 	delta    summary // times, root, services, reasons, warnings of these spans
@@ -286,9 +289,12 @@ func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable
 }
 
 func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable func()) (int, error) {
-	prepared := make([]preparedTrace, 0, len(traces))
+	p := s.getPreparer()
+	// After the commit has returned: the batch's values are Badger's
+	// copies by then (groupCodec.recycleValues).
+	defer s.putPreparer(p)
+	p.prepared = slices.Grow(p.prepared, len(traces))
 	nSpans := 0
-	p := newPreparer(s)
 	for i := range traces {
 		pt, err := p.prepare(&traces[i])
 		if err != nil {
@@ -296,15 +302,15 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable fun
 			return 0, err
 		}
 		nSpans += len(pt.spanIDs)
-		prepared = append(prepared, pt)
+		p.prepared = append(p.prepared, pt)
 	}
-	p.groupValues, p.groupIDs = p.groups.seal()
+	p.groupValues, p.groupIDs = p.groups.seal(p.groupValues, p.groupIDs)
 	// Commits are serialised: concurrent read-modify-writes of one hot
 	// trace would otherwise need conflict detection and retries (Badger's
 	// is off, see badgerOptions), and Badger applies writes one batch at a
 	// time anyway. prepare, the CPU-heavy part, stays parallel.
 	s.writeMu.Lock()
-	err := s.commit(ctx, prepared, p, durable)
+	err := s.commit(ctx, p.prepared, p, durable)
 	s.writeMu.Unlock()
 	if err != nil {
 		// The list keys admitted for this batch may not be on disk; let a
@@ -313,7 +319,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable fun
 		return 0, err
 	}
 	now := time.Now()
-	for _, pt := range prepared {
+	for _, pt := range p.prepared {
 		for _, b := range pt.blobs {
 			s.blobs.mark(beUint64(b.k[2:]), now)
 		}
@@ -321,10 +327,13 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable fun
 	return nSpans, nil
 }
 
-// preparer prepares the traces of one batch. It interns what the batch's
-// spans repeat (attribute values, services, operations), so a repeated value
-// costs one map lookup per occurrence, and its posting key and list
-// admissions are built once per batch rather than once per span or trace.
+// preparer prepares the traces of one batch, and holds what its commit
+// builds. It interns what the batch's spans repeat (attribute values,
+// services, operations), so a repeated value costs one map lookup per
+// occurrence, and its posting key and list admissions are built once per
+// batch rather than once per span or trace. The store pools preparers:
+// reset empties one for the next batch, keeping the capacity of its maps
+// and buffers, so a batch like the previous ones allocates little of this.
 type preparer struct {
 	s   *Store
 	now time.Time
@@ -357,21 +366,101 @@ type preparer struct {
 	resHash                map[*span.Resource]uint64
 	resPostings            map[*span.Resource][]int32
 	scHash                 map[*span.Scope]uint64
+
+	// The batch's prepared traces, and the buffers their slices are parts
+	// of: each trace's postings, span IDs and error flags, chunks, and
+	// reasons, warnings and services, back to back.
+	prepared   []preparedTrace
+	tracePosts []int32
+	spanIDs    []span.SpanID
+	spanErr    []bool
+	chunks     []chunkValue
+	strs       []string
+	// Scratch of prepare, for one trace at a time.
+	refs    []spanRef
+	entries []chunkEntry
+
+	// Scratch of commit (under writeMu). kv holds the keys and small
+	// values commit hands to Badger, back to back (kvFrom).
+	kv          []byte
+	seqs        []uint64
+	durs        []int
+	durPostings map[uint16]int
+	latest      map[span.TraceID]int
+	sums        sumBlocks
+	postLists   postingLists
 }
 
-func newPreparer(s *Store) *preparer {
-	return &preparer{
-		s:           s,
-		now:         time.Now(),
-		intern:      make(map[string]int32, 256),
-		wire:        make(map[string]int32, 256),
-		resHash:     map[*span.Resource]uint64{},
-		resPostings: map[*span.Resource][]int32{},
-		scHash:      map[*span.Scope]uint64{},
-		high:        s.card.snapshot(),
-		spanKeys:    map[string]*spanKey{},
-		groups:      groupBuilder{codec: s.groups},
+// getPreparer returns an empty preparer for a batch.
+func (s *Store) getPreparer() *preparer {
+	p, ok := s.preparers.Get().(*preparer)
+	if !ok {
+		p = &preparer{
+			s:           s,
+			intern:      make(map[string]int32, 256),
+			wire:        make(map[string]int32, 256),
+			resHash:     map[*span.Resource]uint64{},
+			resPostings: map[*span.Resource][]int32{},
+			scHash:      map[*span.Scope]uint64{},
+			spanKeys:    map[string]*spanKey{},
+			groups:      groupBuilder{codec: s.groups},
+			durPostings: map[uint16]int{},
+			latest:      map[span.TraceID]int{},
+			sums:        sumBlocks{codec: s.groups},
+		}
 	}
+	p.now = time.Now()
+	p.high = s.card.snapshot()
+	return p
+}
+
+// putPreparer resets p and pools it. The batch's commit MUST have returned
+// (or never run): its group and summary-block values go back to the
+// codec's pool.
+func (s *Store) putPreparer(p *preparer) {
+	p.reset()
+	s.preparers.Put(p)
+}
+
+// reset empties p for another batch. It drops every reference to the
+// batch's spans (resources, strings aliasing their bytes) so that a pooled
+// preparer holds no memory of the batch but its own buffers.
+func (p *preparer) reset() {
+	clear(p.intern)
+	clear(p.wire)
+	clear(p.resHash)
+	clear(p.resPostings)
+	clear(p.scHash)
+	clear(p.spanKeys)
+	clear(p.durPostings)
+	clear(p.latest)
+	p.high = nil
+	p.trace, p.attrPos = 0, 0
+	p.postings = emptied(p.postings)
+	p.postLast = emptied(p.postLast)
+	p.lists = emptied(p.lists)
+	p.intrinsics = emptied(p.intrinsics)
+	p.lastKeys = emptied(p.lastKeys)
+	p.prepared = emptied(p.prepared)
+	p.tracePosts = emptied(p.tracePosts)
+	p.spanIDs = emptied(p.spanIDs)
+	p.spanErr = emptied(p.spanErr)
+	p.chunks = emptied(p.chunks)
+	p.strs = emptied(p.strs)
+	p.refs = emptied(p.refs)
+	p.entries = emptied(p.entries)
+	p.kv = p.kv[:0]
+	p.stripped.Reset()
+	p.groups.reset()
+	p.groupValues = p.s.groups.recycleValues(p.groupValues)
+	p.groupIDs = p.groupIDs[:0]
+	p.sums.reset()
+}
+
+// emptied clears s and returns it with length 0 and its capacity.
+func emptied[S ~[]E, E any](s S) S {
+	clear(s)
+	return s[:0]
 }
 
 func (p *preparer) addList(group string, key []byte, limit int) {
@@ -393,12 +482,40 @@ func (p *preparer) posting(prefix []byte) int32 {
 	return i
 }
 
-// use adds posting i to the trace unless the trace has it.
-func (p *preparer) use(pt *preparedTrace, i int32) {
+// use adds posting i to the trace being prepared unless the trace has it.
+func (p *preparer) use(i int32) {
 	if i >= 0 && p.postLast[i] != p.trace {
 		p.postLast[i] = p.trace
-		pt.postings = append(pt.postings, i)
+		p.tracePosts = append(p.tracePosts, i)
 	}
+}
+
+// kvFrom returns what was appended to p.kv since n. Later appends never
+// write it again (they go past it, or to a new array), and reset comes
+// after the commit has returned, when Badger holds no reference to it (see
+// groupCodec.recycleValues; a key is copied too, by Txn.modify for its
+// map and by Txn.commitAndSend, which adds the version).
+func (p *preparer) kvFrom(n int) []byte {
+	return p.kv[n:len(p.kv):len(p.kv)]
+}
+
+// union appends to p.strs the values of add that p.strs[start:] does not
+// hold, keeping first-seen order (unionStrings).
+func (p *preparer) union(start int, add ...string) {
+	for _, a := range add {
+		if !slices.Contains(p.strs[start:], a) {
+			p.strs = append(p.strs, a)
+		}
+	}
+}
+
+// strsFrom returns p.strs[start:] (nil when empty), with no room to append
+// into the strings of the next trace.
+func (p *preparer) strsFrom(start int) []string {
+	if start == len(p.strs) {
+		return nil
+	}
+	return p.strs[start:len(p.strs):len(p.strs)]
 }
 
 // tagName admits an attribute key to the tag-name list the first time the
@@ -557,18 +674,18 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 	if kt.Trace.ID.IsZero() {
 		return pt, fmt.Errorf("write trace: %w", span.ErrZeroID)
 	}
-	pt.delta.Reasons = unionStrings(nil, kt.Reasons...)
-	pt.delta.Warnings = unionStrings(nil, kt.Warnings...)
-	pt.postings = make([]int32, 0, 32)
+	from := len(p.strs)
+	p.union(from, kt.Reasons...)
+	pt.delta.Reasons = p.strsFrom(from)
+	from = len(p.strs)
+	p.union(from, kt.Warnings...)
+	pt.delta.Warnings = p.strsFrom(from)
+	svcStart, postStart := len(p.strs), len(p.tracePosts)
 
-	type ref struct {
-		e     chunkEntry
-		start int
-		isErr bool
-	}
-	refs := make([]ref, 0, len(kt.Trace.Spans))
+	refs := p.refs[:0]
 	p.bodies = p.bodies[:0]
-	var doneRes, doneScope []uint64
+	var resBuf, scopeBuf [4]uint64
+	doneRes, doneScope := resBuf[:0], scopeBuf[:0]
 	for _, sp := range kt.Trace.Spans {
 		if sp.Span == nil {
 			continue
@@ -577,7 +694,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		if err != nil {
 			return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 		}
-		if slices.ContainsFunc(refs, func(r ref) bool { return r.e.sid == sid }) {
+		if slices.ContainsFunc(refs, func(r spanRef) bool { return r.e.sid == sid }) {
 			continue
 		}
 		resHash, ok := p.resHash[sp.Resource]
@@ -616,7 +733,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 			}
 		}
 		for _, i := range p.resPostings[sp.Resource] {
-			p.use(&pt, i)
+			p.use(i)
 		}
 		scopeHash, ok := p.scHash[sp.Scope]
 		if !ok {
@@ -648,25 +765,31 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 				return pt, fmt.Errorf("write trace %s: %w", kt.Trace.ID, err)
 			}
 		}
-		refs = append(refs, ref{
+		refs = append(refs, spanRef{
 			e:     chunkEntry{sid: sid, res: resHash, scope: scopeHash},
 			start: start,
 			isErr: sp.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR,
 		})
 		pt.delta.addSpan(sp)
+		if svc := sp.ServiceName(); svc != "" {
+			p.union(svcStart, svc)
+		}
 
 		for _, i := range p.intrinsic(sp.ServiceName(), sp.GetKind(), sp.GetName(), statusString(sp.Span)) {
-			p.use(&pt, i)
+			p.use(i)
 		}
 		p.attrPos = 0
-		sp.RangeDeferredAttrs(func(key string, value []byte) { p.use(&pt, p.wireAttr(key, value)) })
+		sp.RangeDeferredAttrs(func(key string, value []byte) { p.use(p.wireAttr(key, value)) })
 		for _, a := range sp.GetAttributes() {
 			var ok bool
 			if p.val, ok = appendAttrString(p.val[:0], a.GetValue()); ok {
-				p.use(&pt, p.attr(scopeSpan, a.GetKey(), p.val))
+				p.use(p.attr(scopeSpan, a.GetKey(), p.val))
 			}
 		}
 	}
+	p.refs = refs
+	pt.delta.Services = p.strsFrom(svcStart)
+	pt.postings = p.tracePosts[postStart:len(p.tracePosts):len(p.tracePosts)]
 
 	// Bodies were appended to one buffer; slice them now that it no longer
 	// moves.
@@ -677,13 +800,18 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		}
 		refs[i].e.body = p.bodies[refs[i].start:end]
 	}
-	slices.SortFunc(refs, func(a, b ref) int { return bytes.Compare(a.e.sid[:], b.e.sid[:]) })
-	pt.spanIDs = make([]span.SpanID, len(refs))
-	pt.spanErr = make([]bool, len(refs))
-	entries := make([]chunkEntry, len(refs))
-	for i, r := range refs {
-		pt.spanIDs[i], pt.spanErr[i], entries[i] = r.e.sid, r.isErr, r.e
+	slices.SortFunc(refs, func(a, b spanRef) int { return bytes.Compare(a.e.sid[:], b.e.sid[:]) })
+	idStart := len(p.spanIDs)
+	entries := p.entries[:0]
+	for _, r := range refs {
+		p.spanIDs = append(p.spanIDs, r.e.sid)
+		p.spanErr = append(p.spanErr, r.isErr)
+		entries = append(entries, r.e)
 	}
+	p.entries = entries
+	pt.spanIDs = p.spanIDs[idStart:len(p.spanIDs):len(p.spanIDs)]
+	pt.spanErr = p.spanErr[idStart:len(p.spanErr):len(p.spanErr)]
+	chunkStart := len(p.chunks)
 	for len(entries) > 0 {
 		n, size := 0, 0
 		for n < len(entries) && n < maxChunkSpans && (n == 0 || size+len(entries[n].body) <= maxChunkBytes) {
@@ -692,10 +820,19 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 		}
 		id := chunkID(entries[:n])
 		g, off, size := p.groups.add(kt.Trace.ID, id, func(dst []byte) []byte { return appendChunk(dst, entries[:n]) })
-		pt.chunks = append(pt.chunks, chunkValue{id: id, group: g, off: off, n: size})
+		p.chunks = append(p.chunks, chunkValue{id: id, group: g, off: off, n: size})
 		entries = entries[n:]
 	}
+	pt.chunks = p.chunks[chunkStart:len(p.chunks):len(p.chunks)]
 	return pt, nil
+}
+
+// spanRef is a span of the trace being prepared: its chunk entry, whose
+// body starts at start in the preparer's bodies, and whether it failed.
+type spanRef struct {
+	e     chunkEntry
+	start int
+	isErr bool
 }
 
 // commit writes prepared traces, reading and merging each summary in the
@@ -725,16 +862,17 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	chunks := s.chunkReader(w.txn)
 	// Per batch posting: the seqs of the traces holding it, gathered once
 	// every trace has its seq (below). The duration postings, known only
-	// once summaries are merged, follow the prepared ones.
-	postings := slices.Clip(batch.postings)
-	durPostings := map[uint16]int{}
-	seqs := make([]uint64, len(prepared))
-	durs := make([]int, len(prepared))
+	// once summaries are merged, follow the prepared ones in
+	// batch.postings.
+	durPostings := batch.durPostings
+	seqs := slices.Grow(batch.seqs[:0], len(prepared))[:len(prepared)]
+	durs := slices.Grow(batch.durs[:0], len(prepared))[:len(prepared)]
+	batch.seqs, batch.durs = seqs, durs
 	// The merged summaries go into summary blocks, written once every
 	// trace is merged; a trace the batch holds twice merges its second
 	// part into the first's summary, which is not on disk yet.
-	sums := sumBlocks{codec: s.groups}
-	latest := make(map[span.TraceID]int, len(prepared))
+	sums := &batch.sums
+	latest := batch.latest
 	for i := range prepared {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("write traces: %w", err)
@@ -746,9 +884,11 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			err    error
 		)
 		chunks.txn = w.txn // the writer may have started a new transaction
+		n := len(batch.kv)
+		batch.kv = appendTraceKey(batch.kv, pt.id, subSummary)
 		if j, ok := latest[pt.id]; ok {
 			merged, found = prepared[j].merged.clone(), true
-		} else if merged, found, err = chunks.summary(traceKey(pt.id, subSummary)); err != nil {
+		} else if merged, found, err = chunks.summary(batch.kvFrom(n)); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		var stored map[span.SpanID]bool
@@ -757,12 +897,18 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			if stored, err = storedSpanIDs(ctx, chunks, pt.id, &merged); err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
+			merged.merge(&pt.delta)
 		} else {
 			seq, err := s.allocSeq(w.txn, seqForTime(pt.delta.MinStart))
 			if err != nil {
 				return fmt.Errorf("write trace %s: %w", pt.id, err)
 			}
-			merged = summary{Seq: seq, ChunksOnly: true}
+			// The write's summary merged into an empty one: its counts
+			// and chunks are still empty, and its lists are distinct
+			// already (prepare), so merging would only copy them. merged
+			// shares them; they have no room to append into.
+			merged = pt.delta
+			merged.Seq, merged.ChunksOnly = seq, true
 		}
 		for j, sid := range pt.spanIDs {
 			if !stored[sid] {
@@ -772,7 +918,6 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 				}
 			}
 		}
-		merged.merge(&pt.delta)
 
 		for _, b := range pt.blobs {
 			if err := w.set(b.k, b.v, s.blobTTL()); err != nil {
@@ -782,15 +927,20 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		for _, c := range pt.chunks {
 			merged.setChunk(chunkRef{id: c.id, group: batch.groupIDs[c.group], off: uint64(c.off), n: uint64(c.n)})
 		}
-		if err := set(seqKey(merged.Seq), slices.Clone(pt.id[:])); err != nil {
+		n = len(batch.kv)
+		batch.kv = appendU64(append(batch.kv, prefixSeq), merged.Seq)
+		k := batch.kvFrom(n)
+		n = len(batch.kv)
+		batch.kv = append(batch.kv, pt.id[:]...)
+		if err := set(k, batch.kvFrom(n)); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		b := durationBucket(merged.Duration())
 		d, ok := durPostings[b]
 		if !ok {
-			d = len(postings)
+			d = len(batch.postings)
 			durPostings[b] = d
-			postings = append(postings, durPosting(b))
+			batch.postings = append(batch.postings, durPosting(b))
 		}
 		seqs[i], durs[i] = merged.Seq, d
 		pt.merged = merged
@@ -806,11 +956,16 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		}
 	}
 	for i := range prepared {
-		if err := set(traceKey(prepared[i].id, subSummary), sums.ref(i)); err != nil {
+		n := len(batch.kv)
+		batch.kv = appendTraceKey(batch.kv, prepared[i].id, subSummary)
+		k := batch.kvFrom(n)
+		n = len(batch.kv)
+		batch.kv = sums.appendRef(batch.kv, i)
+		if err := set(k, batch.kvFrom(n)); err != nil {
 			return fmt.Errorf("write trace %s: %w", prepared[i].id, err)
 		}
 	}
-	frags := batchPostings(prepared, seqs, durs, len(postings))
+	frags := batch.postLists.gather(prepared, seqs, durs, len(batch.postings))
 	for _, l := range batch.lists {
 		if err := set(l.key, nil); err != nil {
 			return fmt.Errorf("write lists: %w", err)
@@ -819,6 +974,7 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 
 	// Attribute postings of high-cardinality keys are dropped here, under
 	// writeMu, so the counting needs no lock of its own per posting.
+	// (Duration postings are not attribute postings.)
 	index, done := s.card.indexer()
 	for i, p := range batch.postings {
 		if p[0] != prefixAttrPost || len(frags[i]) == 0 {
@@ -844,24 +1000,34 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 	s.card.written(marks, now)
 	// The posting fragments are written with those of later batches
 	// (postings.go).
-	s.postings.add(postings, frags, len(prepared), durable)
+	s.postings.add(batch.postings, frags, len(prepared), durable)
 	return nil
 }
 
-// batchPostings lists, per posting, the seqs of the prepared traces that hold
-// it (their own postings, and durs[i] for trace i), newest first. The
-// traces are visited in descending seq order, so every list comes out
-// sorted without sorting it: there are far fewer traces in a batch than
-// entries in its postings. A trace in the batch twice has its seq twice,
-// side by side.
-func batchPostings(prepared []preparedTrace, seqs []uint64, durs []int, npostings int) [][]uint64 {
-	order := make([]int32, len(prepared))
-	for i := range order {
-		order[i] = int32(i)
+// postingLists gathers a batch's posting lists (gather), in buffers reused
+// from batch to batch.
+type postingLists struct {
+	order  []int32
+	counts []int
+	all    []uint64
+	frags  [][]uint64
+}
+
+// gather lists, per posting, the seqs of the prepared traces that hold it
+// (their own postings, and durs[i] for trace i), newest first. The traces
+// are visited in descending seq order, so every list comes out sorted
+// without sorting it: there are far fewer traces in a batch than entries
+// in its postings. A trace in the batch twice has its seq twice, side by
+// side. The lists are valid until the next gather.
+func (l *postingLists) gather(prepared []preparedTrace, seqs []uint64, durs []int, npostings int) [][]uint64 {
+	order := l.order[:0]
+	for i := range prepared {
+		order = append(order, int32(i))
 	}
 	slices.SortFunc(order, func(a, b int32) int { return cmp.Compare(seqs[b], seqs[a]) })
 	// The lists share one array, each sized by a count first.
-	counts, total := make([]int, npostings), len(prepared)
+	counts, total := slices.Grow(l.counts[:0], npostings)[:npostings], len(prepared)
+	clear(counts)
 	for i := range prepared {
 		counts[durs[i]]++
 		for _, p := range prepared[i].postings {
@@ -869,8 +1035,8 @@ func batchPostings(prepared []preparedTrace, seqs []uint64, durs []int, nposting
 		}
 		total += len(prepared[i].postings)
 	}
-	all, off := make([]uint64, total), 0
-	frags := make([][]uint64, npostings)
+	all, off := slices.Grow(l.all[:0], total)[:total], 0
+	frags := slices.Grow(l.frags[:0], npostings)[:npostings]
 	for p, n := range counts {
 		frags[p] = all[off : off : off+n]
 		off += n
@@ -881,6 +1047,7 @@ func batchPostings(prepared []preparedTrace, seqs []uint64, durs []int, nposting
 			frags[p] = append(frags[p], seqs[i])
 		}
 	}
+	l.order, l.counts, l.all, l.frags = order, counts, all, frags
 	return frags
 }
 
@@ -949,11 +1116,12 @@ func seqForTime(ns uint64) uint64 { return ns / uint64(time.Millisecond) << 12 }
 // store, which only skips a few free values.
 func (s *Store) allocSeq(txn *badger.Txn, base uint64) (uint64, error) {
 	if len(s.seqHint) > 1<<16 {
-		// Forget the hints; seqs they covered are probed from now on.
+		// Forget the hints; seqs they covered are probed from now on. The
+		// map keeps its room for the next ones.
 		for b, h := range s.seqHint {
 			s.seqFloor = max(s.seqFloor, b, h)
 		}
-		s.seqHint = nil
+		clear(s.seqHint)
 	}
 	if s.seqHint == nil {
 		s.seqHint = map[uint64]uint64{}
