@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -282,24 +283,37 @@ func (c *Consumer) Close() { c.cl.Close() }
 // arrives in one, about as many bytes as the process allocates for
 // everything else together, so reusing them saves the garbage collector
 // most of its cycles' worth of work for them. It keeps at most
-// maxFreeDecompressBuffers buffers of at most maxDecompressBuffer bytes.
+// maxFreeDecompressBuffers buffers of at most maxDecompressBuffer bytes,
+// and makes them at least minDecompressBuffer bytes, so that a kept buffer
+// fits most batches (a producer's batch is at most 1 MiB by default).
 type decompressBuffers struct{ free chan []byte }
 
 const (
 	maxFreeDecompressBuffers = 8
+	minDecompressBuffer      = 1 << 20
 	maxDecompressBuffer      = 8 << 20
 )
 
-// GetDecompressBytes returns a free buffer, or nil for the codec to
-// allocate one; one too small is grown by the codec and the grown one comes
-// back.
-func (p *decompressBuffers) GetDecompressBytes([]byte, kgo.CompressionCodecType) []byte {
+// GetDecompressBytes returns a free buffer that fits the batch, or a new
+// one. The size of a Snappy batch is known from its header; for other
+// codecs a kept buffer is returned as it is, and the codec grows it if it
+// must (the grown one comes back).
+func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.CompressionCodecType) []byte {
+	need := 0
+	if codec == kgo.CodecSnappy {
+		need, _ = s2.DecodedLen(src) // 0 for Xerial framing or a bad header: the codec decides
+	}
 	select {
 	case b := <-p.free:
-		return b
+		if cap(b) >= need {
+			return b
+		}
 	default:
+	}
+	if need > maxDecompressBuffer {
 		return nil
 	}
+	return make([]byte, 0, max(need, minDecompressBuffer))
 }
 
 // PutDecompressBytes keeps a buffer the client is done with, zeroed by the

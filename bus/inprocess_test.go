@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -110,20 +111,29 @@ func TestInProcessConnections(t *testing.T) {
 }
 
 // TestDecompressBuffersBounded: the pool keeps at most
-// maxFreeDecompressBuffers buffers, none over maxDecompressBuffer bytes, and
-// hands out what it kept.
+// maxFreeDecompressBuffers buffers, none over maxDecompressBuffer bytes;
+// it hands out a kept buffer that fits a Snappy batch's decoded size, and
+// a new one of at least minDecompressBuffer bytes otherwise.
 func TestDecompressBuffersBounded(t *testing.T) {
 	p := &decompressBuffers{free: make(chan []byte, maxFreeDecompressBuffers)}
-	require.Nil(t, p.GetDecompressBytes(nil, kgo.CodecSnappy), "an empty pool lets the codec allocate")
+	small := s2.EncodeSnappy(nil, make([]byte, 1000))
+	big := s2.EncodeSnappy(nil, make([]byte, 3<<20))
+	require.Equal(t, minDecompressBuffer, cap(p.GetDecompressBytes(small, kgo.CodecSnappy)), "an empty pool makes a buffer for most batches")
+	require.Equal(t, 3<<20, cap(p.GetDecompressBytes(big, kgo.CodecSnappy)))
+	require.Nil(t, p.GetDecompressBytes(s2.EncodeSnappy(nil, make([]byte, maxDecompressBuffer+1)), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
+
 	p.PutDecompressBytes(make([]byte, 10, maxDecompressBuffer+1))
-	require.Nil(t, p.GetDecompressBytes(nil, kgo.CodecSnappy), "an oversize buffer is not kept")
+	require.Empty(t, p.free, "an oversize buffer is not kept")
 	for range maxFreeDecompressBuffers + 3 {
-		p.PutDecompressBytes(make([]byte, 5, 64))
+		p.PutDecompressBytes(make([]byte, 5, 64<<10))
 	}
 	require.Len(t, p.free, maxFreeDecompressBuffers)
-	b := p.GetDecompressBytes(nil, kgo.CodecSnappy)
+	b := p.GetDecompressBytes(small, kgo.CodecSnappy)
 	require.Len(t, b, 0)
-	require.Equal(t, 64, cap(b))
+	require.Equal(t, 64<<10, cap(b), "a kept buffer that fits")
+	require.Equal(t, 64<<10, cap(p.GetDecompressBytes(nil, kgo.CodecZstd)), "other codecs take a kept buffer as it is")
+	require.Equal(t, 3<<20, cap(p.GetDecompressBytes(big, kgo.CodecSnappy)), "a kept buffer too small is dropped")
+	require.Len(t, p.free, maxFreeDecompressBuffers-3)
 }
 
 // TestDialCancelled: a dial whose context ends before the broker accepts
