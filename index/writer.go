@@ -259,7 +259,9 @@ func (s *Store) WriteTraces(ctx context.Context, traces []KeptTrace) error {
 // together with the postings of later batches (postings.go), within
 // postingFlushAge, and durable then runs (if not nil). Until it has, a
 // crash can lose the traces' postings, so their source must be kept
-// (their Kafka offsets not committed) until durable runs.
+// (their Kafka offsets not committed) until durable runs. Nothing of the
+// traces' spans is read once it returns (what it keeps, it has copied), so
+// the indexer recycles their memory then.
 func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable func()) error {
 	start := time.Now()
 	nSpans, err := s.writeTraces(ctx, traces, durable)

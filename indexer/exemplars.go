@@ -369,7 +369,7 @@ func (ix *Indexer) applyPins(now time.Time) {
 			continue // decided meanwhile; finish merged the pin
 		}
 		if d, ok := ix.decider.Pin(id, sampling.ReasonExemplar); ok {
-			ix.finish(id, nil, d.Reasons, nil)
+			ix.finish(id, nil, nil, d.Reasons, nil)
 		}
 	}
 }
@@ -503,7 +503,7 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 		}
 		chunks = append(chunks, chunk{data: r.Value, observed: true})
 	}
-	spans, _ := ix.decodeChunks(id, chunks) // observed already
+	spans, _, _ := ix.decodeChunks(id, chunks) // observed already; not packed, so not leased
 	t := span.Trace{ID: id, Spans: spans}
 	if len(t.Spans) == 0 {
 		return errors.New("no span of the trace at its remembered offsets")

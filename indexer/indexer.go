@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +32,11 @@ import (
 // WriteTracesThen returns (the span store writes posting lists for several
 // batches at once): durable runs then, and the traces' Kafka records are
 // held until it has. Flush makes every write so far durable.
+//
+// WriteTracesThen must keep nothing of the traces' spans once it returns
+// nil — not a span, nor a string, slice or Resource from one — as the
+// indexer then recycles the memory they are decoded into (see
+// span.Lease); anything it keeps longer, it copies.
 type TraceWriter interface {
 	WriteTracesThen(ctx context.Context, traces []index.KeptTrace, durable func()) error
 	Flush(ctx context.Context) error
@@ -39,7 +45,8 @@ type TraceWriter interface {
 // Stage transforms a complete trace before sampling, e.g. clock-skew repair.
 // It returns warnings to store with the trace. It must not add, remove or
 // reorder spans: the Observer is told which records they came from by
-// position.
+// position. It must keep nothing of the trace once Process returns (see
+// TraceWriter).
 type Stage interface {
 	Process(t *span.Trace) []string
 }
@@ -67,7 +74,8 @@ type Decider interface {
 // spans came from, in span order, so that a replay of a record already
 // counted is not counted again. done runs once the counts are durable, and
 // the indexer holds the spans' Kafka records until then; Committed is told
-// the offsets committed after that.
+// the offsets committed after that. ObserveDurable must keep nothing of the
+// trace once it returns (see TraceWriter): names it counts by, it copies.
 type Observer interface {
 	ObserveDurable(t *span.Trace, parts []red.Part, done func())
 	Committed(topic string, partition int32, offset int64)
@@ -96,21 +104,45 @@ type chunk struct {
 	part, parts int32
 }
 
-// unpack decompresses a packed chunk into a new buffer.
-func (c chunk) unpack() ([]byte, error) {
+// unpack decompresses a packed chunk into dst when it has the room (S2
+// decodes into dst then), else into a new buffer.
+func (c chunk) unpack(dst []byte) ([]byte, error) {
 	var (
 		b   []byte
 		err error
 	)
 	if c.dict != nil {
-		b, err = c.dict.Decode(nil, c.data)
+		b, err = c.dict.Decode(dst, c.data)
 	} else {
-		b, err = s2.Decode(nil, c.data)
+		b, err = s2.Decode(dst, c.data)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("unpack held record: %w", err)
 	}
 	return b, nil
+}
+
+// lease decompresses a packed chunk into a leased buffer, to be decoded
+// with span.Decoder.DecodeLeased.
+func (c chunk) lease() (span.Lease, error) {
+	n, err := s2.DecodedLen(c.data)
+	if err != nil {
+		return span.Lease{}, fmt.Errorf("unpack held record: %w", err)
+	}
+	l := span.NewLease(n)
+	if _, err := c.unpack(l.Bytes()); err != nil {
+		l.Release()
+		return span.Lease{}, err
+	}
+	return l, nil
+}
+
+// releaseLeases releases the leases of a trace's spans, once nothing reads
+// the spans any more (see span.Lease).
+func releaseLeases(leases []span.Lease) {
+	for i := range leases {
+		leases[i].Release()
+	}
 }
 
 // packer compresses the records the decision buffer holds. S2 alone makes
@@ -265,11 +297,13 @@ type heldTrace struct {
 	tickets  []*bus.Ticket
 }
 
-// writeJob is a kept trace for the writer: spans already decoded, plus chunks
-// still encoded (late spans), decoded by the writer.
+// writeJob is a kept trace for the writer: spans already decoded, with the
+// leases they were decoded into, plus chunks still encoded (late spans),
+// decoded by the writer.
 type writeJob struct {
 	id       span.TraceID
 	spans    []span.Span
+	leases   []span.Lease
 	chunks   []chunk
 	reasons  []string
 	warnings []string
@@ -420,43 +454,58 @@ func keyTraceID(key []byte) (span.TraceID, bool) {
 // decodeChunks decodes a trace's chunks, keeping only spans of that trace (a
 // record keyed by one trace ID that carries others is counted, not trusted),
 // and names the record of each chunk not yet observed, in span order.
-func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) ([]span.Span, []red.Part) {
+// Packed chunks are decoded into leases, returned for the caller to
+// release once nothing reads the spans any more; left unreleased, they are
+// garbage-collected.
+func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) ([]span.Span, []red.Part, []span.Lease) {
 	n := 0
 	for _, c := range chunks {
 		n += c.spans
 	}
 	into := make([]span.Span, 0, n)
-	var parts []red.Part
+	var (
+		parts  []red.Part
+		leases []span.Lease
+	)
 	for _, c := range chunks {
 		before := len(into)
-		var spans []span.Span
-		var err error
+		var (
+			spans []span.Span
+			err   error
+		)
 		if c.packed {
-			// Unpacked into a buffer of its own: the spans may keep it.
-			var data []byte
-			if data, err = c.unpack(); err == nil {
-				spans, err = ix.decoder.DecodeTracesLazy(data)
+			var l span.Lease
+			if l, err = c.lease(); err == nil {
+				if spans, err = ix.decoder.DecodeLeased(into, &l); err == nil {
+					into = spans
+					leases = append(leases, l)
+				} else {
+					l.Release() // no span of it was kept
+				}
 			}
-		} else {
-			spans, err = ix.decoder.DecodeTraces(c.data)
+		} else if spans, err = ix.decoder.DecodeTraces(c.data); err == nil {
+			into = append(into, spans...)
 		}
 		if err != nil {
 			ix.m.badRecords.Inc()
 			ix.log.Warn("skipping undecodable spans", "trace_id", id.String(), "err", err)
 			continue
 		}
-		for _, s := range spans {
+		kept := into[:before]
+		for _, s := range into[before:] {
 			if b := s.GetTraceId(); len(b) != 16 || span.TraceID(b) != id {
 				ix.m.badSpans.Inc()
 				continue
 			}
-			into = append(into, s)
+			kept = append(kept, s)
 		}
+		clear(into[len(kept):])
+		into = kept
 		if c.rec != nil && !c.observed {
 			parts = append(parts, red.Part{Topic: c.rec.Topic(), Partition: c.rec.Partition(), Offset: c.rec.Offset(), Index: int(c.part), Of: int(c.parts), Spans: len(into) - before})
 		}
 	}
-	return into, parts
+	return into, parts, leases
 }
 
 // observe hands spans to the Observer, holding their records until the
@@ -475,7 +524,8 @@ func (ix *Indexer) observe(id span.TraceID, spans []span.Span, parts []red.Part,
 	})
 }
 
-// observeChunks decodes and observes the chunks not yet observed.
+// observeChunks decodes and observes the chunks not yet observed. Nothing
+// reads their spans after the Observer, so their leases are released then.
 func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus.Ticket) {
 	var fresh []chunk
 	for _, c := range chunks {
@@ -484,8 +534,9 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 		}
 	}
 	if len(fresh) > 0 {
-		spans, parts := ix.decodeChunks(id, fresh)
+		spans, parts, leases := ix.decodeChunks(id, fresh)
 		ix.observe(id, spans, parts, tickets)
+		releaseLeases(leases)
 	}
 }
 
@@ -710,6 +761,14 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) (due []span.TraceID
 
 // decideOne decodes a trace, runs the stages and offers it to the decider.
 // A trace the decider holds is re-encoded (skew-adjusted) until decided.
+//
+// The spans are decoded into leases (see span.Lease), released once nothing
+// reads the spans: the stages and the Observer keep nothing of them, and
+// the decider gets copies of the names it may keep; so a trace decided now
+// is done with once dropped (finish), or once written (writeWorker). A
+// trace held by the decider is re-encoded, and its leases are left to the
+// garbage collector: few traces are held (the top-N heaps), and its
+// warnings may share their memory.
 func (ix *Indexer) decideOne(id span.TraceID) {
 	ix.mu.Lock()
 	h := ix.held[id]
@@ -719,12 +778,13 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	tickets := append([]*bus.Ticket(nil), h.tickets...)
 	ix.mu.Unlock()
 
-	spans, parts := ix.decodeChunks(id, chunks)
+	spans, parts, leases := ix.decodeChunks(id, chunks)
 	t := span.Trace{ID: id, Spans: spans}
 	if len(t.Spans) == 0 {
 		// Only log lines arrived: store them by level as lines of an
 		// unkept trace, and remember no decision, so spans arriving later
 		// still assemble into a trace of their own.
+		releaseLeases(leases) // they hold no span of the trace
 		ix.mu.Lock()
 		delete(ix.held, id)
 		ix.heldSpans -= h.nspans
@@ -749,6 +809,9 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	h.skew = skew
 	ix.mu.Unlock()
 	info := sampling.Info(&t)
+	// The decider may keep the root's names (a top-N heap's key) for longer
+	// than the spans' leases last.
+	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
 	if info.Start.After(ix.maxStart) {
 		ix.maxStart = info.Start
 	}
@@ -779,7 +842,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		h.deciding = false
 		ix.mu.Unlock()
 	} else {
-		ix.finish(id, t.Spans, ds[mine].Reasons, warnings)
+		ix.finish(id, t.Spans, leases, ds[mine].Reasons, warnings)
 		ds = append(ds[:mine], ds[mine+1:]...)
 	}
 	ix.apply(ds)
@@ -811,13 +874,14 @@ func (ix *Indexer) advance(now time.Time) {
 // apply carries out decisions for held traces.
 func (ix *Indexer) apply(ds []sampling.Decision) {
 	for _, d := range ds {
-		ix.finish(d.ID, nil, d.Reasons, nil)
+		ix.finish(d.ID, nil, nil, d.Reasons, nil)
 	}
 }
 
-// finish ends a held trace: kept, it goes to the writer with spans (decoded)
-// and whatever chunks it still holds; dropped, its records are released.
-func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings []string) {
+// finish ends a held trace: kept, it goes to the writer with spans (decoded,
+// into leases) and whatever chunks it still holds; dropped, its records and
+// the spans' leases are released.
+func (ix *Indexer) finish(id span.TraceID, spans []span.Span, leases []span.Lease, reasons, warnings []string) {
 	ix.mu.Lock()
 	h := ix.held[id]
 	if h != nil {
@@ -829,6 +893,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	ix.mu.Unlock()
 	if h == nil {
 		ix.log.Warn("decision for a trace that is not held", "trace_id", id.String())
+		releaseLeases(leases)
 		return
 	}
 	if len(h.logs) > 0 {
@@ -841,6 +906,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 		for _, tk := range h.tickets {
 			tk.Release()
 		}
+		releaseLeases(leases) // the spans were observed and offered already
 		return
 	}
 	ix.m.traces.WithLabelValues("kept").Inc()
@@ -850,7 +916,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, reasons, warnings 
 	if warnings == nil {
 		warnings = h.warnings
 	}
-	ix.queueWrite(writeJob{id: id, spans: spans, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets})
+	ix.queueWrite(writeJob{id: id, spans: spans, leases: leases, chunks: h.chunks, reasons: reasons, warnings: warnings, tickets: h.tickets})
 }
 
 // queueWrite hands a kept trace (or late spans of one) to its writer.
@@ -895,16 +961,19 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 	var (
 		batch   []index.KeptTrace
 		tickets []*bus.Ticket
+		leases  []span.Lease // of the batch's spans
 		nspans  int
 	)
 	add := func(job writeJob) bool {
 		spans := job.spans
+		leases = append(leases, job.leases...)
 		for _, c := range job.chunks {
-			decoded, parts := ix.decodeChunks(job.id, []chunk{c})
+			decoded, parts, ls := ix.decodeChunks(job.id, []chunk{c})
 			if !c.observed {
 				ix.observe(job.id, decoded, parts, job.tickets)
 			}
 			spans = append(spans, decoded...)
+			leases = append(leases, ls...)
 		}
 		batch = append(batch, index.KeptTrace{Trace: span.Trace{ID: job.id, Spans: spans}, Reasons: job.reasons, Warnings: job.warnings})
 		tickets = append(tickets, job.tickets...)
@@ -924,7 +993,11 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 		})
 		ix.m.writeLatency.Observe(time.Since(start).Seconds())
 		ix.m.spansWritten.Add(float64(nspans))
-		batch, tickets, nspans = batch[:0], tickets[:0], 0
+		// Written (retryWrite returns once a write succeeded), the spans are
+		// read no more: the store keeps nothing of them (TraceWriter).
+		clear(batch)
+		releaseLeases(leases)
+		batch, tickets, leases, nspans = batch[:0], tickets[:0], leases[:0], 0
 	}
 	batchJobs(jobs, writeLinger, add, flush)
 }

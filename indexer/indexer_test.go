@@ -426,16 +426,21 @@ func TestWriteWorkersKeepATraceInOrder(t *testing.T) {
 
 // TestPacker: a buffered record is held compressed, independent of the
 // record's buffer (which the Kafka client may reuse), and unpacks to the
-// same bytes; once 64 KiB of records went by they are compressed against a
-// dictionary of them, which is what a record repeats from the records before
-// it; a chunk unpacks with its own dictionary after newer ones were made.
+// same bytes, into a new buffer or a lease; once 64 KiB of records went by
+// they are compressed against a dictionary of them, which is what a record
+// repeats from the records before it; a chunk unpacks with its own
+// dictionary after newer ones were made.
 func TestPacker(t *testing.T) {
 	record := heldRecords(t)
 	roundTrip := func(c chunk, want []byte) {
 		t.Helper()
-		got, err := c.unpack()
+		got, err := c.unpack(nil)
 		require.NoError(t, err)
 		require.Equal(t, want, got)
+		l, err := c.lease()
+		require.NoError(t, err)
+		require.Equal(t, want, l.Bytes())
+		l.Release()
 	}
 
 	var p packer
@@ -479,7 +484,9 @@ func TestPacker(t *testing.T) {
 	require.LessOrEqual(t, cap(p.sample), 4*s2.MaxDictSize)
 
 	c.data = c.data[:len(c.data)/2]
-	_, err := c.unpack()
+	_, err := c.unpack(nil)
+	require.Error(t, err)
+	_, err = c.lease()
 	require.Error(t, err)
 }
 

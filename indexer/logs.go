@@ -2,6 +2,7 @@ package indexer
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/threadline/threadline/bus"
@@ -82,6 +83,8 @@ func (ix *Indexer) queueLogs(j logJob) {
 
 // skewOffsets reads the offset clock-skew repair applied per service instance
 // from the adjusted spans, so a trace's log lines get the same correction.
+// The instance names are copies: one may be a string of a resource that
+// shares the spans' leases, and the map outlives them.
 func skewOffsets(spans []span.Span) map[clockskew.Instance]time.Duration {
 	var out map[clockskew.Instance]time.Duration
 	for _, s := range spans {
@@ -92,7 +95,7 @@ func skewOffsets(spans []span.Span) map[clockskew.Instance]time.Duration {
 			if out == nil {
 				out = map[clockskew.Instance]time.Duration{}
 			}
-			out[clockskew.InstanceOf(s.Resource)] = time.Duration(kv.GetValue().GetIntValue())
+			out[clockskew.Instance(strings.Clone(string(clockskew.InstanceOf(s.Resource))))] = time.Duration(kv.GetValue().GetIntValue())
 		}
 	}
 	return out

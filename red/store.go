@@ -304,7 +304,8 @@ func (s *Store) Observe(t *span.Trace) { s.ObserveDurable(t, nil, nil) }
 // always counted. done, when not nil, is called once the counts are durable
 // (after the flush that persisted them); the indexer holds the trace's Kafka
 // offsets until then. Observe blocks while MaxPendingSpans spans await a
-// flush.
+// flush. It keeps nothing of t once it returns (the names it counts by are
+// interned copies): the indexer recycles the spans' memory then.
 func (s *Store) ObserveDurable(t *span.Trace, parts []Part, done func()) {
 	n := 0
 	for _, p := range parts {

@@ -18,7 +18,7 @@ import (
 // what that path leaves to it. Resources and scopes are shared with the
 // records the Decoder decoded before.
 func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) {
-	return c.decodeTraces(data, false, false)
+	return c.decodeTraces(nil, data, false, false, nil)
 }
 
 // DecodeTracesLazy is DecodeTraces for a buffer the caller hands over —
@@ -28,11 +28,21 @@ func (c *Decoder) DecodeTraces(data []byte) ([]Span, error) {
 // most of its allocations, and the indexer's path to the store reads them
 // once, from the wire.
 func (c *Decoder) DecodeTracesLazy(data []byte) ([]Span, error) {
-	return c.decodeTraces(data, true, true)
+	return c.decodeTraces(nil, data, true, true, nil)
 }
 
-func (c *Decoder) decodeTraces(data []byte, owned, lazy bool) ([]Span, error) {
-	if spans, ok := decodeTracesFast(data, c, owned, lazy); ok {
+// DecodeLeased is DecodeTracesLazy for the record in l's buffer (see
+// NewLease), appending the spans to dst: they alias the buffer, and the
+// spans and their statuses are structs of the lease, until l is released
+// (see Lease for when it may be). Decode one record per lease.
+func (c *Decoder) DecodeLeased(dst []Span, l *Lease) ([]Span, error) {
+	return c.decodeTraces(dst, l.data, true, true, l)
+}
+
+// decodeTraces appends the spans of data to dst; l, when not nil, is the
+// lease data is the buffer of.
+func (c *Decoder) decodeTraces(dst []Span, data []byte, owned, lazy bool, l *Lease) ([]Span, error) {
+	if spans, ok := decodeTracesFast(dst, data, c, owned, lazy, l); ok {
 		return spans, nil
 	}
 	var td tracepb.TracesData
@@ -50,5 +60,5 @@ func (c *Decoder) decodeTraces(data []byte, owned, lazy bool) ([]Span, error) {
 			return nil, fmt.Errorf("decode traces after UTF-8 repair: %w", err)
 		}
 	}
-	return FromTracesData(&td), nil
+	return append(dst, FromTracesData(&td)...), nil
 }

@@ -3,6 +3,7 @@ package span
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -81,15 +82,20 @@ type spanSlot struct {
 	deferred deferredAttrs
 }
 
-// presize sizes the slabs for a record of n bytes holding spans spans.
-// The span count is exact (CountSpans); attributes are estimated from
-// what typical spans spend per value: an attribute takes 30–60 bytes on
-// the wire (and a record's resource attributes are often shared, not
+// presize sizes the slabs, and the output after dst, for a record of n
+// bytes holding spans spans. The span count is exact (CountSpans), and
+// the slots of a leased record are the lease's; attributes are estimated
+// from what typical spans spend per value: an attribute takes 30–60 bytes
+// on the wire (and a record's resource attributes are often shared, not
 // decoded). An estimate too low costs one more chunk; too high, memory
 // the spans keep.
-func (d *fastDecoder) presize(n, spans int) {
-	d.slots.expect(spans)
-	d.out = make([]Span, 0, spans)
+func (d *fastDecoder) presize(dst []Span, n, spans int) {
+	if d.lease != nil {
+		d.slots.free, d.slots.next = d.lease.takeSlots(spans), spans
+	} else {
+		d.slots.expect(spans)
+	}
+	d.out = slices.Grow(dst, spans)
 	if d.lazy {
 		return // span attributes stay on the wire
 	}
@@ -123,16 +129,18 @@ type fastDecoder struct {
 	boolVals slab[commonpb.AnyValue_BoolValue]
 	out      []Span
 	cache    *Decoder // nil: no sharing between records
+	lease    *Lease   // the lease buf is the buffer of, if any
 	// lazy leaves span attributes in the span's Wire, checked but not
 	// decoded (see Span.AttrsDeferred).
 	lazy bool
 }
 
-// decodeTracesFast decodes data, or reports false when the fast path does
-// not apply (see above). cache, when not nil, shares resources and scopes
-// with earlier records. The spans alias a copy of data, or data itself
-// when owned.
-func decodeTracesFast(data []byte, cache *Decoder, owned, lazy bool) ([]Span, bool) {
+// decodeTracesFast appends the spans of data to dst, or reports false when
+// the fast path does not apply (see above). cache, when not nil, shares
+// resources and scopes with earlier records. The spans alias a copy of
+// data, or data itself when owned; lease, when not nil, is the lease data
+// is the buffer of, which the span structs are taken from too.
+func decodeTracesFast(dst []Span, data []byte, cache *Decoder, owned, lazy bool, lease *Lease) ([]Span, bool) {
 	// A pass over the record's framing counts its spans, so the slots and
 	// the output are allocated once at their final size rather than from
 	// an estimate that either wastes memory or grows.
@@ -143,8 +151,8 @@ func decodeTracesFast(data []byte, cache *Decoder, owned, lazy bool) ([]Span, bo
 	if !owned {
 		data = append([]byte(nil), data...)
 	}
-	d := &fastDecoder{buf: data, cache: cache, lazy: lazy}
-	d.presize(len(data), spans)
+	d := &fastDecoder{buf: data, cache: cache, lazy: lazy, lease: lease}
+	d.presize(dst, len(data), spans)
 	b := d.buf
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -343,13 +351,13 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 	if !ok {
 		return false
 	}
-	res, ok := decodeShared(d, d.cache.resources(), g, func(schemaURL string) (*Resource, bool) {
-		r := &Resource{SchemaURL: schemaURL, Encoded: g.msg}
-		if g.msg == nil {
+	res, ok := decodeShared(d.cache.resources(), g, func(msg []byte, schemaURL string) (*Resource, bool) {
+		r := &Resource{SchemaURL: schemaURL, Encoded: msg}
+		if msg == nil {
 			return r, true
 		}
 		r.Resource = &resourcepb.Resource{}
-		return r, d.resource(r.Resource, g.msg)
+		return r, d.resource(r.Resource, msg)
 	})
 	if !ok {
 		return false
@@ -364,20 +372,37 @@ func (d *fastDecoder) resourceSpans(b []byte) bool {
 
 // decodeShared returns a group's resource or scope: the one an earlier
 // record decoded when cache has it, else the one decode builds from the
-// group (given its validated schema URL), which is then shared.
-func decodeShared[T any](d *fastDecoder, cache *shared[T], g wireGroup, decode func(schemaURL string) (*T, bool)) (*T, bool) {
+// group's message (given its validated schema URL), which is then shared.
+//
+// A shared value outlives its record, whose buffer may be a lease that is
+// recycled once the record's spans are done with (see Lease), so it is
+// decoded from a copy of its own message and schema URL: its strings and
+// Encoded never alias the record.
+func decodeShared[T any](cache *shared[T], g wireGroup, decode func(msg []byte, schemaURL string) (*T, bool)) (*T, bool) {
 	if v := cache.get(g.msg, g.schema); v != nil {
 		return v, true
 	}
-	schemaURL, ok := wireString(g.schema)
+	keep := cache.keeps(g.msg, g.schema)
+	msg, schema := g.msg, g.schema
+	if keep {
+		b := make([]byte, len(msg)+len(schema))
+		copy(b[copy(b, msg):], schema)
+		if msg != nil { // absent stays absent
+			msg = b[:len(msg):len(msg)]
+		}
+		schema = b[len(msg):]
+	}
+	schemaURL, ok := wireString(schema)
 	if !ok {
 		return nil, false
 	}
-	v, ok := decode(schemaURL)
+	v, ok := decode(msg, schemaURL)
 	if !ok {
 		return nil, false
 	}
-	cache.put(g.msg, g.schema, v, len(d.buf))
+	if keep {
+		cache.put(msg, schema, v)
+	}
 	return v, true
 }
 
@@ -408,13 +433,13 @@ func (d *fastDecoder) scopeSpans(res *Resource, b []byte) bool {
 	if !ok {
 		return false
 	}
-	sc, ok := decodeShared(d, d.cache.scopes(), g, func(schemaURL string) (*Scope, bool) {
-		sc := &Scope{SchemaURL: schemaURL, Encoded: g.msg}
-		if g.msg == nil {
+	sc, ok := decodeShared(d.cache.scopes(), g, func(msg []byte, schemaURL string) (*Scope, bool) {
+		sc := &Scope{SchemaURL: schemaURL, Encoded: msg}
+		if msg == nil {
 			return sc, true
 		}
 		sc.Scope = &commonpb.InstrumentationScope{}
-		return sc, d.scope(sc.Scope, g.msg)
+		return sc, d.scope(sc.Scope, msg)
 	})
 	if !ok {
 		return false
@@ -844,8 +869,10 @@ func checkAnyValue(b []byte, depth int) bool {
 // attributes) and scope in every record, one record per trace, so decoding
 // them once saves a sixth of the decode, and spans of different traces
 // then point at one *Resource, which stores use to encode and hash it once
-// per batch. Shared values must not be changed. A Decoder is safe for
-// concurrent use; the zero value is ready.
+// per batch. Shared values must not be changed; each holds a copy of its
+// own encoding, so none keeps a record's buffer alive or shares a lease
+// (see Lease). A Decoder is safe for concurrent use; the zero value is
+// ready.
 type Decoder struct {
 	resCache   shared[Resource]
 	scopeCache shared[Scope]
@@ -855,9 +882,9 @@ const (
 	// maxDecoderEntries bounds each of a Decoder's caches; a full cache
 	// starts over.
 	maxDecoderEntries = 1024
-	// maxSharedRecord is the largest record whose resources and scopes are
-	// shared: a shared value keeps its record's bytes alive.
-	maxSharedRecord = 64 << 10
+	// maxSharedSize bounds the resources and scopes shared: a shared value
+	// keeps a copy of its encoding and schema URL, up to this many bytes.
+	maxSharedSize = 16 << 10
 )
 
 func (c *Decoder) resources() *shared[Resource] {
@@ -903,10 +930,14 @@ func (s *shared[T]) get(msg, schema []byte) *T {
 	return s.m[string(s.keyOf(msg, schema))]
 }
 
-func (s *shared[T]) put(msg, schema []byte, v *T, recordLen int) {
-	if s == nil || recordLen > maxSharedRecord {
-		return
-	}
+// keeps reports whether put keeps a value of msg and schema.
+func (s *shared[T]) keeps(msg, schema []byte) bool {
+	return s != nil && len(msg)+len(schema) <= maxSharedSize
+}
+
+// put shares v, decoded from msg and schema. v outlives the record they
+// came from, so they must be a copy made for it (see decodeShared).
+func (s *shared[T]) put(msg, schema []byte, v *T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil || len(s.m) >= maxDecoderEntries {

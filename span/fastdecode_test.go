@@ -19,8 +19,8 @@ import (
 // URLs included. It returns whether the fast path took the input.
 func requireSameAsProto(t *testing.T, data []byte) bool {
 	t.Helper()
-	fast, ok := decodeTracesFast(data, nil, false, false)
-	lazy, lazyOK := decodeTracesFast(data, nil, false, true)
+	fast, ok := decodeTracesFast(nil, data, nil, false, false, nil)
+	lazy, lazyOK := decodeTracesFast(nil, data, nil, false, true, nil)
 	require.Equal(t, ok, lazyOK, "the lazy fast path must accept exactly what the full one does")
 	var td tracepb.TracesData
 	err := proto.Unmarshal(data, &td)
@@ -311,7 +311,7 @@ func TestSharedLookupAllocatesNothing(t *testing.T) {
 	msg := marshal(t, mkResource("checkout"))
 	schema := []byte("https://opentelemetry.io/schemas/1.37.0")
 	want := &Resource{}
-	s.put(msg, schema, want, len(msg))
+	s.put(msg, schema, want)
 	require.Same(t, want, s.get(msg, schema))
 	require.Zero(t, testing.AllocsPerRun(100, func() { s.get(msg, schema) }))
 }
@@ -355,16 +355,34 @@ func TestDecodeTracesOwnership(t *testing.T) {
 }
 
 // BenchmarkDecodeTraceRecords decodes the request split into one record
-// per trace, as the indexer decodes what the collector produced: lazy is
-// what the indexer does, full decodes the attributes too.
+// per trace, as the indexer decodes what the collector produced: leased is
+// what the indexer does (the record unpacked into a lease, decoded lazily,
+// the lease released once the spans are done with), lazy is the decode
+// alone, full decodes the attributes too.
 func BenchmarkDecodeTraceRecords(b *testing.B) {
 	_, req := benchRequest(b)
 	res, err := NewSplitter().Split(req)
 	require.NoError(b, err)
 	for _, bc := range []struct {
 		name   string
-		decode func(*Decoder, []byte) ([]Span, error)
-	}{{"lazy", (*Decoder).DecodeTracesLazy}, {"full", (*Decoder).DecodeTraces}} {
+		decode func(*Decoder, []byte) (int, error)
+	}{
+		{"lazy", func(d *Decoder, data []byte) (int, error) {
+			out, err := d.DecodeTracesLazy(data)
+			return len(out), err
+		}},
+		{"full", func(d *Decoder, data []byte) (int, error) {
+			out, err := d.DecodeTraces(data)
+			return len(out), err
+		}},
+		{"leased", func(d *Decoder, data []byte) (int, error) {
+			l := NewLease(len(data))
+			copy(l.Bytes(), data)
+			out, err := d.DecodeLeased(nil, &l)
+			l.Release()
+			return len(out), err
+		}},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var d Decoder
 			b.SetBytes(int64(len(req)))
@@ -373,11 +391,11 @@ func BenchmarkDecodeTraceRecords(b *testing.B) {
 			cpu0, _ := processCPU()
 			for b.Loop() {
 				for _, r := range res.Batches {
-					out, err := bc.decode(&d, r.Data)
+					n, err := bc.decode(&d, r.Data)
 					if err != nil {
 						b.Fatal(err)
 					}
-					spans += len(out)
+					spans += n
 				}
 			}
 			reportSpans(b, spans, cpu0)

@@ -1,0 +1,129 @@
+package span
+
+import (
+	"math/bits"
+	"sync"
+	"testing"
+)
+
+// A Lease is pooled memory for decoding one record: a buffer for the
+// record's bytes and the structs of the spans decoded from them
+// (DecodeLeased). The indexer decodes every record it holds from a buffer
+// of its own, and allocating those buffers and the spans per record was a
+// fifth of the bytes it allocated, which set how often the GC ran.
+//
+// Spans decoded from a lease point into it: their strings, IDs, Wire and
+// deferred attributes share the record's bytes, and each span and its
+// status are structs of the lease. So do their Resource and Scope, unless
+// the Decoder shares them between records (a shared one is decoded from a
+// copy of its own, see decodeShared). Release hands the memory to the next
+// lease, so it must come only once nothing reads any of that any more:
+// not the spans, nor anything taken from them without a copy. A lease
+// never released is garbage-collected like any other memory.
+//
+// A Lease is a value that owns its memory: keep one copy of it, and
+// release that copy once.
+type Lease struct {
+	data  []byte
+	buf   *[]byte     // the pooled buffer behind data; nil for a record too big to pool
+	slots *[]spanSlot // the pooled structs of the spans decoded; nil if none
+}
+
+// Records of up to maxLeaseBytes bytes, and up to maxLeaseSlots spans of
+// one record, are decoded into pooled memory; bigger ones allocate as
+// before. Pools hold what the decoding in flight needs, until the GC
+// empties them; the bounds keep one huge record from staying pooled.
+// Buffers come in byteClasses powers of two from minLeaseBytes, so one
+// holds at most twice its record, and only while the record is decoded;
+// slots in slotClasses powers of two from one.
+const (
+	minLeaseBytes = 1 << 10
+	byteClasses   = 9
+	maxLeaseBytes = minLeaseBytes << (byteClasses - 1) // 256 KiB
+	slotClasses   = 10
+	maxLeaseSlots = 1 << (slotClasses - 1) // 512
+)
+
+var (
+	bytePools [byteClasses]sync.Pool // *[]byte of minLeaseBytes << class
+	slotPools [slotClasses]sync.Pool // *[]spanSlot of 1 << class
+)
+
+// poisonReleased makes Release overwrite a buffer before it can be reused,
+// in test binaries: a span read after its lease was released then reads
+// poisonByte instead of data that merely looks wrong now and then.
+var poisonReleased = testing.Testing()
+
+const poisonByte = 0xa5
+
+// byteClass returns the pool of buffers for n bytes, or -1 past the bound.
+func byteClass(n int) int {
+	if n > maxLeaseBytes {
+		return -1
+	}
+	return bits.Len(uint(max(n, minLeaseBytes)-1) / minLeaseBytes)
+}
+
+// slotClass returns the pool of slots for n spans, or -1 for none or too
+// many.
+func slotClass(n int) int {
+	if n < 1 || n > maxLeaseSlots {
+		return -1
+	}
+	return bits.Len(uint(n - 1))
+}
+
+// NewLease returns a lease on a buffer of n bytes, for the caller to fill
+// with a record (its contents are undefined until then).
+func NewLease(n int) Lease {
+	c := byteClass(n)
+	if c < 0 {
+		return Lease{data: make([]byte, n)}
+	}
+	p, _ := bytePools[c].Get().(*[]byte)
+	if p == nil {
+		b := make([]byte, minLeaseBytes<<c)
+		p = &b
+	}
+	return Lease{data: (*p)[:n], buf: p}
+}
+
+// Bytes returns the lease's buffer.
+func (l *Lease) Bytes() []byte { return l.data }
+
+// takeSlots returns zeroed structs for the n spans of the lease's record.
+// They come from a pool when the lease has none yet and n is not too big.
+func (l *Lease) takeSlots(n int) []spanSlot {
+	c := slotClass(n)
+	if c < 0 || l.slots != nil {
+		return make([]spanSlot, n)
+	}
+	p, _ := slotPools[c].Get().(*[]spanSlot)
+	if p == nil {
+		s := make([]spanSlot, 1<<c)
+		p = &s
+	}
+	l.slots = p
+	return (*p)[:n:n]
+}
+
+// Release returns the lease's memory to the pools (see Lease for when it
+// may). The slots are zeroed, as the next decode needs them and so that
+// the pool keeps nothing they pointed to alive.
+func (l *Lease) Release() {
+	if b := l.data; poisonReleased && cap(b) > 0 {
+		b = b[:cap(b)]
+		b[0] = poisonByte
+		for n := 1; n < len(b); n *= 2 {
+			copy(b[n:], b[:n])
+		}
+	}
+	if l.buf != nil {
+		bytePools[byteClass(cap(*l.buf))].Put(l.buf)
+	}
+	if l.slots != nil {
+		clear(*l.slots)
+		slotPools[slotClass(cap(*l.slots))].Put(l.slots)
+	}
+	*l = Lease{}
+}
