@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"sync"
 	"time"
 
@@ -81,7 +82,7 @@ func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandl
 	}
 	c := &Consumer{
 		cfg: cfg, handler: h, ledger: NewLedger(), log: logger,
-		buffers: &decompressBuffers{free: make(chan []byte, maxFreeDecompressBuffers)},
+		buffers: &decompressBuffers{},
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_kafka_consumed_records_total",
 			Help: "Records consumed from Kafka, by topic.",
@@ -282,48 +283,62 @@ func (c *Consumer) Close() { c.cl.Close() }
 // batches into (kgo.PoolDecompressBytes). Every span the indexer reads
 // arrives in one, about as many bytes as the process allocates for
 // everything else together, so reusing them saves the garbage collector
-// most of its cycles' worth of work for them. It keeps at most
-// maxFreeDecompressBuffers buffers of at most maxDecompressBuffer bytes,
-// and makes them at least minDecompressBuffer bytes, so that a kept buffer
-// fits most batches (a producer's batch is at most 1 MiB by default).
-type decompressBuffers struct{ free chan []byte }
+// most of its cycles' worth of work for them. Buffers come in powers of two
+// from minDecompressBuffer to maxDecompressBuffer bytes, one list per size
+// (a producer's batch is tens of KiB under load, up to 1 MiB by default),
+// and the lists keep at most maxKeptDecompress bytes in all: what is kept
+// is live heap, which the garbage collector's goal doubles.
+type decompressBuffers struct {
+	mu   sync.Mutex
+	free [decompressClasses][][]byte
+	kept int // bytes in free
+}
 
 const (
-	maxFreeDecompressBuffers = 8
-	minDecompressBuffer      = 1 << 20
-	maxDecompressBuffer      = 8 << 20
+	minDecompressBuffer = 16 << 10
+	decompressClasses   = 10
+	maxDecompressBuffer = minDecompressBuffer << (decompressClasses - 1) // 8 MiB
+	maxKeptDecompress   = 8 << 20
 )
 
-// GetDecompressBytes returns a free buffer that fits the batch, or a new
-// one. The size of a Snappy batch is known from its header; for other
-// codecs a kept buffer is returned as it is, and the codec grows it if it
-// must (the grown one comes back).
+// GetDecompressBytes returns a buffer that fits the batch. The size of a
+// Snappy batch is known from its header; for other codecs (and Xerial
+// framing) it is not, and the codec grows a buffer too small (the grown one
+// comes back to the list of its size).
 func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.CompressionCodecType) []byte {
 	need := 0
 	if codec == kgo.CodecSnappy {
 		need, _ = s2.DecodedLen(src) // 0 for Xerial framing or a bad header: the codec decides
 	}
-	select {
-	case b := <-p.free:
-		if cap(b) >= need {
-			return b
-		}
-	default:
-	}
 	if need > maxDecompressBuffer {
-		return nil
+		return nil // the codec allocates it; it is not kept
 	}
-	return make([]byte, 0, max(need, minDecompressBuffer))
+	c := bits.Len(uint(max(need, minDecompressBuffer)-1) / minDecompressBuffer)
+	p.mu.Lock()
+	if n := len(p.free[c]); n > 0 {
+		b := p.free[c][n-1]
+		p.free[c] = p.free[c][:n-1]
+		p.kept -= cap(b)
+		p.mu.Unlock()
+		return b
+	}
+	p.mu.Unlock()
+	return make([]byte, 0, minDecompressBuffer<<c)
 }
 
-// PutDecompressBytes keeps a buffer the client is done with, zeroed by the
-// client, unless enough are kept already.
+// PutDecompressBytes keeps a buffer the client is done with (zeroed by the
+// client) in the list of the largest size it holds, unless the lists hold
+// enough bytes already.
 func (p *decompressBuffers) PutDecompressBytes(b []byte) {
-	if cap(b) > maxDecompressBuffer {
+	c := bits.Len(uint(cap(b)/minDecompressBuffer)) - 1
+	if c < 0 || c >= decompressClasses {
 		return
 	}
-	select {
-	case p.free <- b[:0]:
-	default:
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.kept+cap(b) > maxKeptDecompress {
+		return
 	}
+	p.free[c] = append(p.free[c], b[:0])
+	p.kept += cap(b)
 }

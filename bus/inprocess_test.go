@@ -100,7 +100,7 @@ func TestInProcessConnections(t *testing.T) {
 			for k, v := range want {
 				require.Equal(t, v, h.values[k], "trace %s", k)
 			}
-			require.NotEmpty(t, c.buffers.free, "recycled records gave their batches' buffers back")
+			require.Positive(t, c.buffers.kept, "recycled records gave their batches' buffers back")
 		})
 	}
 
@@ -110,30 +110,35 @@ func TestInProcessConnections(t *testing.T) {
 	require.ErrorIs(t, err, net.ErrClosed)
 }
 
-// TestDecompressBuffersBounded: the pool keeps at most
-// maxFreeDecompressBuffers buffers, none over maxDecompressBuffer bytes;
-// it hands out a kept buffer that fits a Snappy batch's decoded size, and
-// a new one of at least minDecompressBuffer bytes otherwise.
+// TestDecompressBuffersBounded: the pool hands out a buffer that fits a
+// Snappy batch's decoded size, in powers of two from minDecompressBuffer,
+// reusing a kept one of that size; it keeps at most maxKeptDecompress
+// bytes, and nothing too small or too big for its sizes.
 func TestDecompressBuffersBounded(t *testing.T) {
-	p := &decompressBuffers{free: make(chan []byte, maxFreeDecompressBuffers)}
-	small := s2.EncodeSnappy(nil, make([]byte, 1000))
-	big := s2.EncodeSnappy(nil, make([]byte, 3<<20))
-	require.Equal(t, minDecompressBuffer, cap(p.GetDecompressBytes(small, kgo.CodecSnappy)), "an empty pool makes a buffer for most batches")
-	require.Equal(t, 3<<20, cap(p.GetDecompressBytes(big, kgo.CodecSnappy)))
-	require.Nil(t, p.GetDecompressBytes(s2.EncodeSnappy(nil, make([]byte, maxDecompressBuffer+1)), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
+	p := &decompressBuffers{}
+	snappy := func(n int) []byte { return s2.EncodeSnappy(nil, make([]byte, n)) }
+	require.Equal(t, minDecompressBuffer, cap(p.GetDecompressBytes(snappy(1000), kgo.CodecSnappy)))
+	require.Equal(t, 4*minDecompressBuffer, cap(p.GetDecompressBytes(snappy(3*minDecompressBuffer+1), kgo.CodecSnappy)))
+	require.Nil(t, p.GetDecompressBytes(snappy(maxDecompressBuffer+1), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
 
-	p.PutDecompressBytes(make([]byte, 10, maxDecompressBuffer+1))
-	require.Empty(t, p.free, "an oversize buffer is not kept")
-	for range maxFreeDecompressBuffers + 3 {
-		p.PutDecompressBytes(make([]byte, 5, 64<<10))
-	}
-	require.Len(t, p.free, maxFreeDecompressBuffers)
-	b := p.GetDecompressBytes(small, kgo.CodecSnappy)
+	kept := make([]byte, 7, 4*minDecompressBuffer)
+	p.PutDecompressBytes(kept)
+	b := p.GetDecompressBytes(snappy(3*minDecompressBuffer), kgo.CodecSnappy)
 	require.Len(t, b, 0)
-	require.Equal(t, 64<<10, cap(b), "a kept buffer that fits")
-	require.Equal(t, 64<<10, cap(p.GetDecompressBytes(nil, kgo.CodecZstd)), "other codecs take a kept buffer as it is")
-	require.Equal(t, 3<<20, cap(p.GetDecompressBytes(big, kgo.CodecSnappy)), "a kept buffer too small is dropped")
-	require.Len(t, p.free, maxFreeDecompressBuffers-3)
+	require.Equal(t, &kept[:1][0], &b[:1][0], "the kept buffer of that size")
+	require.Zero(t, p.kept)
+
+	p.PutDecompressBytes(make([]byte, 0, 5*minDecompressBuffer)) // grown by a codec: kept with the 4×
+	require.Equal(t, 5*minDecompressBuffer, cap(p.GetDecompressBytes(snappy(4*minDecompressBuffer), kgo.CodecSnappy)))
+	p.PutDecompressBytes(make([]byte, 0, minDecompressBuffer-1))
+	p.PutDecompressBytes(make([]byte, 0, 2*maxDecompressBuffer))
+	require.Zero(t, p.kept, "too small or too big to keep")
+
+	for range 2 * maxKeptDecompress / maxDecompressBuffer {
+		p.PutDecompressBytes(make([]byte, 0, maxDecompressBuffer))
+	}
+	require.Equal(t, maxKeptDecompress, p.kept)
+	require.Len(t, p.free[decompressClasses-1], maxKeptDecompress/maxDecompressBuffer)
 }
 
 // TestDialCancelled: a dial whose context ends before the broker accepts

@@ -32,22 +32,49 @@ type Lease struct {
 // Records of up to maxLeaseBytes bytes, and up to maxLeaseSlots spans of
 // one record, are decoded into pooled memory; bigger ones allocate as
 // before. Pools hold what the decoding in flight needs, until the GC
-// empties them; the bounds keep one huge record from staying pooled.
-// Buffers come in byteClasses powers of two from minLeaseBytes, so one
-// holds at most twice its record, and only while the record is decoded;
-// slots in slotClasses powers of two from one.
+// empties them; the bounds keep one huge record from staying pooled. The
+// memory in flight is live heap, which the GC's goal doubles, so the sizes
+// are close to what records need: buffers in steps of 256 bytes up to 4
+// KiB (a typical record is about 1 KiB), then in powers of two; slots one
+// by one up to 16 spans (a typical record holds a few), then in powers of
+// two.
 const (
-	minLeaseBytes = 1 << 10
-	byteClasses   = 9
-	maxLeaseBytes = minLeaseBytes << (byteClasses - 1) // 256 KiB
-	slotClasses   = 10
-	maxLeaseSlots = 1 << (slotClasses - 1) // 512
+	byteClasses = 22 // to 256 KiB
+	slotClasses = 21 // to 512
 )
 
 var (
-	bytePools [byteClasses]sync.Pool // *[]byte of minLeaseBytes << class
-	slotPools [slotClasses]sync.Pool // *[]spanSlot of 1 << class
+	byteSizes     = sizeClasses{step: 256, linear: 16, count: byteClasses}
+	slotSizes     = sizeClasses{step: 1, linear: 16, count: slotClasses}
+	maxLeaseBytes = byteSizes.size(byteClasses - 1)
+	maxLeaseSlots = slotSizes.size(slotClasses - 1)
+	bytePools     [byteClasses]sync.Pool // *[]byte of byteSizes.size(class)
+	slotPools     [slotClasses]sync.Pool // *[]spanSlot of slotSizes.size(class)
 )
+
+// sizeClasses are the sizes step, 2·step, …, linear·step, then doubling,
+// count sizes in all.
+type sizeClasses struct{ step, linear, count int }
+
+// class returns the smallest class of at least n, or -1 past the last.
+func (sc sizeClasses) class(n int) int {
+	top := sc.step * sc.linear
+	if n <= top {
+		return max(n-1, 0) / sc.step
+	}
+	if c := sc.linear - 1 + bits.Len(uint((n-1)/top)); c < sc.count {
+		return c
+	}
+	return -1
+}
+
+// size returns the size of class c.
+func (sc sizeClasses) size(c int) int {
+	if c < sc.linear {
+		return (c + 1) * sc.step
+	}
+	return sc.step * sc.linear << (c - sc.linear + 1)
+}
 
 // poisonReleased makes Release overwrite a buffer before it can be reused,
 // in test binaries: a span read after its lease was released then reads
@@ -56,33 +83,16 @@ var poisonReleased = testing.Testing()
 
 const poisonByte = 0xa5
 
-// byteClass returns the pool of buffers for n bytes, or -1 past the bound.
-func byteClass(n int) int {
-	if n > maxLeaseBytes {
-		return -1
-	}
-	return bits.Len(uint(max(n, minLeaseBytes)-1) / minLeaseBytes)
-}
-
-// slotClass returns the pool of slots for n spans, or -1 for none or too
-// many.
-func slotClass(n int) int {
-	if n < 1 || n > maxLeaseSlots {
-		return -1
-	}
-	return bits.Len(uint(n - 1))
-}
-
 // NewLease returns a lease on a buffer of n bytes, for the caller to fill
 // with a record (its contents are undefined until then).
 func NewLease(n int) Lease {
-	c := byteClass(n)
+	c := byteSizes.class(n)
 	if c < 0 {
 		return Lease{data: make([]byte, n)}
 	}
 	p, _ := bytePools[c].Get().(*[]byte)
 	if p == nil {
-		b := make([]byte, minLeaseBytes<<c)
+		b := make([]byte, byteSizes.size(c))
 		p = &b
 	}
 	return Lease{data: (*p)[:n], buf: p}
@@ -94,13 +104,13 @@ func (l *Lease) Bytes() []byte { return l.data }
 // takeSlots returns zeroed structs for the n spans of the lease's record.
 // They come from a pool when the lease has none yet and n is not too big.
 func (l *Lease) takeSlots(n int) []spanSlot {
-	c := slotClass(n)
-	if c < 0 || l.slots != nil {
+	c := slotSizes.class(n)
+	if n < 1 || c < 0 || l.slots != nil {
 		return make([]spanSlot, n)
 	}
 	p, _ := slotPools[c].Get().(*[]spanSlot)
 	if p == nil {
-		s := make([]spanSlot, 1<<c)
+		s := make([]spanSlot, slotSizes.size(c))
 		p = &s
 	}
 	l.slots = p
@@ -119,11 +129,11 @@ func (l *Lease) Release() {
 		}
 	}
 	if l.buf != nil {
-		bytePools[byteClass(cap(*l.buf))].Put(l.buf)
+		bytePools[byteSizes.class(cap(*l.buf))].Put(l.buf)
 	}
 	if l.slots != nil {
 		clear(*l.slots)
-		slotPools[slotClass(cap(*l.slots))].Put(l.slots)
+		slotPools[slotSizes.class(cap(*l.slots))].Put(l.slots)
 	}
 	*l = Lease{}
 }

@@ -107,27 +107,45 @@ func TestDecodeLeased(t *testing.T) {
 }
 
 // TestLeaseSizes: a lease holds exactly the bytes asked for, in a pooled
-// buffer of the next power of two, or unpooled past the bound; spans take
-// pooled structs up to a bound too.
+// buffer of the next size class, or unpooled past the bound; spans take
+// pooled structs up to a bound too. The classes are tight: a buffer of at
+// most 4 KiB wastes under 256 bytes, a larger one under half, and up to 16
+// spans take no slot more than they need.
 func TestLeaseSizes(t *testing.T) {
-	for _, n := range []int{0, 1, minLeaseBytes, minLeaseBytes + 1, 5000, maxLeaseBytes, maxLeaseBytes + 1} {
+	for _, n := range []int{0, 1, 255, 256, 257, 1000, 4096, 4097, 5000, 8193, maxLeaseBytes, maxLeaseBytes + 1} {
 		l := NewLease(n)
 		require.Len(t, l.Bytes(), n)
 		if n > maxLeaseBytes {
 			require.Nil(t, l.buf)
 		} else {
-			require.Equal(t, minLeaseBytes<<byteClass(n), cap(*l.buf), "%d bytes", n)
-			require.GreaterOrEqual(t, cap(*l.buf), n)
-			require.Less(t, cap(*l.buf), max(2*n, minLeaseBytes+1))
-		}
-		for _, spans := range []int{0, 1, 3, maxLeaseSlots, maxLeaseSlots + 1} {
-			var ll Lease
-			slots := ll.takeSlots(spans)
-			require.Len(t, slots, spans)
-			require.Equal(t, spans >= 1 && spans <= maxLeaseSlots, ll.slots != nil, "%d spans", spans)
-			ll.Release()
+			c := cap(*l.buf)
+			require.GreaterOrEqual(t, c, n)
+			if n <= 4096 {
+				require.Less(t, c, max(n, 1)+256, "%d bytes", n)
+			} else {
+				require.Less(t, c, 2*n, "%d bytes", n)
+			}
+			require.Equal(t, c, byteSizes.size(byteSizes.class(c)), "a buffer's class is that of its capacity")
 		}
 		l.Release()
 		require.Nil(t, l.Bytes(), "a released lease holds nothing")
+	}
+	require.Equal(t, 256<<10, maxLeaseBytes)
+	require.Equal(t, 512, maxLeaseSlots)
+	for _, spans := range []int{0, 1, 3, 5, 16, 17, 33, maxLeaseSlots, maxLeaseSlots + 1} {
+		var l Lease
+		slots := l.takeSlots(spans)
+		require.Len(t, slots, spans)
+		require.Equal(t, spans >= 1 && spans <= maxLeaseSlots, l.slots != nil, "%d spans", spans)
+		if l.slots != nil {
+			c := cap(*l.slots)
+			if spans <= 16 {
+				require.Equal(t, spans, c)
+			} else {
+				require.Less(t, c, 2*spans)
+			}
+			require.Equal(t, c, slotSizes.size(slotSizes.class(c)))
+		}
+		l.Release()
 	}
 }
