@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
 	"sync"
 	"time"
 
@@ -13,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/threadline/threadline/sizeclass"
 )
 
 // RecordHandler is what a Consumer feeds. Calls never overlap: HandleRecords runs
@@ -283,61 +284,65 @@ func (c *Consumer) Close() { c.cl.Close() }
 // batches into (kgo.PoolDecompressBytes). Every span the indexer reads
 // arrives in one, about as many bytes as the process allocates for
 // everything else together, so reusing them saves the garbage collector
-// most of its cycles' worth of work for them. Buffers come in powers of two
-// from minDecompressBuffer to maxDecompressBuffer bytes, one list per size
-// (a producer's batch is tens of KiB under load, up to 1 MiB by default),
-// and the lists keep at most maxKeptDecompress bytes in all: what is kept
-// is live heap, which the garbage collector's goal doubles.
+// most of its cycles' worth of work for them. Buffers come in steps of 16
+// KiB up to 256 KiB (a producer's batch is tens of KiB under load), then
+// in powers of two up to 8 MiB (a batch is at most 1 MiB by default), one
+// list per size, and the lists keep at most maxKeptDecompress bytes in
+// all: what is kept is live heap, which the garbage collector's goal
+// doubles.
 type decompressBuffers struct {
 	mu   sync.Mutex
-	free [decompressClasses][][]byte
-	kept int // bytes in free
+	free [][][]byte // per class of decompressSizes
+	kept int        // bytes in free
 }
 
-const (
-	minDecompressBuffer = 16 << 10
-	decompressClasses   = 10
-	maxDecompressBuffer = minDecompressBuffer << (decompressClasses - 1) // 8 MiB
-	maxKeptDecompress   = 8 << 20
-)
+var decompressSizes = sizeclass.New(16<<10, 16, 8<<20)
+
+// maxKeptDecompress is about what one poll's batches take decompressed
+// (the consumer fetches at most 1 MiB at a time).
+const maxKeptDecompress = 4 << 20
 
 // GetDecompressBytes returns a buffer that fits the batch. The size of a
 // Snappy batch is known from its header; for other codecs (and Xerial
 // framing) it is not, and the codec grows a buffer too small (the grown one
-// comes back to the list of its size).
+// comes back to the list of the largest size it holds).
 func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.CompressionCodecType) []byte {
 	need := 0
 	if codec == kgo.CodecSnappy {
 		need, _ = s2.DecodedLen(src) // 0 for Xerial framing or a bad header: the codec decides
 	}
-	if need > maxDecompressBuffer {
+	c := decompressSizes.Of(need)
+	if c < 0 {
 		return nil // the codec allocates it; it is not kept
 	}
-	c := bits.Len(uint(max(need, minDecompressBuffer)-1) / minDecompressBuffer)
 	p.mu.Lock()
-	if n := len(p.free[c]); n > 0 {
-		b := p.free[c][n-1]
-		p.free[c] = p.free[c][:n-1]
-		p.kept -= cap(b)
-		p.mu.Unlock()
-		return b
+	if c < len(p.free) {
+		if n := len(p.free[c]); n > 0 {
+			b := p.free[c][n-1]
+			p.free[c] = p.free[c][:n-1]
+			p.kept -= cap(b)
+			p.mu.Unlock()
+			return b
+		}
 	}
 	p.mu.Unlock()
-	return make([]byte, 0, minDecompressBuffer<<c)
+	return make([]byte, 0, decompressSizes.Size(c))
 }
 
 // PutDecompressBytes keeps a buffer the client is done with (zeroed by the
-// client) in the list of the largest size it holds, unless the lists hold
-// enough bytes already.
+// client), unless the lists hold enough bytes already.
 func (p *decompressBuffers) PutDecompressBytes(b []byte) {
-	c := bits.Len(uint(cap(b)/minDecompressBuffer)) - 1
-	if c < 0 || c >= decompressClasses {
+	c := decompressSizes.Floor(cap(b))
+	if c < 0 || cap(b) > decompressSizes.Max() {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.kept+cap(b) > maxKeptDecompress {
 		return
+	}
+	if p.free == nil {
+		p.free = make([][][]byte, decompressSizes.Count())
 	}
 	p.free[c] = append(p.free[c], b[:0])
 	p.kept += cap(b)

@@ -111,34 +111,35 @@ func TestInProcessConnections(t *testing.T) {
 }
 
 // TestDecompressBuffersBounded: the pool hands out a buffer that fits a
-// Snappy batch's decoded size, in powers of two from minDecompressBuffer,
-// reusing a kept one of that size; it keeps at most maxKeptDecompress
-// bytes, and nothing too small or too big for its sizes.
+// Snappy batch's decoded size, in its size classes, reusing a kept one of
+// that class; it keeps at most maxKeptDecompress bytes, and nothing too
+// small or too big for its classes.
 func TestDecompressBuffersBounded(t *testing.T) {
 	p := &decompressBuffers{}
 	snappy := func(n int) []byte { return s2.EncodeSnappy(nil, make([]byte, n)) }
-	require.Equal(t, minDecompressBuffer, cap(p.GetDecompressBytes(snappy(1000), kgo.CodecSnappy)))
-	require.Equal(t, 4*minDecompressBuffer, cap(p.GetDecompressBytes(snappy(3*minDecompressBuffer+1), kgo.CodecSnappy)))
-	require.Nil(t, p.GetDecompressBytes(snappy(maxDecompressBuffer+1), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
+	const step = 16 << 10
+	require.Equal(t, step, cap(p.GetDecompressBytes(snappy(1000), kgo.CodecSnappy)))
+	require.Equal(t, 4*step, cap(p.GetDecompressBytes(snappy(3*step+1), kgo.CodecSnappy)))
+	require.Equal(t, 512<<10, cap(p.GetDecompressBytes(snappy(300<<10), kgo.CodecSnappy)))
+	require.Nil(t, p.GetDecompressBytes(snappy(decompressSizes.Max()+1), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
 
-	kept := make([]byte, 7, 4*minDecompressBuffer)
+	kept := make([]byte, 7, 3*step)
 	p.PutDecompressBytes(kept)
-	b := p.GetDecompressBytes(snappy(3*minDecompressBuffer), kgo.CodecSnappy)
+	b := p.GetDecompressBytes(snappy(3*step), kgo.CodecSnappy)
 	require.Len(t, b, 0)
 	require.Equal(t, &kept[:1][0], &b[:1][0], "the kept buffer of that size")
 	require.Zero(t, p.kept)
 
-	p.PutDecompressBytes(make([]byte, 0, 5*minDecompressBuffer)) // grown by a codec: kept with the 4×
-	require.Equal(t, 5*minDecompressBuffer, cap(p.GetDecompressBytes(snappy(4*minDecompressBuffer), kgo.CodecSnappy)))
-	p.PutDecompressBytes(make([]byte, 0, minDecompressBuffer-1))
-	p.PutDecompressBytes(make([]byte, 0, 2*maxDecompressBuffer))
+	p.PutDecompressBytes(make([]byte, 0, 5*step+100)) // grown by a codec: serves the 5-step class
+	require.Equal(t, 5*step+100, cap(p.GetDecompressBytes(snappy(5*step), kgo.CodecSnappy)))
+	p.PutDecompressBytes(make([]byte, 0, step-1))
+	p.PutDecompressBytes(make([]byte, 0, 2*decompressSizes.Max()))
 	require.Zero(t, p.kept, "too small or too big to keep")
 
-	for range 2 * maxKeptDecompress / maxDecompressBuffer {
-		p.PutDecompressBytes(make([]byte, 0, maxDecompressBuffer))
+	for range 2 * maxKeptDecompress / step {
+		p.PutDecompressBytes(make([]byte, 0, step))
 	}
 	require.Equal(t, maxKeptDecompress, p.kept)
-	require.Len(t, p.free[decompressClasses-1], maxKeptDecompress/maxDecompressBuffer)
 }
 
 // TestDialCancelled: a dial whose context ends before the broker accepts

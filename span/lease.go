@@ -1,9 +1,10 @@
 package span
 
 import (
-	"math/bits"
 	"sync"
 	"testing"
+
+	"github.com/threadline/threadline/sizeclass"
 )
 
 // A Lease is pooled memory for decoding one record: a buffer for the
@@ -34,47 +35,18 @@ type Lease struct {
 // before. Pools hold what the decoding in flight needs, until the GC
 // empties them; the bounds keep one huge record from staying pooled. The
 // memory in flight is live heap, which the GC's goal doubles, so the sizes
-// are close to what records need: buffers in steps of 256 bytes up to 4
-// KiB (a typical record is about 1 KiB), then in powers of two; slots one
-// by one up to 16 spans (a typical record holds a few), then in powers of
-// two.
-const (
-	byteClasses = 22 // to 256 KiB
-	slotClasses = 21 // to 512
-)
-
+// are close to what records need: buffers in steps of 512 bytes up to 16
+// KiB (a record of the load generator's, one trace's five spans, is about
+// 4 KiB), then in powers of two; slots one by one up to 16 spans, then in
+// powers of two.
 var (
-	byteSizes     = sizeClasses{step: 256, linear: 16, count: byteClasses}
-	slotSizes     = sizeClasses{step: 1, linear: 16, count: slotClasses}
-	maxLeaseBytes = byteSizes.size(byteClasses - 1)
-	maxLeaseSlots = slotSizes.size(slotClasses - 1)
-	bytePools     [byteClasses]sync.Pool // *[]byte of byteSizes.size(class)
-	slotPools     [slotClasses]sync.Pool // *[]spanSlot of slotSizes.size(class)
+	byteSizes     = sizeclass.New(512, 32, 256<<10)
+	slotSizes     = sizeclass.New(1, 16, 512)
+	maxLeaseBytes = byteSizes.Max()
+	maxLeaseSlots = slotSizes.Max()
+	bytePools     = make([]sync.Pool, byteSizes.Count()) // *[]byte of byteSizes.Size(class)
+	slotPools     = make([]sync.Pool, slotSizes.Count()) // *[]spanSlot of slotSizes.Size(class)
 )
-
-// sizeClasses are the sizes step, 2·step, …, linear·step, then doubling,
-// count sizes in all.
-type sizeClasses struct{ step, linear, count int }
-
-// class returns the smallest class of at least n, or -1 past the last.
-func (sc sizeClasses) class(n int) int {
-	top := sc.step * sc.linear
-	if n <= top {
-		return max(n-1, 0) / sc.step
-	}
-	if c := sc.linear - 1 + bits.Len(uint((n-1)/top)); c < sc.count {
-		return c
-	}
-	return -1
-}
-
-// size returns the size of class c.
-func (sc sizeClasses) size(c int) int {
-	if c < sc.linear {
-		return (c + 1) * sc.step
-	}
-	return sc.step * sc.linear << (c - sc.linear + 1)
-}
 
 // poisonReleased makes Release overwrite a buffer before it can be reused,
 // in test binaries: a span read after its lease was released then reads
@@ -86,13 +58,13 @@ const poisonByte = 0xa5
 // NewLease returns a lease on a buffer of n bytes, for the caller to fill
 // with a record (its contents are undefined until then).
 func NewLease(n int) Lease {
-	c := byteSizes.class(n)
+	c := byteSizes.Of(n)
 	if c < 0 {
 		return Lease{data: make([]byte, n)}
 	}
 	p, _ := bytePools[c].Get().(*[]byte)
 	if p == nil {
-		b := make([]byte, byteSizes.size(c))
+		b := make([]byte, byteSizes.Size(c))
 		p = &b
 	}
 	return Lease{data: (*p)[:n], buf: p}
@@ -104,13 +76,13 @@ func (l *Lease) Bytes() []byte { return l.data }
 // takeSlots returns zeroed structs for the n spans of the lease's record.
 // They come from a pool when the lease has none yet and n is not too big.
 func (l *Lease) takeSlots(n int) []spanSlot {
-	c := slotSizes.class(n)
+	c := slotSizes.Of(n)
 	if n < 1 || c < 0 || l.slots != nil {
 		return make([]spanSlot, n)
 	}
 	p, _ := slotPools[c].Get().(*[]spanSlot)
 	if p == nil {
-		s := make([]spanSlot, slotSizes.size(c))
+		s := make([]spanSlot, slotSizes.Size(c))
 		p = &s
 	}
 	l.slots = p
@@ -129,11 +101,11 @@ func (l *Lease) Release() {
 		}
 	}
 	if l.buf != nil {
-		bytePools[byteSizes.class(cap(*l.buf))].Put(l.buf)
+		bytePools[byteSizes.Of(cap(*l.buf))].Put(l.buf)
 	}
 	if l.slots != nil {
 		clear(*l.slots)
-		slotPools[slotSizes.class(cap(*l.slots))].Put(l.slots)
+		slotPools[slotSizes.Of(cap(*l.slots))].Put(l.slots)
 	}
 	*l = Lease{}
 }

@@ -109,10 +109,10 @@ func TestDecodeLeased(t *testing.T) {
 // TestLeaseSizes: a lease holds exactly the bytes asked for, in a pooled
 // buffer of the next size class, or unpooled past the bound; spans take
 // pooled structs up to a bound too. The classes are tight: a buffer of at
-// most 4 KiB wastes under 256 bytes, a larger one under half, and up to 16
+// most 16 KiB wastes under 512 bytes, a larger one under half, and up to 16
 // spans take no slot more than they need.
 func TestLeaseSizes(t *testing.T) {
-	for _, n := range []int{0, 1, 255, 256, 257, 1000, 4096, 4097, 5000, 8193, maxLeaseBytes, maxLeaseBytes + 1} {
+	for _, n := range []int{0, 1, 511, 512, 513, 1000, 4096, 4097, 5000, 16 << 10, 16<<10 + 1, maxLeaseBytes, maxLeaseBytes + 1} {
 		l := NewLease(n)
 		require.Len(t, l.Bytes(), n)
 		if n > maxLeaseBytes {
@@ -120,12 +120,12 @@ func TestLeaseSizes(t *testing.T) {
 		} else {
 			c := cap(*l.buf)
 			require.GreaterOrEqual(t, c, n)
-			if n <= 4096 {
-				require.Less(t, c, max(n, 1)+256, "%d bytes", n)
+			if n <= 16<<10 {
+				require.Less(t, c, max(n, 1)+512, "%d bytes", n)
 			} else {
 				require.Less(t, c, 2*n, "%d bytes", n)
 			}
-			require.Equal(t, c, byteSizes.size(byteSizes.class(c)), "a buffer's class is that of its capacity")
+			require.Equal(t, c, byteSizes.Size(byteSizes.Of(c)), "a buffer's class is that of its capacity")
 		}
 		l.Release()
 		require.Nil(t, l.Bytes(), "a released lease holds nothing")
@@ -144,7 +144,7 @@ func TestLeaseSizes(t *testing.T) {
 			} else {
 				require.Less(t, c, 2*spans)
 			}
-			require.Equal(t, c, slotSizes.size(slotSizes.class(c)))
+			require.Equal(t, c, slotSizes.Size(slotSizes.Of(c)))
 		}
 		l.Release()
 	}
