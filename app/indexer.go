@@ -106,6 +106,7 @@ type Indexer struct {
 
 // NewIndexer opens the store, joins the consumer group and binds the read API.
 func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *Indexer, err error) {
+	setIndexerGC(logger)
 	if err := cfg.Skew.Validate(); err != nil {
 		return nil, err
 	}

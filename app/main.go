@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -72,5 +73,25 @@ func setMemoryLimit(logger *slog.Logger, limit memlimit.Provider) {
 		logger.Info("Go memory limit set", "gomemlimit_bytes", set)
 	default:
 		logger.Debug("the container has no memory limit; GOMEMLIMIT left unset")
+	}
+}
+
+// indexerGOGC is the garbage collector's percent in a process that runs an
+// indexer (the indexer and the all-in-one), unless GOGC is set. The heap
+// grows to 1.8 times what is live before a collection instead of twice: the
+// indexer's live heap (the decision buffer, records in flight, pools) is
+// most of the process's memory, and at the end-to-end benchmark's load this
+// takes 30–45 MiB off its peak RSS (420–437 against 465–473 MiB in three
+// interleaved runs) for CPU within the noise: the collector runs about 4%
+// of the time at the default, now that the indexer reuses its buffers.
+const indexerGOGC = 80
+
+// setIndexerGC sets indexerGOGC unless the environment sets GOGC.
+func setIndexerGC(logger *slog.Logger) {
+	if os.Getenv("GOGC") != "" {
+		return
+	}
+	if old := debug.SetGCPercent(indexerGOGC); old != indexerGOGC {
+		logger.Debug("GC percent set for the indexer", "gogc", indexerGOGC, "was", old)
 	}
 }

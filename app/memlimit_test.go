@@ -37,3 +37,17 @@ func TestSetMemoryLimit(t *testing.T) {
 	setMemoryLimit(logger, memlimit.Limit(1<<30))
 	require.Equal(t, before, debug.SetMemoryLimit(-1), "an explicit GOMEMLIMIT is the runtime's, not ours")
 }
+
+// TestSetIndexerGC: a process running an indexer collects at indexerGOGC,
+// unless GOGC is set, which wins.
+func TestSetIndexerGC(t *testing.T) {
+	before := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(before) })
+	logger := slog.New(slog.DiscardHandler)
+	t.Setenv("GOGC", "")
+	setIndexerGC(logger)
+	require.Equal(t, indexerGOGC, debug.SetGCPercent(100))
+	t.Setenv("GOGC", "150")
+	setIndexerGC(logger)
+	require.Equal(t, 100, debug.SetGCPercent(100), "an explicit GOGC is the runtime's")
+}
