@@ -413,3 +413,54 @@ func badgerWriterChild(dir string) {
 		_ = os.WriteFile(filepath.Join(dir, "committed"), []byte(strconv.Itoa(n+1)), 0o600)
 	}
 }
+
+// TestBadgerValueLogWrittenWithPwrite (PATCH.md §6): values in the value
+// log are written with pwrite, so writing them leaves the pages out of the
+// process (upstream copied them into the mapping, faulting every page in),
+// and they read back the same through the mapping, at once and after a
+// reopen.
+func TestBadgerValueLogWrittenWithPwrite(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("resident pages are read from /proc/self/smaps")
+	}
+	dir := t.TempDir()
+	opts := badger.DefaultOptions(dir).WithLogger(nil).WithValueThreshold(1 << 10).WithNumCompactors(0)
+	db, err := badger.Open(opts)
+	require.NoError(t, err)
+	want := map[string][]byte{}
+	for b := range 20 {
+		require.NoError(t, db.Update(func(txn *badger.Txn) error {
+			for i := range 100 {
+				k, v := fmt.Appendf(nil, "key-%02d-%03d", b, i), make([]byte, 8<<10+i)
+				_, _ = rand.Read(v)
+				want[string(k)] = v
+				if err := txn.Set(k, v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	resident, err := residency.ResidentBytes(dir)
+	require.NoError(t, err)
+	require.Less(t, resident[".vlog"], int64(1<<20), "16 MB written to the value log, resident in the process")
+	check := func(db *badger.DB) {
+		require.NoError(t, db.View(func(txn *badger.Txn) error {
+			for k, v := range want {
+				item, err := txn.Get([]byte(k))
+				require.NoError(t, err, k)
+				require.True(t, item.ValueSize() > int64(opts.ValueThreshold), "in the value log")
+				got, err := item.ValueCopy(nil)
+				require.NoError(t, err)
+				require.Equal(t, v, got, k)
+			}
+			return nil
+		}))
+	}
+	check(db)
+	require.NoError(t, db.Close())
+	db, err = badger.Open(opts)
+	require.NoError(t, err)
+	defer db.Close()
+	check(db)
+}
