@@ -14,7 +14,9 @@ import (
 // message is copied once, from the writer's buffer into the reader's,
 // instead of through two system calls and the kernel's socket buffers. The
 // all-in-one's producer and consumer move every span through the broker
-// twice, so this was about 3% of its CPU.
+// twice: in its end-to-end profile (1.5M spans) the socket reads and
+// writes of those connections took about 0.5 CPU-s, 2% of the whole, and
+// the pipes' copies take 0.15.
 type inProcessListener struct {
 	tcp   net.Listener
 	conns chan accepted
