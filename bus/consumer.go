@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -287,25 +288,29 @@ func (c *Consumer) Close() { c.cl.Close() }
 // most of its cycles' worth of work for them. Buffers come in steps of 16
 // KiB up to 256 KiB (a producer's batch is tens of KiB under load), then
 // in powers of two up to 8 MiB (a batch is at most 1 MiB by default), one
-// list per size, and the lists keep at most maxKeptDecompress bytes in
-// all: what is kept is live heap, which the garbage collector's goal
-// doubles.
+// sync.Pool per size: a pool keeps what was put back and not taken again
+// for at most two garbage collections, so it holds about what the batches
+// in flight need.
 type decompressBuffers struct {
-	mu   sync.Mutex
-	free [][][]byte // per class of decompressSizes
-	kept int        // bytes in free
+	pools    [decompressClasses]sync.Pool // *[]byte of decompressSizes.Size(class)
+	returned atomic.Int64                 // buffers put back and kept
+	reused   atomic.Int64                 // buffers handed out again
 }
 
 var decompressSizes = sizeclass.New(16<<10, 16, 8<<20)
 
-// maxKeptDecompress is about what one poll's batches take decompressed
-// (the consumer fetches at most 1 MiB at a time).
-const maxKeptDecompress = 4 << 20
+// decompressClasses is decompressSizes.Count(); decompressReach is how many
+// classes above its own a batch looks in for a free buffer.
+const (
+	decompressClasses = 21
+	decompressReach   = 2
+)
 
-// GetDecompressBytes returns a buffer that fits the batch. The size of a
-// Snappy batch is known from its header; for other codecs (and Xerial
-// framing) it is not, and the codec grows a buffer too small (the grown one
-// comes back to the list of the largest size it holds).
+// GetDecompressBytes returns a buffer that fits the batch: a free one of
+// its size or a little larger, else a new one. The size of a Snappy batch
+// is known from its header; for other codecs (and Xerial framing) it is
+// not, and the codec grows a buffer too small (the grown one comes back to
+// the pool of the largest size it holds).
 func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.CompressionCodecType) []byte {
 	need := 0
 	if codec == kgo.CodecSnappy {
@@ -315,35 +320,22 @@ func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.Compression
 	if c < 0 {
 		return nil // the codec allocates it; it is not kept
 	}
-	p.mu.Lock()
-	if c < len(p.free) {
-		if n := len(p.free[c]); n > 0 {
-			b := p.free[c][n-1]
-			p.free[c] = p.free[c][:n-1]
-			p.kept -= cap(b)
-			p.mu.Unlock()
-			return b
+	for k := c; k <= min(c+decompressReach, decompressClasses-1); k++ {
+		if b, ok := p.pools[k].Get().(*[]byte); ok {
+			p.reused.Add(1)
+			return (*b)[:0]
 		}
 	}
-	p.mu.Unlock()
 	return make([]byte, 0, decompressSizes.Size(c))
 }
 
 // PutDecompressBytes keeps a buffer the client is done with (zeroed by the
-// client), unless the lists hold enough bytes already.
+// client) for a batch of its size.
 func (p *decompressBuffers) PutDecompressBytes(b []byte) {
 	c := decompressSizes.Floor(cap(b))
 	if c < 0 || cap(b) > decompressSizes.Max() {
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.kept+cap(b) > maxKeptDecompress {
-		return
-	}
-	if p.free == nil {
-		p.free = make([][][]byte, decompressSizes.Count())
-	}
-	p.free[c] = append(p.free[c], b[:0])
-	p.kept += cap(b)
+	p.returned.Add(1)
+	p.pools[c].Put(&b)
 }

@@ -100,7 +100,7 @@ func TestInProcessConnections(t *testing.T) {
 			for k, v := range want {
 				require.Equal(t, v, h.values[k], "trace %s", k)
 			}
-			require.Positive(t, c.buffers.kept, "recycled records gave their batches' buffers back")
+			require.Positive(t, c.buffers.returned.Load(), "recycled records gave their batches' buffers back")
 		})
 	}
 
@@ -110,11 +110,12 @@ func TestInProcessConnections(t *testing.T) {
 	require.ErrorIs(t, err, net.ErrClosed)
 }
 
-// TestDecompressBuffersBounded: the pool hands out a buffer that fits a
-// Snappy batch's decoded size, in its size classes, reusing a kept one of
-// that class; it keeps at most maxKeptDecompress bytes, and nothing too
-// small or too big for its classes.
-func TestDecompressBuffersBounded(t *testing.T) {
+// TestDecompressBuffers: the pool hands out a buffer that fits a Snappy
+// batch's decoded size, in its size classes, reusing one put back for that
+// size or a little larger, and keeps nothing too small or too big for its
+// classes.
+func TestDecompressBuffers(t *testing.T) {
+	require.Equal(t, decompressClasses, decompressSizes.Count())
 	p := &decompressBuffers{}
 	snappy := func(n int) []byte { return s2.EncodeSnappy(nil, make([]byte, n)) }
 	const step = 16 << 10
@@ -122,24 +123,27 @@ func TestDecompressBuffersBounded(t *testing.T) {
 	require.Equal(t, 4*step, cap(p.GetDecompressBytes(snappy(3*step+1), kgo.CodecSnappy)))
 	require.Equal(t, 512<<10, cap(p.GetDecompressBytes(snappy(300<<10), kgo.CodecSnappy)))
 	require.Nil(t, p.GetDecompressBytes(snappy(decompressSizes.Max()+1), kgo.CodecSnappy), "the codec allocates a batch too big to keep")
+	require.Zero(t, p.reused.Load())
 
-	kept := make([]byte, 7, 3*step)
-	p.PutDecompressBytes(kept)
-	b := p.GetDecompressBytes(snappy(3*step), kgo.CodecSnappy)
-	require.Len(t, b, 0)
-	require.Equal(t, &kept[:1][0], &b[:1][0], "the kept buffer of that size")
-	require.Zero(t, p.kept)
-
-	p.PutDecompressBytes(make([]byte, 0, 5*step+100)) // grown by a codec: serves the 5-step class
-	require.Equal(t, 5*step+100, cap(p.GetDecompressBytes(snappy(5*step), kgo.CodecSnappy)))
-	p.PutDecompressBytes(make([]byte, 0, step-1))
-	p.PutDecompressBytes(make([]byte, 0, 2*decompressSizes.Max()))
-	require.Zero(t, p.kept, "too small or too big to keep")
-
-	for range 2 * maxKeptDecompress / step {
-		p.PutDecompressBytes(make([]byte, 0, step))
+	// sync.Pool may drop what is put (always under the race detector, now
+	// and then): try a few times.
+	reuses := func(put, want int) bool {
+		for range 20 {
+			kept := make([]byte, 7, put)
+			p.PutDecompressBytes(kept)
+			b := p.GetDecompressBytes(snappy(want), kgo.CodecSnappy)
+			if cap(b) == put && &b[:1][0] == &kept[:1][0] {
+				require.Empty(t, b)
+				return true
+			}
+		}
+		return false
 	}
-	require.Equal(t, maxKeptDecompress, p.kept)
+	require.True(t, reuses(3*step, 3*step), "the buffer put back for that size")
+	require.True(t, reuses(5*step+100, 4*step), "one a little larger (grown by a codec)")
+	require.False(t, reuses(8*step, 4*step), "not one far larger")
+	require.False(t, reuses(step-1, 100), "not one smaller than the smallest size")
+	require.Positive(t, p.reused.Load())
 }
 
 // TestDialCancelled: a dial whose context ends before the broker accepts
