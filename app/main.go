@@ -82,8 +82,9 @@ func setMemoryLimit(logger *slog.Logger, limit memlimit.Provider) {
 // indexer's live heap (the decision buffer, records in flight, pools) is
 // most of the process's memory, and at the end-to-end benchmark's load this
 // takes 30–45 MiB off its peak RSS (420–437 against 465–473 MiB in three
-// interleaved runs) for CPU within the noise: the collector runs about 4%
-// of the time at the default, now that the indexer reuses its buffers.
+// interleaved runs) for CPU within the noise: the garbage collector takes
+// about 4% of the CPU at the default, now that the indexer reuses its
+// buffers.
 const indexerGOGC = 80
 
 // setIndexerGC sets indexerGOGC unless the environment sets GOGC.
