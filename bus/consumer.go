@@ -84,7 +84,7 @@ func NewConsumer(kcfg Config, cfg ConsumerConfig, topics []string, h RecordHandl
 	}
 	c := &Consumer{
 		cfg: cfg, handler: h, ledger: NewLedger(), log: logger,
-		buffers: &decompressBuffers{},
+		buffers: newDecompressBuffers(),
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_kafka_consumed_records_total",
 			Help: "Records consumed from Kafka, by topic.",
@@ -300,19 +300,20 @@ func (c *Consumer) Close() { c.cl.Close() }
 // for at most two garbage collections, so it holds about what the batches
 // in flight need.
 type decompressBuffers struct {
-	pools    [decompressClasses]sync.Pool // *[]byte of decompressSizes.Size(class)
-	returned atomic.Int64                 // buffers put back and kept (threadline_kafka_decompress_buffers_returned_total)
-	reused   atomic.Int64                 // buffers handed out again (threadline_kafka_decompress_buffers_reused_total)
+	pools    []sync.Pool  // per class of decompressSizes: *[]byte of its size
+	returned atomic.Int64 // buffers put back and kept (threadline_kafka_decompress_buffers_returned_total)
+	reused   atomic.Int64 // buffers handed out again (threadline_kafka_decompress_buffers_reused_total)
 }
 
 var decompressSizes = sizeclass.New(16<<10, 16, 8<<20)
 
-// decompressClasses is decompressSizes.Count(); decompressReach is how many
-// classes above its own a batch looks in for a free buffer.
-const (
-	decompressClasses = 21
-	decompressReach   = 2
-)
+// decompressReach is how many classes above its own a batch looks in for a
+// free buffer.
+const decompressReach = 2
+
+func newDecompressBuffers() *decompressBuffers {
+	return &decompressBuffers{pools: make([]sync.Pool, decompressSizes.Count())}
+}
 
 // GetDecompressBytes returns a buffer that fits the batch: a free one of
 // its size or a little larger, else a new one. The size of a Snappy batch
@@ -328,7 +329,7 @@ func (p *decompressBuffers) GetDecompressBytes(src []byte, codec kgo.Compression
 	if c < 0 {
 		return nil // the codec allocates it; it is not kept
 	}
-	for k := c; k <= min(c+decompressReach, decompressClasses-1); k++ {
+	for k := c; k <= min(c+decompressReach, len(p.pools)-1); k++ {
 		if b, ok := p.pools[k].Get().(*[]byte); ok {
 			p.reused.Add(1)
 			return (*b)[:0]

@@ -30,8 +30,8 @@ type Lease struct {
 	slots *[]spanSlot // the pooled structs of the spans decoded; nil if none
 }
 
-// Records of up to maxLeaseBytes bytes, and up to maxLeaseSlots spans of
-// one record, are decoded into pooled memory; bigger ones allocate as
+// Records of up to byteSizes.Max() bytes, and up to slotSizes.Max() spans
+// of one record, are decoded into pooled memory; bigger ones allocate as
 // before. Pools hold what the decoding in flight needs, until the GC
 // empties them; the bounds keep one huge record from staying pooled. The
 // memory in flight is live heap, which the GC's goal doubles, so the sizes
@@ -40,12 +40,10 @@ type Lease struct {
 // 4 KiB), then in powers of two; slots one by one up to 16 spans, then in
 // powers of two.
 var (
-	byteSizes     = sizeclass.New(512, 32, 256<<10)
-	slotSizes     = sizeclass.New(1, 16, 512)
-	maxLeaseBytes = byteSizes.Max()
-	maxLeaseSlots = slotSizes.Max()
-	bytePools     = make([]sync.Pool, byteSizes.Count()) // *[]byte of byteSizes.Size(class)
-	slotPools     = make([]sync.Pool, slotSizes.Count()) // *[]spanSlot of slotSizes.Size(class)
+	byteSizes = sizeclass.New(512, 32, 256<<10)
+	slotSizes = sizeclass.New(1, 16, 512)
+	bytePools = make([]sync.Pool, byteSizes.Count()) // *[]byte of byteSizes.Size(class)
+	slotPools = make([]sync.Pool, slotSizes.Count()) // *[]spanSlot of slotSizes.Size(class)
 )
 
 // poisonReleased makes Release overwrite a buffer before it can be reused,

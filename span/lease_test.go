@@ -112,10 +112,10 @@ func TestDecodeLeased(t *testing.T) {
 // most 16 KiB wastes under 512 bytes, a larger one under half, and up to 16
 // spans take no slot more than they need.
 func TestLeaseSizes(t *testing.T) {
-	for _, n := range []int{0, 1, 511, 512, 513, 1000, 4096, 4097, 5000, 16 << 10, 16<<10 + 1, maxLeaseBytes, maxLeaseBytes + 1} {
+	for _, n := range []int{0, 1, 511, 512, 513, 1000, 4096, 4097, 5000, 16 << 10, 16<<10 + 1, byteSizes.Max(), byteSizes.Max() + 1} {
 		l := NewLease(n)
 		require.Len(t, l.Bytes(), n)
-		if n > maxLeaseBytes {
+		if n > byteSizes.Max() {
 			require.Nil(t, l.buf)
 		} else {
 			c := cap(*l.buf)
@@ -130,13 +130,13 @@ func TestLeaseSizes(t *testing.T) {
 		l.Release()
 		require.Nil(t, l.Bytes(), "a released lease holds nothing")
 	}
-	require.Equal(t, 256<<10, maxLeaseBytes)
-	require.Equal(t, 512, maxLeaseSlots)
-	for _, spans := range []int{0, 1, 3, 5, 16, 17, 33, maxLeaseSlots, maxLeaseSlots + 1} {
+	require.Equal(t, 256<<10, byteSizes.Max())
+	require.Equal(t, 512, slotSizes.Max())
+	for _, spans := range []int{0, 1, 3, 5, 16, 17, 33, slotSizes.Max(), slotSizes.Max() + 1} {
 		var l Lease
 		slots := l.takeSlots(spans)
 		require.Len(t, slots, spans)
-		require.Equal(t, spans >= 1 && spans <= maxLeaseSlots, l.slots != nil, "%d spans", spans)
+		require.Equal(t, spans >= 1 && spans <= slotSizes.Max(), l.slots != nil, "%d spans", spans)
 		if l.slots != nil {
 			c := cap(*l.slots)
 			if spans <= 16 {
