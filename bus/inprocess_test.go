@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,7 +63,12 @@ func TestInProcessConnections(t *testing.T) {
 	})
 	kcfg := DefaultConfig()
 	kcfg.Brokers = []string{e.Addr()}
-	kcfg.Dial = e.Dial
+	// Counted, so the test fails if a client ignores Dial and takes TCP.
+	var dials atomic.Int64
+	kcfg.Dial = func(ctx context.Context, network, host string) (net.Conn, error) {
+		dials.Add(1)
+		return e.Dial(ctx, network, host)
+	}
 	p, err := NewProducer(kcfg, discard(), prometheus.NewRegistry())
 	require.NoError(t, err)
 	const n = 3000
@@ -77,10 +83,12 @@ func TestInProcessConnections(t *testing.T) {
 		require.NoError(t, p.PublishTraces(context.Background(), batch))
 	}
 	require.NoError(t, p.Close(context.Background()))
+	require.Positive(t, dials.Load(), "the producer connected in memory")
 
 	for _, inMemory := range []bool{false, true} {
 		t.Run(fmt.Sprintf("inMemory=%v", inMemory), func(t *testing.T) {
 			ccfg := kcfg
+			before := dials.Load()
 			if !inMemory {
 				ccfg.Dial = nil
 			}
@@ -96,6 +104,11 @@ func TestInProcessConnections(t *testing.T) {
 			cancel()
 			require.NoError(t, <-done)
 			c.Close()
+			if inMemory {
+				require.Greater(t, dials.Load(), before, "the consumer connected in memory")
+			} else {
+				require.Equal(t, before, dials.Load(), "the consumer connected over TCP")
+			}
 			require.Len(t, h.values, n)
 			for k, v := range want {
 				require.Equal(t, v, h.values[k], "trace %s", k)
