@@ -196,6 +196,11 @@ func (cc *clientConn) write() {
 			buf = append(buf, 0) // empty tagged fields section
 		}
 		buf = resp.kresp.AppendTo(buf)
+		// Threadline patch: the fetch's record batches are copied into
+		// buf now, so their buffers can serve the next fetch.
+		if fr, ok := resp.kresp.(*kmsg.FetchResponse); ok {
+			releaseFetchBufs(fr)
+		}
 
 		binary.BigEndian.PutUint32(buf[:4], uint32(len(buf)-4))
 		binary.BigEndian.PutUint32(buf[4:8], uint32(resp.corr))
