@@ -93,6 +93,14 @@ func (cc *clientConn) read() {
 		who    = cc.conn.RemoteAddr()
 		size   = make([]byte, 4)
 		readCh = make(chan read, 1)
+		// Threadline patch: the body of the last produce request
+		// submitted, from bufs; it goes back once that request's
+		// response is written (below). A produce request's record
+		// batches alias its body until the handler has written them to
+		// the partition's segment, and nothing keeps the request after
+		// its response. Other bodies are left to the GC: a parked
+		// request (a fetch waiting for data, a JoinGroup) lives on.
+		produced []byte
 	)
 	for {
 		go func() {
@@ -100,7 +108,11 @@ func (cc *clientConn) read() {
 				readCh <- read{err: err}
 				return
 			}
-			body := make([]byte, binary.BigEndian.Uint32(size))
+			n := int(binary.BigEndian.Uint32(size))
+			body := make([]byte, n)
+			if n >= 1<<bufMinShift { // Threadline patch: see produced
+				body = getBuf(n)[:n]
+			}
 			_, err := io.ReadFull(cc.conn, body)
 			readCh <- read{body: body, err: err}
 		}()
@@ -153,6 +165,14 @@ func (cc *clientConn) read() {
 			}
 		case <-cc.c.die:
 			return
+		}
+		// Threadline patch: the previous request is answered.
+		if produced != nil {
+			putBuf(produced)
+			produced = nil
+		}
+		if key == 0 && len(body) >= 1<<bufMinShift { // Produce
+			produced = body
 		}
 		select {
 		case cc.c.reqCh <- &clientReq{cc: cc, kreq: kreq, at: time.Now(), cid: cid, corr: corr}:
