@@ -108,10 +108,11 @@ func (cc *clientConn) read() {
 				readCh <- read{err: err}
 				return
 			}
-			n := int(binary.BigEndian.Uint32(size))
-			body := make([]byte, n)
-			if n >= 1<<bufMinShift { // Threadline patch: see produced
-				body = getBuf(n)[:n]
+			var body []byte
+			if n := int(binary.BigEndian.Uint32(size)); n >= 1<<bufMinShift {
+				body = getBuf(n)[:n] // Threadline patch: see produced
+			} else {
+				body = make([]byte, n)
 			}
 			_, err := io.ReadFull(cc.conn, body)
 			readCh <- read{body: body, err: err}
