@@ -281,6 +281,6 @@ func BenchmarkPack(b *testing.B) {
 	})
 	b.Run("alone", func(b *testing.B) {
 		var p packer
-		run(b, func(v []byte) chunk { data, _ := pooledCopy(p.compress(v, nil)); return chunk{data: data} })
+		run(b, func(v []byte) chunk { return chunk{data: p.encode(v, nil)} })
 	})
 }

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -25,7 +24,6 @@ import (
 	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/red"
 	"github.com/threadline/threadline/sampling"
-	"github.com/threadline/threadline/sizeclass"
 	"github.com/threadline/threadline/span"
 )
 
@@ -99,7 +97,6 @@ type chunk struct {
 	observed bool     // its spans were already given to the Observer
 	packed   bool     // data is an S2 block of the TracesData
 	dict     *s2.Dict // the dictionary a packed chunk was compressed against; nil for none
-	buf      *[]byte  // the pooled buffer behind a packed chunk's data (see releasePacked); nil for none
 	// rec is the record the chunk came from, part its place among the
 	// record's parts (one per trace it held), so RED counting knows a
 	// replayed record; nil for chunks made otherwise.
@@ -196,13 +193,12 @@ func (p *packer) pack(value []byte, spans int, now time.Time) chunk {
 		}
 	}
 	p.since++
-	data, buf := pooledCopy(p.compress(value, p.dict))
-	return chunk{data: data, spans: spans, packed: true, dict: p.dict, buf: buf}
+	return chunk{data: p.encode(value, p.dict), spans: spans, packed: true, dict: p.dict}
 }
 
-// compress compresses value against dict (nil: alone) into scratch, which
-// the next call overwrites.
-func (p *packer) compress(value []byte, dict *s2.Dict) []byte {
+// encode compresses value against dict (nil: alone) into scratch and returns
+// an exact copy.
+func (p *packer) encode(value []byte, dict *s2.Dict) []byte {
 	buf := p.scratch
 	if n := s2.MaxEncodedLen(len(value)); cap(buf) < n {
 		buf = make([]byte, n)
@@ -211,58 +207,9 @@ func (p *packer) compress(value []byte, dict *s2.Dict) []byte {
 		}
 	}
 	if dict != nil {
-		return dict.Encode(buf[:cap(buf)], value)
+		return bytes.Clone(dict.Encode(buf[:cap(buf)], value))
 	}
-	return s2.Encode(buf[:cap(buf)], value)
-}
-
-// Packed records are copied out of the packer's scratch into pooled
-// buffers, which go back once the record is unpacked or dropped
-// (releasePacked): allocated one by one, they were about a ninth of the
-// bytes the all-in-one allocated. The classes are 64 bytes apart up to 4
-// KiB (one of the load generator's records packs to about 1 KiB, and the
-// buffers are the decision buffer, live heap that the GC's goal doubles),
-// then powers of two; bigger records are copied as before.
-var (
-	packedSizes = sizeclass.New(64, 64, 64<<10)
-	packedPools = make([]sync.Pool, packedSizes.Count()) // *[]byte of packedSizes.Size(class)
-)
-
-// poisonPacked makes releasePacked overwrite a buffer before it can be
-// reused, in test binaries: a chunk unpacked after its buffer went back
-// then fails to decode every time instead of now and then.
-var poisonPacked = testing.Testing()
-
-// pooledCopy returns a copy of b and the pooled buffer behind it (nil for
-// a copy too big to pool).
-func pooledCopy(b []byte) ([]byte, *[]byte) {
-	c := packedSizes.Of(len(b))
-	if c < 0 {
-		return bytes.Clone(b), nil
-	}
-	p, _ := packedPools[c].Get().(*[]byte)
-	if p == nil {
-		buf := make([]byte, packedSizes.Size(c))
-		p = &buf
-	}
-	return (*p)[:copy(*p, b)], p
-}
-
-// releasePacked hands the buffers of packed chunks back to the pool. The
-// chunks MUST NOT be read again: call it once their spans are decoded
-// into leases (chunk.lease copies), or once they are dropped undecoded.
-func releasePacked(chunks []chunk) {
-	for i := range chunks {
-		p := chunks[i].buf
-		if p == nil {
-			continue
-		}
-		if poisonPacked {
-			clear(*p)
-		}
-		packedPools[packedSizes.Of(cap(*p))].Put(p)
-		chunks[i].buf, chunks[i].data = nil, nil
-	}
+	return bytes.Clone(s2.Encode(buf[:cap(buf)], value))
 }
 
 // Parts are what the indexer drives. Store and Decider are required.
@@ -591,7 +538,6 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 		ix.observe(id, spans, parts, tickets)
 		releaseLeases(leases)
 	}
-	releasePacked(chunks) // decoded into the leases, or dropped unread
 }
 
 // add buffers a chunk of one trace, or routes it by an earlier decision.
@@ -835,7 +781,6 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	spans, parts, leases := ix.decodeChunks(id, chunks)
 	t := span.Trace{ID: id, Spans: spans}
 	if len(t.Spans) == 0 {
-		releasePacked(chunks)
 		// Only log lines arrived: store them by level as lines of an
 		// unkept trace, and remember no decision, so spans arriving later
 		// still assemble into a trace of their own.
@@ -887,7 +832,6 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		ix.mu.Lock()
 		if err == nil {
 			h.chunks = append([]chunk{{data: data, spans: len(t.Spans), observed: true}}, h.chunks...)
-			releasePacked(chunks)
 		} else { // cannot happen for decoded spans; keep the originals
 			for i := range chunks {
 				chunks[i].observed = true
@@ -898,7 +842,6 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		h.deciding = false
 		ix.mu.Unlock()
 	} else {
-		releasePacked(chunks)
 		ix.finish(id, t.Spans, leases, ds[mine].Reasons, warnings)
 		ds = append(ds[:mine], ds[mine+1:]...)
 	}
@@ -1026,7 +969,6 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 		leases = append(leases, job.leases...)
 		for _, c := range job.chunks {
 			decoded, parts, ls := ix.decodeChunks(job.id, []chunk{c})
-			releasePacked([]chunk{c})
 			if !c.observed {
 				ix.observe(job.id, decoded, parts, job.tickets)
 			}

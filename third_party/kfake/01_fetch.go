@@ -437,11 +437,11 @@ full:
 		// the batches the loop below will add, and read each batch
 		// straight into its tail. Upstream appended a fresh copy of
 		// every batch, regrowing the response as it went.
-		// The buffer comes from bufs when the response holds no
+		// The buffer comes from fetchBufs when the response holds no
 		// batches yet, and goes back once the response is encoded.
 		need := fetchPartitionBytes(pd, segIdx, metaIdx, readCommitted, nbytes, int(req.MaxBytes), batchesAdded, int(fp.maxBytes))
 		if len(sp.RecordBatches) == 0 && need > 0 {
-			sp.RecordBatches = getBuf(need)
+			sp.RecordBatches = getFetchBuf(need)
 		} else {
 			sp.RecordBatches = slices.Grow(sp.RecordBatches, need)
 		}
@@ -552,63 +552,59 @@ func fetchPartitionBytes(pd *partData, segIdx, metaIdx int, readCommitted bool, 
 	return added
 }
 
-// bufs holds byte buffers by capacity class: class c holds buffers of at
-// least 1<<(c+bufMinShift) bytes. They serve the two big buffers of the
-// broker's traffic: the record batches of a fetch response, which
-// handleFetch takes one per partition it returns batches for and
-// clientConn.write hands back (releaseFetchBufs) once the response is
-// encoded into the connection's own buffer, which copies them; and the
-// bodies of produce requests, which clientConn.read takes and hands back
-// once the request's response is written. Without them every fetch and
-// every produce allocated its batches' bytes afresh: 0.24 and 0.27 GB in
-// an end-to-end benchmark run of the all-in-one (1.5M spans). Threadline
-// patch.
-var bufs [bufClasses]sync.Pool // of *[]byte
+// fetchBufs holds the buffers of fetch responses' record batches, by
+// capacity class: class c holds buffers of at least 1<<(c+fetchBufMinShift)
+// bytes. handleFetch takes one per partition it returns batches for, and
+// clientConn.write hands them back (releaseFetchBufs) once the response is
+// encoded into the connection's own buffer, which copies them. Without
+// them every fetch allocated its batches' bytes afresh, 0.24 GB in an
+// end-to-end benchmark run of the all-in-one (1.5M spans). Threadline patch.
+var fetchBufs [fetchBufClasses]sync.Pool // of *[]byte
 
 const (
-	bufMinShift = 12 // 4 KiB; smaller buffers are neither taken nor kept
-	bufClasses  = 13 // to 16 MiB; larger buffers are neither taken nor kept
+	fetchBufMinShift = 12 // 4 KiB
+	fetchBufClasses  = 13 // to 16 MiB; larger buffers are not kept
 )
 
-// getBuf returns an empty buffer with room for n > 0 bytes.
-func getBuf(n int) []byte {
-	c := max(bits.Len(uint(n-1))-bufMinShift, 0) // the smallest class whose buffers all fit n
-	if c >= bufClasses {
+// getFetchBuf returns an empty buffer with room for n > 0 bytes.
+func getFetchBuf(n int) []byte {
+	c := max(bits.Len(uint(n-1))-fetchBufMinShift, 0) // the smallest class whose buffers all fit n
+	if c >= fetchBufClasses {
 		return make([]byte, 0, n)
 	}
-	if p, ok := bufs[c].Get().(*[]byte); ok {
+	if p, ok := fetchBufs[c].Get().(*[]byte); ok {
 		return (*p)[:0]
 	}
-	return make([]byte, 0, 1<<(c+bufMinShift))
+	return make([]byte, 0, 1<<(c+fetchBufMinShift))
 }
 
-// putBuf keeps b for a later getBuf; nothing may use b after.
-func putBuf(b []byte) {
-	c := bits.Len(uint(cap(b))) - 1 - bufMinShift // the largest class b fits
-	if c < 0 || c >= bufClasses {
+// putFetchBuf keeps b for a later getFetchBuf; nothing may use b after.
+func putFetchBuf(b []byte) {
+	c := bits.Len(uint(cap(b))) - 1 - fetchBufMinShift // the largest class b fits
+	if c < 0 || c >= fetchBufClasses {
 		return
 	}
-	if poisonBufs {
+	if poisonFetchBufs {
 		b = b[:cap(b)]
 		for i := range b {
 			b[i] = 0xa5
 		}
 	}
 	b = b[:0]
-	bufs[c].Put(&b)
+	fetchBufs[c].Put(&b)
 }
 
-// poisonBufs makes putBuf overwrite a buffer, in test binaries, so that a
-// response or request read after its buffer went back fails every time.
-var poisonBufs = testing.Testing()
+// poisonFetchBufs makes putFetchBuf overwrite a buffer, in test binaries,
+// so that a response read after its buffers went back fails every time.
+var poisonFetchBufs = testing.Testing()
 
 // releaseFetchBufs hands the record-batch buffers of an encoded fetch
-// response back to bufs and clears them from the response.
+// response back to fetchBufs and clears them from the response.
 func releaseFetchBufs(resp *kmsg.FetchResponse) {
 	for i := range resp.Topics {
 		for j := range resp.Topics[i].Partitions {
 			p := &resp.Topics[i].Partitions[j]
-			putBuf(p.RecordBatches)
+			putFetchBuf(p.RecordBatches)
 			p.RecordBatches = nil
 		}
 	}

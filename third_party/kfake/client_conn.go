@@ -93,14 +93,6 @@ func (cc *clientConn) read() {
 		who    = cc.conn.RemoteAddr()
 		size   = make([]byte, 4)
 		readCh = make(chan read, 1)
-		// Threadline patch: the body of the last produce request
-		// submitted, from bufs; it goes back once that request's
-		// response is written (below). A produce request's record
-		// batches alias its body until the handler has written them to
-		// the partition's segment, and nothing keeps the request after
-		// its response. Other bodies are left to the GC: a parked
-		// request (a fetch waiting for data, a JoinGroup) lives on.
-		produced []byte
 	)
 	for {
 		go func() {
@@ -108,12 +100,7 @@ func (cc *clientConn) read() {
 				readCh <- read{err: err}
 				return
 			}
-			var body []byte
-			if n := int(binary.BigEndian.Uint32(size)); n >= 1<<bufMinShift {
-				body = getBuf(n)[:n] // Threadline patch: see produced
-			} else {
-				body = make([]byte, n)
-			}
+			body := make([]byte, binary.BigEndian.Uint32(size))
 			_, err := io.ReadFull(cc.conn, body)
 			readCh <- read{body: body, err: err}
 		}()
@@ -166,14 +153,6 @@ func (cc *clientConn) read() {
 			}
 		case <-cc.c.die:
 			return
-		}
-		// Threadline patch: the previous request is answered.
-		if produced != nil {
-			putBuf(produced)
-			produced = nil
-		}
-		if key == 0 && len(body) >= 1<<bufMinShift { // Produce
-			produced = body
 		}
 		select {
 		case cc.c.reqCh <- &clientReq{cc: cc, kreq: kreq, at: time.Now(), cid: cid, corr: corr}:
