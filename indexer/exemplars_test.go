@@ -36,15 +36,14 @@ groups:
 // really produced to an in-process Kafka broker (kfake), with the real
 // alert-rule matcher and bus.Fetcher, as the app wires them.
 type exHarness struct {
-	ix      *Indexer
-	store   *index.Store
-	dec     *sampling.TailSampler
-	ledger  *bus.Ledger
-	kafka   *kgo.Client
-	reg     *prometheus.Registry
-	topics  bus.Config
-	stopped bool
-	stop    func()
+	ix     *Indexer
+	store  *index.Store
+	dec    *sampling.TailSampler
+	ledger *bus.Ledger
+	kafka  *kgo.Client
+	reg    *prometheus.Registry
+	topics bus.Config
+	stop   func()
 }
 
 func newExHarness(t *testing.T, cfg Config, scfg sampling.Config) *exHarness {
@@ -72,19 +71,8 @@ func newExHarness(t *testing.T, cfg Config, scfg sampling.Config) *exHarness {
 	require.NoError(t, err)
 	ix, err := New(cfg, Parts{Store: store, Decider: dec, Alerting: alerting.NewMetricRules(groups), Fetcher: fetcher}, logger, reg)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ix.Run(ctx) }()
 	h := &exHarness{ix: ix, store: store, dec: dec, ledger: bus.NewLedger(), kafka: cl, reg: reg, topics: kcfg}
-	h.stop = func() {
-		if h.stopped {
-			return
-		}
-		h.stopped = true
-		cancel()
-		require.NoError(t, <-done)
-		require.NoError(t, store.Close())
-	}
+	h.stop = runIndexer(t, ix, 0, store.Close)
 	t.Cleanup(h.stop)
 	return h
 }

@@ -62,22 +62,41 @@ func newHarness(t *testing.T, cfg Config, scfg sampling.Config, wrap ...func(*in
 	}
 	ix, err := New(cfg, Parts{Store: w, Decider: dec}, logger, prometheus.NewRegistry())
 	require.NoError(t, err)
+	h := &harness{dir: dir, ix: ix, store: store, ledger: bus.NewLedger()}
+	h.stop = runIndexer(t, ix, 0, store.Close)
+	t.Cleanup(h.stop)
+	return h
+}
+
+// runIndexer runs ix until the returned stop is called, which then
+// requires that Run returned no error (within wait, when wait > 0) and
+// closes what then closes. Calls of stop after the first do nothing.
+func runIndexer(t *testing.T, ix *Indexer, wait time.Duration, then ...func() error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ix.Run(ctx) }()
-	h := &harness{dir: dir, ix: ix, store: store, ledger: bus.NewLedger()}
 	stopped := false
-	h.stop = func() {
+	return func() {
+		t.Helper()
 		if stopped {
 			return
 		}
 		stopped = true
 		cancel()
-		require.NoError(t, <-done)
-		require.NoError(t, store.Close())
+		var timeout <-chan time.Time
+		if wait > 0 {
+			timeout = time.After(wait)
+		}
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-timeout:
+			t.Fatalf("the indexer did not finish its writes within %v", wait)
+		}
+		for _, c := range then {
+			require.NoError(t, c())
+		}
 	}
-	t.Cleanup(h.stop)
-	return h
 }
 
 // feed hands one record per trace to the indexer.

@@ -55,33 +55,14 @@ func newPipeline(t *testing.T, cfg Config, scfg sampling.Config) *pipeline {
 	ix, err := New(cfg, Parts{Store: store, Decider: dec, Observer: rs, Stages: []Stage{skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}}},
 		logger, prometheus.NewRegistry())
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ix.Run(ctx) }()
 	p := &pipeline{ix: ix, store: store, red: rs, ledger: bus.NewLedger()}
-	stopped, closed := false, false
-	p.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			// A write that can never succeed (spans read after their
-			// lease was released) is retried for ever.
-			t.Fatal("the indexer did not finish its writes")
-		}
-	}
+	// A write that can never succeed (spans read after their lease was
+	// released) is retried for ever: stopping waits 10 s at most.
+	p.stop = runIndexer(t, ix, 10*time.Second)
 	t.Cleanup(func() {
 		p.stop()
-		if !closed {
-			closed = true
-			require.NoError(t, rs.Close())
-			require.NoError(t, store.Close())
-		}
+		require.NoError(t, rs.Close())
+		require.NoError(t, store.Close())
 	})
 	return p
 }
