@@ -383,7 +383,7 @@ type preparer struct {
 	entries []chunkEntry
 
 	// Scratch of commit (under writeMu). kv holds the keys and small
-	// values commit hands to Badger, back to back (kvFrom).
+	// values commit hands to Badger, back to back (appendKV).
 	kv          []byte
 	seqs        []uint64
 	durs        []int
@@ -492,12 +492,15 @@ func (p *preparer) use(i int32) {
 	}
 }
 
-// kvFrom returns what was appended to p.kv since n. Later appends never
-// write it again (they go past it, or to a new array), and reset comes
-// after the commit has returned, when Badger holds no reference to it (see
-// groupCodec.recycleValues; a key is copied too, by Txn.modify for its
-// map and by Txn.commitAndSend, which adds the version).
-func (p *preparer) kvFrom(n int) []byte {
+// appendKV appends a key or value to p.kv with add and returns what it
+// appended. Later appends never write it again (they go past it, or to a
+// new array), and reset comes after the commit has returned, when Badger
+// holds no reference to it (see groupCodec.recycleValues; a key is copied
+// too, by Txn.modify for its map and by Txn.commitAndSend, which adds the
+// version).
+func (p *preparer) appendKV(add func([]byte) []byte) []byte {
+	n := len(p.kv)
+	p.kv = add(p.kv)
 	return p.kv[n:len(p.kv):len(p.kv)]
 }
 
@@ -886,11 +889,10 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 			err    error
 		)
 		chunks.txn = w.txn // the writer may have started a new transaction
-		n := len(batch.kv)
-		batch.kv = appendTraceKey(batch.kv, pt.id, subSummary)
+		summaryKey := batch.appendKV(func(b []byte) []byte { return appendTraceKey(b, pt.id, subSummary) })
 		if j, ok := latest[pt.id]; ok {
 			merged, found = prepared[j].merged.clone(), true
-		} else if merged, found, err = chunks.summary(batch.kvFrom(n)); err != nil {
+		} else if merged, found, err = chunks.summary(summaryKey); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		var stored map[span.SpanID]bool
@@ -929,12 +931,10 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		for _, c := range pt.chunks {
 			merged.setChunk(chunkRef{id: c.id, group: batch.groupIDs[c.group], off: uint64(c.off), n: uint64(c.n)})
 		}
-		n = len(batch.kv)
-		batch.kv = appendU64(append(batch.kv, prefixSeq), merged.Seq)
-		k := batch.kvFrom(n)
-		n = len(batch.kv)
-		batch.kv = append(batch.kv, pt.id[:]...)
-		if err := set(k, batch.kvFrom(n)); err != nil {
+		seq := merged.Seq
+		k := batch.appendKV(func(b []byte) []byte { return appendU64(append(b, prefixSeq), seq) })
+		v := batch.appendKV(func(b []byte) []byte { return append(b, pt.id[:]...) })
+		if err := set(k, v); err != nil {
 			return fmt.Errorf("write trace %s: %w", pt.id, err)
 		}
 		b := durationBucket(merged.Duration())
@@ -958,12 +958,9 @@ func (s *Store) commit(ctx context.Context, prepared []preparedTrace, batch *pre
 		}
 	}
 	for i := range prepared {
-		n := len(batch.kv)
-		batch.kv = appendTraceKey(batch.kv, prepared[i].id, subSummary)
-		k := batch.kvFrom(n)
-		n = len(batch.kv)
-		batch.kv = sums.appendRef(batch.kv, i)
-		if err := set(k, batch.kvFrom(n)); err != nil {
+		k := batch.appendKV(func(b []byte) []byte { return appendTraceKey(b, prepared[i].id, subSummary) })
+		v := batch.appendKV(func(b []byte) []byte { return sums.appendRef(b, i) })
+		if err := set(k, v); err != nil {
 			return fmt.Errorf("write trace %s: %w", prepared[i].id, err)
 		}
 	}
