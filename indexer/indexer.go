@@ -1,20 +1,17 @@
 package indexer
 
 import (
-	"bytes"
 	"container/list"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
@@ -88,53 +85,20 @@ type Observer interface {
 // several times its wire size in memory; spans are decoded once, when the
 // trace is decided (or, for late spans, when they are written).
 //
-// Records buffered as they came from Kafka are held S2-compressed (packed,
-// see packer): the decision buffer holds decision-wait's worth of traffic,
-// and is most of the indexer's memory under load.
+// Records buffered as they came from Kafka are held packed (see packer):
+// the decision buffer holds decision-wait's worth of traffic, and is most of
+// the indexer's memory under load.
 type chunk struct {
 	data     []byte
 	spans    int
 	observed bool     // its spans were already given to the Observer
-	packed   bool     // data is an S2 block of the TracesData
-	dict     *s2.Dict // the dictionary a packed chunk was compressed against; nil for none
+	packed   bool     // data is the TracesData packed (see packer)
+	gen      *packGen // what a packed chunk refers to: its dictionary and heads
 	// rec is the record the chunk came from, part its place among the
 	// record's parts (one per trace it held), so RED counting knows a
 	// replayed record; nil for chunks made otherwise.
 	rec         *bus.Ticket
 	part, parts int32
-}
-
-// unpack decompresses a packed chunk into dst when it has the room (S2
-// decodes into dst then), else into a new buffer.
-func (c chunk) unpack(dst []byte) ([]byte, error) {
-	var (
-		b   []byte
-		err error
-	)
-	if c.dict != nil {
-		b, err = c.dict.Decode(dst, c.data)
-	} else {
-		b, err = s2.Decode(dst, c.data)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("unpack held record: %w", err)
-	}
-	return b, nil
-}
-
-// lease decompresses a packed chunk into a leased buffer, to be decoded
-// with span.Decoder.DecodeLeased.
-func (c chunk) lease() (span.Lease, error) {
-	n, err := s2.DecodedLen(c.data)
-	if err != nil {
-		return span.Lease{}, fmt.Errorf("unpack held record: %w", err)
-	}
-	l := span.NewLease(n)
-	if _, err := c.unpack(l.Bytes()); err != nil {
-		l.Release()
-		return span.Lease{}, err
-	}
-	return l, nil
 }
 
 // releaseLeases releases the leases of a trace's spans, once nothing reads
@@ -143,73 +107,6 @@ func releaseLeases(leases []span.Lease) {
 	for i := range leases {
 		leases[i].Release()
 	}
-}
-
-// packer compresses the records the decision buffer holds. S2 alone makes
-// one of the load generator's records about 2.5× smaller: most of what a
-// record repeats it repeats from the records before it (its services'
-// resources and scopes, attribute keys, common values), which a block of one
-// record cannot refer to. So the packer compresses against an S2 dictionary
-// made from the latest 64 KiB of records, about 5× smaller for 0.4 µs more
-// per span, and makes a new one now and then to follow the traffic. A chunk
-// keeps the dictionary it was packed with, so dictionaries live while chunks
-// need them.
-//
-// A packer is not safe for concurrent use: the indexer's is used only from
-// HandleRecords, whose calls never overlap.
-type packer struct {
-	dict    *s2.Dict
-	made    time.Time // when dict was made
-	sample  []byte    // records gathered for the next dictionary
-	since   int       // records packed since dict was made
-	scratch []byte    // encoder output, before the exact copy a chunk keeps
-}
-
-// A dictionary packs packDictRecords records, or packs for packDictAge,
-// before the next is made: seconds under full load, a minute under light.
-const (
-	packDictRecords = 200_000
-	packDictAge     = time.Minute
-)
-
-// maxPackScratch bounds the encoder buffer a packer keeps between records.
-const maxPackScratch = 1 << 20
-
-// pack makes a held chunk from a record value, which the Kafka client may
-// reuse. It compresses into scratch and keeps an exact copy (encode): an S2
-// destination must be larger than the input.
-func (p *packer) pack(value []byte, spans int, now time.Time) chunk {
-	if p.dict == nil || p.since >= packDictRecords || now.Sub(p.made) >= packDictAge {
-		p.sample = append(p.sample, value[max(0, len(value)-s2.MaxDictSize):]...)
-		if len(p.sample) >= s2.MaxDictSize {
-			// MakeDict keeps the slice it is given, so it gets a copy of
-			// the latest 64 KiB; this record's opening bytes show it where
-			// records start in there (its first repeat offset).
-			d := s2.MakeDict(bytes.Clone(p.sample[len(p.sample)-s2.MaxDictSize:]), value[:min(len(value), 16)])
-			if d != nil {
-				p.dict, p.since, p.made = d, 0, now
-			}
-			p.sample = p.sample[:0]
-		}
-	}
-	p.since++
-	return chunk{data: p.encode(value, p.dict), spans: spans, packed: true, dict: p.dict}
-}
-
-// encode compresses value against dict (nil: alone) into scratch and returns
-// an exact copy.
-func (p *packer) encode(value []byte, dict *s2.Dict) []byte {
-	buf := p.scratch
-	if n := s2.MaxEncodedLen(len(value)); cap(buf) < n {
-		buf = make([]byte, n)
-		if n <= maxPackScratch { // one huge record is not kept for good
-			p.scratch = buf
-		}
-	}
-	if dict != nil {
-		return bytes.Clone(dict.Encode(buf[:cap(buf)], value))
-	}
-	return bytes.Clone(s2.Encode(buf[:cap(buf)], value))
 }
 
 // Parts are what the indexer drives. Store and Decider are required.
@@ -390,12 +287,11 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 	// Records keyed by the hex trace ID (ours, and the OTel Collector's with
 	// partition_traces_by_id) hold one trace: buffer them as they are.
 	if id, ok := keyTraceID(r.Key); ok {
-		n, err := span.CountSpans(r.Value)
+		c, err := ix.packer.pack(r.Value, now)
 		if err != nil {
 			ix.badRecord(r, err)
 			return
 		}
-		c := ix.packer.pack(r.Value, n, now)
 		c.rec, c.parts = t, 1
 		// The chunk holds a packed copy: the client may reuse the
 		// buffer the record's batch was decompressed into.

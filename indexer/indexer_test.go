@@ -7,13 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -389,28 +387,6 @@ func TestDecidingTraceSpanCap(t *testing.T) {
 	require.Equal(t, float64(2), counterValue(t, ix.m.shedSpans))
 }
 
-// heldRecords returns a generator of records the way services send them:
-// one resource with a dozen attributes, the same for every record, and a
-// span with a few high-entropy attributes.
-func heldRecords(tb testing.TB) func(n int) []byte {
-	rng := rand.New(rand.NewPCG(3, 4))
-	resource := &resourcepb.Resource{}
-	for _, k := range []string{"service.name", "service.version", "service.instance.id", "host.name", "host.id", "os.type", "process.runtime.name", "process.runtime.version", "telemetry.sdk.name", "telemetry.sdk.version", "telemetry.sdk.language", "k8s.pod.name", "k8s.namespace.name"} {
-		resource.Attributes = append(resource.Attributes, &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("%s-%x", k, rng.Uint64())}}})
-	}
-	return func(n int) []byte {
-		id := traceID(n)
-		sid := binary.BigEndian.AppendUint64(nil, rng.Uint64())
-		sp := &tracepb.Span{TraceId: id[:], SpanId: sid, Name: "GET /api/v1/orders/{id}", StartTimeUnixNano: rng.Uint64(), EndTimeUnixNano: rng.Uint64()}
-		for _, k := range []string{"http.request.method", "url.path", "user.id", "server.address"} {
-			sp.Attributes = append(sp.Attributes, &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: fmt.Sprintf("%x", rng.Uint64())}}})
-		}
-		v, err := proto.Marshal(&tracepb.TracesData{ResourceSpans: []*tracepb.ResourceSpans{{Resource: resource, ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{sp}}}}}})
-		require.NoError(tb, err)
-		return v
-	}
-}
-
 // TestWriteWorkersKeepATraceInOrder: writes are spread over the workers'
 // queues by trace ID, every write of a trace goes to the same queue (so late
 // spans are never written before the trace they follow), in the order queued.
@@ -441,72 +417,6 @@ func TestWriteWorkersKeepATraceInOrder(t *testing.T) {
 	}
 	require.Len(t, queueOf, 200)
 	require.Zero(t, ix.writesQueued())
-}
-
-// TestPacker: a buffered record is held compressed, independent of the
-// record's buffer (which the Kafka client may reuse), and unpacks to the
-// same bytes, into a new buffer or a lease; once 64 KiB of records went by
-// they are compressed against a dictionary of them, which is what a record
-// repeats from the records before it; a chunk unpacks with its own
-// dictionary after newer ones were made.
-func TestPacker(t *testing.T) {
-	record := heldRecords(t)
-	roundTrip := func(c chunk, want []byte) {
-		t.Helper()
-		got, err := c.unpack(nil)
-		require.NoError(t, err)
-		require.Equal(t, want, got)
-		l, err := c.lease()
-		require.NoError(t, err)
-		require.Equal(t, want, l.Bytes())
-		l.Release()
-	}
-
-	var p packer
-	now := time.Now()
-	value := record(0)
-	want := slices.Clone(value)
-	first := p.pack(value, 1, now)
-	require.True(t, first.packed)
-	require.Nil(t, first.dict, "no dictionary before 64 KiB of records")
-	require.Less(t, len(first.data), len(value), "held records are compressed")
-	require.Less(t, cap(first.data), len(value), "no encoder slack is held")
-	clear(value)
-	roundTrip(first, want)
-
-	n := 1
-	for ; p.dict == nil; n++ {
-		p.pack(record(n), 1, now)
-	}
-	value = record(n)
-	plain := s2.Encode(nil, value)
-	c := p.pack(value, 1, now)
-	require.NotNil(t, c.dict)
-	t.Logf("a %d-byte record packed to %d bytes with the dictionary, %d alone", len(value), len(c.data), len(plain))
-	require.Less(t, len(c.data), len(plain)*6/10, "a dictionary of earlier records compresses better than the record alone (%d against %d bytes)", len(c.data), len(plain))
-	roundTrip(c, value)
-
-	// A minute later the next 64 KiB make a new dictionary; the chunk
-	// packed with the old one still unpacks.
-	old := p.dict
-	for n++; p.dict == old; n++ {
-		p.pack(record(n), 1, now.Add(packDictAge))
-	}
-	roundTrip(c, value)
-	roundTrip(first, want)
-
-	// A huge record packs like any other, and the packer keeps neither it
-	// nor an encoder buffer its size.
-	huge := slices.Repeat(record(n), 4<<20/len(value))
-	roundTrip(p.pack(huge, 1, now.Add(2*packDictAge)), huge)
-	require.LessOrEqual(t, cap(p.scratch), maxPackScratch)
-	require.LessOrEqual(t, cap(p.sample), 4*s2.MaxDictSize)
-
-	c.data = c.data[:len(c.data)/2]
-	_, err := c.unpack(nil)
-	require.Error(t, err)
-	_, err = c.lease()
-	require.Error(t, err)
 }
 
 // gatedWriter is the store with its durable callbacks held until open: a

@@ -416,7 +416,10 @@ func TestSkewOffsetsOutliveLeases(t *testing.T) {
 	}
 	value, err := proto.Marshal(td)
 	require.NoError(t, err)
-	spans, _, leases := ix.decodeChunks(tr.id, []chunk{ix.packer.pack(value, 3, time.Now())})
+	c, err := ix.packer.pack(value, time.Now())
+	require.NoError(t, err)
+	require.Equal(t, packedWhole, c.data[0], "a head too big to share: packed whole")
+	spans, _, leases := ix.decodeChunks(tr.id, []chunk{c})
 	require.Len(t, leases, 1)
 	trace := span.Trace{ID: tr.id, Spans: spans}
 	skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}.Process(&trace)

@@ -75,6 +75,25 @@ func mix64(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
+// Requests returns n encoded ExportTraceServiceRequests of cfg's shape as
+// Run sends them (cfg.Pool distinct contents in turn, fresh trace IDs in
+// each), for benchmarks that want the load generator's traffic without a
+// server.
+func Requests(cfg Config, seed uint64, n int) ([][]byte, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pool, err := buildPool(&cfg, seed, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = pool[i%len(pool)].render(nil, seed, uint64(i*cfg.tracesPerRequest()), 0)
+	}
+	return out, nil
+}
+
 // buildPool encodes cfg.Pool distinct requests of the configured shape.
 func buildPool(cfg *Config, seed uint64, now time.Time) ([]*template, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x10adc0de))
