@@ -255,7 +255,6 @@ func BenchmarkLogIngest(b *testing.B) {
 	}
 }
 
-
 // BenchmarkPack: packing one of the load generator's records for the
 // decision buffer (see packer) and unpacking it into a lease;
 // B/record is what the buffer holds. "whole" packs the whole record against
