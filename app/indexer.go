@@ -177,7 +177,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 	cfg.Indexer.TracesTopic, cfg.Indexer.ExemplarsTopic = cfg.Kafka.TracesTopic, cfg.Kafka.ExemplarsTopic
 	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
 		Store:    store,
-		Stages:   []indexer.Stage{skewStage{clockskew.CorrectClockSkew(cfg.Skew)}},
+		Stages:   []indexer.Stage{skewStage{clockskew.RepairClockSkew(cfg.Skew)}},
 		Decider:  decider,
 		Observer: redStore,
 		Logs:     logStore,

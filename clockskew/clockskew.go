@@ -126,28 +126,61 @@ func (f AdjusterFunc) Adjust(t *span.Trace) Result { return f(t) }
 // (spans carrying AttrClockSkew), so running it again on a trace that gained
 // late spans re-estimates from the original timestamps instead of compounding.
 // It is safe for concurrent use.
-func CorrectClockSkew(cfg Config) Adjuster {
+func CorrectClockSkew(cfg Config) Adjuster { return newAdjuster(cfg, true) }
+
+// RepairClockSkew is CorrectClockSkew without the logical timestamps
+// (Result.LogicalTimes is nil, and no span gets AttrLogicalTime). The
+// indexer stores traces so: a reader assigns logical timestamps to the
+// whole trace as stored (StampLogicalTimes), which numbers the spans of
+// every write of it together, and the store neither keeps nor indexes an
+// attribute it can compute.
+func RepairClockSkew(cfg Config) Adjuster { return newAdjuster(cfg, false) }
+
+func newAdjuster(cfg Config, logical bool) Adjuster {
 	maxDelta := max(int64(cfg.MaxDelta), 0)
-	// Adjust runs once per trace, from several goroutines at once, and most
-	// traces are small: reusing a tree's arrays from a pool spares the
-	// dozens of allocations building one would cost each trace.
-	var pool sync.Pool
 	return AdjusterFunc(func(t *span.Trace) Result {
-		if len(t.Spans) > maxPooledSpans {
-			// A large trace amortizes its allocations over its spans;
-			// buffers grown for it would be part waste, kept alive by the
-			// pool after the trace is gone.
-			return newTree(0).adjust(t, maxDelta)
-		}
-		tr, _ := pool.Get().(*tree)
-		if tr == nil {
-			tr = newTree(maxSlab)
-		}
-		res := tr.adjust(t, maxDelta)
-		tr.reset()
-		pool.Put(tr)
+		var res Result
+		withTree(len(t.Spans), func(tr *tree) { res = tr.adjust(t, maxDelta, logical) })
 		return res
 	})
+}
+
+// StampLogicalTimes assigns every span of t its logical timestamp
+// (AttrLogicalTime, replacing one it carries) from the trace as it is,
+// timestamps already adjusted, and returns the warnings of the ordering
+// (span links that form a cycle). It is safe for concurrent use.
+func StampLogicalTimes(t *span.Trace) []string {
+	var warnings []string
+	withTree(len(t.Spans), func(tr *tree) {
+		tr.build(t)
+		tr.stampLogical(t.ID, tr.newStamps(nil, true))
+		warnings = tr.warnings
+	})
+	return warnings
+}
+
+// trees holds the trees of Adjust and StampLogicalTimes: they run once per
+// trace, from several goroutines at once, and most traces are small, so
+// reusing a tree's arrays spares the dozens of allocations building one
+// would cost each trace.
+var trees sync.Pool
+
+// withTree calls f with a tree for a trace of n spans.
+func withTree(n int, f func(*tree)) {
+	if n > maxPooledSpans {
+		// A large trace amortizes its allocations over its spans;
+		// buffers grown for it would be part waste, kept alive by the
+		// pool after the trace is gone.
+		f(newTree(0))
+		return
+	}
+	tr, _ := trees.Get().(*tree)
+	if tr == nil {
+		tr = newTree(maxSlab)
+	}
+	f(tr)
+	tr.reset()
+	trees.Put(tr)
 }
 
 // maxPooledSpans is the largest trace adjusted with a pooled tree.
@@ -245,7 +278,9 @@ func (tr *tree) warnf(format string, args ...any) {
 	tr.warnings = append(tr.warnings, fmt.Sprintf(format, args...))
 }
 
-func (tr *tree) adjust(t *span.Trace, maxDelta int64) Result {
+// adjust repairs t's timestamps and, when logical, assigns logical
+// timestamps.
+func (tr *tree) adjust(t *span.Trace, maxDelta int64, logical bool) Result {
 	for i := range t.Spans {
 		unadjust(&t.Spans[i])
 	}
@@ -259,18 +294,33 @@ func (tr *tree) adjust(t *span.Trace, maxDelta int64) Result {
 			off = tr.correct(maxDelta)
 		}
 	}
-	stamps := tr.newStamps(off)
+	if off == nil && !logical {
+		return Result{Warnings: tr.warnings}
+	}
+	stamps := tr.newStamps(off, logical)
 	res := Result{}
 	if off != nil {
-		res.Offsets, res.Adjusted = tr.apply(off, &stamps)
+		room := 1
+		if logical {
+			room = 2 // and AttrLogicalTime
+		}
+		res.Offsets, res.Adjusted = tr.apply(off, &stamps, room)
 		tr.checkResidual()
 	}
-	res.LogicalTimes = tr.logicalTimes(t.ID)
-	for i := range tr.spans {
-		stamps.set(&tr.spans[i], AttrLogicalTime, res.LogicalTimes[i], 1)
+	if logical {
+		res.LogicalTimes = tr.stampLogical(t.ID, stamps)
 	}
 	res.Warnings = tr.warnings
 	return res
+}
+
+// stampLogical assigns the logical timestamps, with room from stamps.
+func (tr *tree) stampLogical(id span.TraceID, stamps intAttrs) []int64 {
+	times := tr.logicalTimes(id)
+	for i := range tr.spans {
+		stamps.set(&tr.spans[i], AttrLogicalTime, times[i], 1)
+	}
+	return times
 }
 
 // smallTree is the span count up to which the tree scans its spans instead
@@ -598,8 +648,9 @@ func (tr *tree) correct(maxDelta int64) []int64 {
 }
 
 // apply shifts every span that moves by its instance's offset, stamps it
-// with AttrClockSkew, and reports per instance.
-func (tr *tree) apply(off []int64, stamps *intAttrs) (map[Instance]time.Duration, int) {
+// with AttrClockSkew (growing its attribute list by room: the attributes
+// to be stamped on it), and reports per instance.
+func (tr *tree) apply(off []int64, stamps *intAttrs, room int) (map[Instance]time.Duration, int) {
 	counts := tr.i32.take(len(tr.insts))
 	adjusted := 0
 	for i := range tr.spans {
@@ -610,7 +661,7 @@ func (tr *tree) apply(off []int64, stamps *intAttrs) (map[Instance]time.Duration
 		s := &tr.spans[i]
 		shift(s.Span, o)
 		s.ForgetWire()
-		stamps.set(s, AttrClockSkew, o, 2) // room for AttrLogicalTime too
+		stamps.set(s, AttrClockSkew, o, room)
 		tr.start[i] += o
 		tr.end[i] += o
 		counts[tr.inst[i]]++
@@ -632,17 +683,24 @@ func (tr *tree) apply(off []int64, stamps *intAttrs) (map[Instance]time.Duration
 }
 
 // newStamps returns room for the attributes Adjust writes: AttrLogicalTime
-// on every span and AttrClockSkew on each span off shifts (nil: none).
-func (tr *tree) newStamps(off []int64) intAttrs {
+// on every span when logical, and AttrClockSkew on each span off shifts
+// (nil: none).
+func (tr *tree) newStamps(off []int64, logical bool) intAttrs {
 	stamps, lists := 0, 0
 	for i := range tr.spans {
 		s := tr.spans[i].Span
 		if s == nil {
 			continue
 		}
-		need := 1
+		need := 0
+		if logical {
+			need++
+		}
 		if off != nil && tr.shifts(int32(i), off) {
-			need = 2
+			need++
+		}
+		if need == 0 {
+			continue
 		}
 		stamps += need
 		if cap(s.Attributes)-len(s.Attributes) < need {

@@ -186,3 +186,44 @@ func TestLargeTrace(t *testing.T) {
 	requireCausal(t, tr)
 	requireLogicalOrder(t, tr, res)
 }
+
+// TestRepairThenStamp: RepairClockSkew shifts and marks spans exactly as
+// CorrectClockSkew does but stamps no logical timestamps, and
+// StampLogicalTimes on the repaired trace (what a reader does with the
+// stored trace) gives the logical timestamps CorrectClockSkew assigns.
+func TestRepairThenStamp(t *testing.T) {
+	correct, repair := CorrectClockSkew(DefaultConfig()), RepairClockSkew(DefaultConfig())
+	for seed := range uint64(50) {
+		rng := rand.New(rand.NewPCG(seed, 43))
+		tr, _, _ := genTrace(rng, 2+rng.IntN(100), 5*sec, genOpts{links: true})
+		repaired := &span.Trace{ID: tr.ID}
+		for i, s := range cloneSpans(tr) {
+			repaired.Spans = append(repaired.Spans, span.Span{Span: s, Resource: tr.Spans[i].Resource, Scope: tr.Spans[i].Scope})
+		}
+		want := correct.Adjust(tr)
+		got := repair.Adjust(repaired)
+		require.Nil(t, got.LogicalTimes)
+		require.Equal(t, want.Offsets, got.Offsets, "seed %d", seed)
+		for i, s := range repaired.Spans {
+			_, stamped := intAttr(s.Span, AttrLogicalTime)
+			require.False(t, stamped, "seed %d", seed)
+			require.Equal(t, tr.Spans[i].GetStartTimeUnixNano(), s.GetStartTimeUnixNano(), "seed %d", seed)
+			skew, _ := intAttr(tr.Spans[i].Span, AttrClockSkew)
+			gotSkew, _ := intAttr(s.Span, AttrClockSkew)
+			require.Equal(t, skew, gotSkew, "seed %d", seed)
+		}
+		require.Empty(t, StampLogicalTimes(repaired), "seed %d", seed)
+		requireLogicalOrder(t, repaired, want)
+		// Stamping again replaces the timestamps rather than adding them.
+		StampLogicalTimes(repaired)
+		for _, s := range repaired.Spans {
+			n := 0
+			for _, kv := range s.GetAttributes() {
+				if kv.GetKey() == AttrLogicalTime {
+					n++
+				}
+			}
+			require.Equal(t, 1, n, "seed %d", seed)
+		}
+	}
+}

@@ -269,6 +269,7 @@ func TestJaegerTrace(t *testing.T) {
 		"http.method/string":             "POST",
 		"http.status_code/int64":         float64(502),
 		"span.kind/string":               "server",
+		"threadline.logical_time/int64":  float64(1),
 		"otel.status_code/string":        "ERROR",
 		"error/bool":                     true,
 		"otel.status_description/string": "card declined",

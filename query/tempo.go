@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/threadline/threadline/clockskew"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/span"
 )
@@ -98,11 +99,27 @@ func (a *API) fetchTraceReq(ctx context.Context, id span.TraceID, req *readerpb.
 		}
 		return fetchedTrace{}, &httpError{code: http.StatusNotFound, err: fmt.Errorf("trace %s not found", id)}
 	}
+	if !req.GetRaw() && foundOn(res.ok) > 1 {
+		// Each indexer numbered the spans it holds (logical timestamps):
+		// number the merged trace as one.
+		mt.warnings = unionSorted(append(mt.warnings, clockskew.StampLogicalTimes(&span.Trace{ID: id, Spans: mt.spans})...))
+	}
 	ft := fetchedTrace{mergedTrace: mt}
 	if res.partial() {
 		ft.partial = res.partialMessage()
 	}
 	return ft, nil
+}
+
+// foundOn counts the answers that hold the trace.
+func foundOn(answers []*readerpb.GetTraceResponse) int {
+	n := 0
+	for _, an := range answers {
+		if an.GetFound() {
+			n++
+		}
+	}
+	return n
 }
 
 // traceRequest parses the trace ID path value and the optional start/end

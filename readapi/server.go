@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 
 	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
@@ -54,8 +55,9 @@ func New(store Store, logger *slog.Logger, opts ...Option) readerpb.ReaderServer
 }
 
 // GetTrace returns the stored spans as OTLP TracesData. Spans are stored
-// skew-adjusted, each marked with the offset applied; a raw read undoes the
-// adjustment and drops the attributes the indexer added.
+// skew-adjusted, each marked with the offset applied, and read with their
+// logical timestamps (clockskew.AttrLogicalTime); a raw read undoes the
+// adjustment and has no logical timestamps.
 func (s *server) GetTrace(ctx context.Context, req *readerpb.GetTraceRequest) (*readerpb.GetTraceResponse, error) {
 	id, err := span.TraceIDFromBytes(req.GetTraceId())
 	if err != nil {
@@ -68,14 +70,25 @@ func (s *server) GetTrace(ctx context.Context, req *readerpb.GetTraceRequest) (*
 	if !found {
 		return &readerpb.GetTraceResponse{}, nil
 	}
+	warnings := tr.Warnings
 	if req.GetRaw() {
 		clockskew.Raw(&span.Trace{ID: id, Spans: tr.Spans})
+	} else {
+		// Logical timestamps are assigned here, to the whole trace as
+		// stored (every write of it), not by the indexer (see
+		// clockskew.RepairClockSkew). The ordering's warnings are the
+		// trace's, some stored already by traces written before that.
+		for _, w := range clockskew.StampLogicalTimes(&span.Trace{ID: id, Spans: tr.Spans}) {
+			if !slices.Contains(warnings, w) {
+				warnings = append(warnings, w)
+			}
+		}
 	}
 	b, err := proto.Marshal(span.ToTracesData(tr.Spans))
 	if err != nil {
 		return nil, s.internal(ctx, "marshal trace", err)
 	}
-	return &readerpb.GetTraceResponse{Found: true, TracesData: b, KeptReasons: tr.Reasons, Warnings: tr.Warnings}, nil
+	return &readerpb.GetTraceResponse{Found: true, TracesData: b, KeptReasons: tr.Reasons, Warnings: warnings}, nil
 }
 
 func (s *server) SearchTraces(ctx context.Context, req *readerpb.SearchRequest) (*readerpb.SearchResponse, error) {

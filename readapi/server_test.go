@@ -3,9 +3,11 @@ package readapi
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"github.com/threadline/threadline/clockskew"
 	"github.com/threadline/threadline/index"
 	readerpb "github.com/threadline/threadline/proto/reader/v1"
 	"github.com/threadline/threadline/span"
@@ -60,14 +62,16 @@ func fixture() []index.KeptTrace {
 	}}
 }
 
-// serve starts the read API over a real store behind a real gRPC server
-// on loopback and returns a client.
-func serve(t *testing.T) readerpb.ReaderClient {
+// serve starts the read API over a real store holding the writes behind a
+// real gRPC server on loopback and returns a client.
+func serve(t *testing.T, writes ...[]index.KeptTrace) readerpb.ReaderClient {
 	t.Helper()
 	st, err := index.Open(t.TempDir(), nil, nil, index.DefaultOptions())
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, st.Close()) })
-	require.NoError(t, st.WriteTraces(context.Background(), fixture()))
+	for _, w := range writes {
+		require.NoError(t, st.WriteTraces(context.Background(), w))
+	}
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -87,8 +91,10 @@ func serve(t *testing.T) readerpb.ReaderClient {
 
 func TestReadAPI(t *testing.T) {
 	ctx := context.Background()
-	c := serve(t)
+	c := serve(t, fixture())
 
+	// An adjusted read has every span's logical timestamp (parent first,
+	// then by start time), assigned as it is read; a raw read has none.
 	t.Run("GetTrace", func(t *testing.T) {
 		for _, raw := range []bool{false, true} {
 			res, err := c.GetTrace(ctx, &readerpb.GetTraceRequest{TraceId: traceID[:], Raw: raw})
@@ -98,6 +104,12 @@ func TestReadAPI(t *testing.T) {
 			require.Equal(t, []string{"skew"}, res.Warnings)
 			var td tracepb.TracesData
 			require.NoError(t, proto.Unmarshal(res.TracesData, &td))
+			logical := takeLogicalTimes(&td)
+			if raw {
+				require.Empty(t, logical)
+			} else {
+				require.Equal(t, map[string]int64{"home": 1, "load": 2, "render": 3}, logical)
+			}
 			want := span.ToTracesData(fixture()[0].Trace.Spans)
 			require.True(t, proto.Equal(want, &td), "got %v", &td)
 			require.Len(t, td.ResourceSpans, 2, "spans regrouped by resource")
@@ -192,4 +204,43 @@ func TestNoStoreIsUnimplemented(t *testing.T) {
 	id := [16]byte{1}
 	_, err = srv.GetTrace(context.Background(), &readerpb.GetTraceRequest{TraceId: id[:]})
 	require.Equal(t, codes.Unimplemented, status.Code(err))
+}
+
+// TestLogicalTimesOverWrites: the spans of a trace written twice (a late
+// span after the first write) are numbered together as they are read, the
+// late one after its parent: stamped at write time, each write would have
+// numbered its own spans from 1.
+func TestLogicalTimesOverWrites(t *testing.T) {
+	first := fixture()
+	parent := first[0].Trace.Spans[2] // render, the last to start
+	late := proto.Clone(parent.Span).(*tracepb.Span)
+	late.SpanId, late.ParentSpanId, late.Name = []byte{7: 4}, parent.GetSpanId(), "flush"
+	late.StartTimeUnixNano += 10
+	late.Attributes = nil
+	c := serve(t, first, []index.KeptTrace{{Trace: span.Trace{ID: traceID, Spans: []span.Span{{Span: late, Resource: parent.Resource, Scope: parent.Scope}}}}})
+	res, err := c.GetTrace(context.Background(), &readerpb.GetTraceRequest{TraceId: traceID[:]})
+	require.NoError(t, err)
+	var td tracepb.TracesData
+	require.NoError(t, proto.Unmarshal(res.TracesData, &td))
+	require.Equal(t, map[string]int64{"home": 1, "load": 2, "render": 3, "flush": 4}, takeLogicalTimes(&td))
+}
+
+// takeLogicalTimes removes the spans' logical timestamps and returns them
+// by span name.
+func takeLogicalTimes(td *tracepb.TracesData) map[string]int64 {
+	logical := map[string]int64{}
+	for _, rs := range td.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			for _, sp := range ss.Spans {
+				sp.Attributes = slices.DeleteFunc(sp.Attributes, func(kv *commonpb.KeyValue) bool {
+					if kv.GetKey() == clockskew.AttrLogicalTime {
+						logical[sp.GetName()] = kv.GetValue().GetIntValue()
+						return true
+					}
+					return false
+				})
+			}
+		}
+	}
+	return logical
 }
