@@ -38,12 +38,23 @@ func BenchmarkAdjust(b *testing.B) {
 	})
 	large10k, _, _ := genTrace(rand.New(rand.NewPCG(3, 4)), 10_000, 5*sec, genOpts{links: true})
 	large100k, _, _ := genTrace(rand.New(rand.NewPCG(5, 6)), 100_000, 5*sec, genOpts{links: true})
+	// repair is what the indexer runs (RepairClockSkew: no logical
+	// timestamps, which readers assign).
 	for _, bc := range []struct {
 		name string
 		tr   *span.Trace
-	}{{"5spans-noskew", noSkew}, {"5spans-oneskew", oneSkew}, {"5spans", small}, {"10kspans", large10k}, {"100kspans", large100k}} {
+		adj  Adjuster
+	}{
+		{"5spans-noskew", noSkew, CorrectClockSkew(DefaultConfig())},
+		{"5spans-noskew-repair", noSkew, RepairClockSkew(DefaultConfig())},
+		{"5spans-oneskew", oneSkew, CorrectClockSkew(DefaultConfig())},
+		{"5spans-oneskew-repair", oneSkew, RepairClockSkew(DefaultConfig())},
+		{"5spans", small, CorrectClockSkew(DefaultConfig())},
+		{"10kspans", large10k, CorrectClockSkew(DefaultConfig())},
+		{"100kspans", large100k, CorrectClockSkew(DefaultConfig())},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
-			adj := CorrectClockSkew(DefaultConfig())
+			adj := bc.adj
 			b.ReportAllocs()
 			for b.Loop() {
 				adj.Adjust(bc.tr)
