@@ -183,40 +183,34 @@ func (p *packer) learn(b []byte, now time.Time) {
 // would not reproduce it byte for byte.
 func (p *packer) layout(value []byte) (spans int, ok bool, err error) {
 	p.rs, p.ss = p.rs[:0], p.ss[:0]
-	ok = true
-	size := 0 // of the record an outline reproduces
-	top := 0  // bytes in top-level fields other than resource_spans
-	err = eachField(value, 1, func(rs []byte) error {
+	size := 0 // of the record as an outline reproduces it
+	first, last, ok, err := children(value, 1, func(rs []byte) error {
 		n := len(p.ss)
-		pre, post, inOrder, err := eachField2(rs, func(ss []byte) error {
-			var first, last int
-			pre, post, inOrder, err := eachField2(ss, func(sp []byte) error {
+		first, last, inOrder, err := children(rs, 2, func(ss []byte) error {
+			first, last, inOrder, err := children(ss, 2, func([]byte) error {
 				spans++
 				return nil
-			}, &first, &last)
-			if err != nil {
-				return err
-			}
+			})
 			ok = ok && inOrder
-			p.ss = append(p.ss, ssLayout{headRef: headRef{pre: pre, post: post}, spans: ss[first:last]})
-			return nil
-		}, nil, nil)
-		if err != nil {
+			p.ss = append(p.ss, ssLayout{headRef: headRef{pre: ss[:first], post: ss[last:]}, spans: ss[first:last]})
 			return err
-		}
+		})
 		ok = ok && inOrder
-		p.rs = append(p.rs, rsLayout{headRef: headRef{pre: pre, post: post}, scopes: len(p.ss) - n})
-		l := len(pre) + len(post)
+		r := rsLayout{headRef: headRef{pre: rs[:first], post: rs[last:]}, scopes: len(p.ss) - n}
+		p.rs = append(p.rs, r)
+		l := len(r.pre) + len(r.post)
 		for _, s := range p.ss[n:] {
 			l += framed(len(s.pre) + len(s.spans) + len(s.post))
 		}
 		size += framed(l)
-		return nil
-	}, &top)
+		return err
+	})
 	if err != nil {
 		return 0, false, fmt.Errorf("read record: %w", err)
 	}
-	return spans, ok && top == 0 && size == len(value), nil
+	// Fields of the record's own beside resource_spans, or a framing an
+	// outline would write shorter: packed whole.
+	return spans, ok && first == 0 && last == len(value) && size == len(value), nil
 }
 
 // framed is the length of a length-delimited field of a one-byte tag.
@@ -564,56 +558,34 @@ func decodeExact(dst, block []byte, dict *s2.Dict) error {
 	return nil
 }
 
-// eachField calls fn with the value of every length-delimited field num in
-// b, adding the bytes of other fields to *other (when not nil). An error
-// wraps span.ErrMalformed.
-func eachField(b []byte, num protowire.Number, fn func([]byte) error, other *int) error {
-	_, _, _, err := eachChild(b, num, fn, nil, nil, other)
-	return err
-}
-
-// eachField2 is eachChild for field 2 (scope_spans of a ResourceSpans,
-// spans of a ScopeSpans).
-func eachField2(b []byte, fn func([]byte) error, first, last *int) (pre, post []byte, inOrder bool, err error) {
-	return eachChild(b, 2, fn, first, last, nil)
-}
-
-// eachChild calls fn with the value of every length-delimited field num in
-// msg, and returns the bytes before the first such field and after the
-// last; inOrder is false when other fields sit between them. first and
-// last (when not nil) get the offsets of the first such field and the end
-// of the last. other (when not nil) counts the bytes of other fields.
-func eachChild(msg []byte, num protowire.Number, fn func([]byte) error, first, last, other *int) (pre, post []byte, inOrder bool, err error) {
-	start, end := -1, -1
-	between := false
+// children calls fn with the value of every length-delimited field num of
+// msg, in order, and returns where the first such field starts and where
+// the last ends (both len(msg) when there is none); inOrder is false when
+// other fields sit between them. An error wraps span.ErrMalformed, or is
+// fn's.
+func children(msg []byte, num protowire.Number, fn func([]byte) error) (first, last int, inOrder bool, err error) {
+	first, last, inOrder = -1, -1, true
 	for off := 0; off < len(msg); {
 		fnum, typ, v, n := consumeField(msg[off:])
 		if n < 0 {
-			return nil, nil, false, span.ErrMalformed
+			return 0, 0, false, span.ErrMalformed
 		}
 		if fnum == num && typ == protowire.BytesType {
 			if err := fn(v); err != nil {
-				return nil, nil, false, err
+				return 0, 0, false, err
 			}
-			if end >= 0 && end != off {
-				between = true
+			inOrder = inOrder && (last < 0 || last == off)
+			if first < 0 {
+				first = off
 			}
-			if start < 0 {
-				start = off
-			}
-			end = off + n
-		} else if other != nil {
-			*other += n
+			last = off + n
 		}
 		off += n
 	}
-	if start < 0 {
-		start, end = len(msg), len(msg)
+	if first < 0 {
+		first, last = len(msg), len(msg)
 	}
-	if first != nil {
-		*first, *last = start, end
-	}
-	return msg[:start], msg[end:], !between, nil
+	return first, last, inOrder, nil
 }
 
 // consumeField parses the field at the start of b: its number, wire type,
