@@ -60,7 +60,7 @@ func BenchmarkAssembleSkewSample(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ix, err := New(cfg, Parts{Store: discardWriter{}, Decider: dec, Stages: []Stage{skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}}},
+	ix, err := New(cfg, Parts{Store: discardWriter{}, Decider: dec, Stages: []Stage{skewStage{clockskew.RepairClockSkew(clockskew.DefaultConfig())}}},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)

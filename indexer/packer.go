@@ -435,28 +435,21 @@ func (c chunk) unpackInto(dst []byte) error {
 	if size != len(dst) || c.gen == nil {
 		return errPacked
 	}
-	// A first pass over the outline sums the spans' bytes.
-	r := outlineReader{b: outline, gen: c.gen}
-	total := 0
-	for rs := r.next(); rs > 0 && r.err == nil; rs-- {
-		r.next() // head
-		for ss := r.next(); ss > 0 && r.err == nil; ss-- {
-			r.next() // head
-			total += r.next()
-		}
-	}
-	if r.err != nil || total > size {
+	// The spans' bytes (as many as the block decodes to: the outline's
+	// sum, which the end checks) decode to the end of dst and move
+	// forward into place as the framing and heads are written before
+	// them: a write never reaches bytes still to be moved, since
+	// everything but spans that is written precedes them in the record
+	// too (the check in put holds against a corrupt outline).
+	total, err := s2.DecodedLen(block)
+	if err != nil || total > size {
 		return errPacked
 	}
-	// The spans' bytes decode to the end of dst and move forward into
-	// place as the framing and heads are written before them: a write
-	// never reaches bytes still to be moved, since everything but spans
-	// that is written precedes them in the record too (the check in put
-	// holds against a corrupt outline).
 	from := size - total
 	if err := decodeExact(dst[from:], block, dict); err != nil {
 		return err
 	}
+	r := outlineReader{b: outline, gen: c.gen}
 	w := 0
 	put := func(b []byte) {
 		if w+len(b) > from {
@@ -470,7 +463,6 @@ func (c chunk) unpackInto(dst []byte) error {
 		f[0] = tag
 		put(binary.AppendUvarint(f[:1], uint64(n)))
 	}
-	r = outlineReader{b: outline, gen: c.gen}
 	for rs := r.next(); rs > 0 && r.err == nil; rs-- {
 		rh := r.head(r.next())
 		scopes := r.next()

@@ -52,7 +52,7 @@ func newPipeline(t *testing.T, cfg Config, scfg sampling.Config) *pipeline {
 	require.NoError(t, err)
 	dec, err := sampling.NewTailSampler(scfg, prometheus.NewRegistry())
 	require.NoError(t, err)
-	ix, err := New(cfg, Parts{Store: store, Decider: dec, Observer: rs, Stages: []Stage{skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}}},
+	ix, err := New(cfg, Parts{Store: store, Decider: dec, Observer: rs, Stages: []Stage{skewStage{clockskew.RepairClockSkew(clockskew.DefaultConfig())}}},
 		logger, prometheus.NewRegistry())
 	require.NoError(t, err)
 	p := &pipeline{ix: ix, store: store, red: rs, ledger: bus.NewLedger()}
@@ -422,7 +422,7 @@ func TestSkewOffsetsOutliveLeases(t *testing.T) {
 	spans, _, leases := ix.decodeChunks(tr.id, []chunk{c})
 	require.Len(t, leases, 1)
 	trace := span.Trace{ID: tr.id, Spans: spans}
-	skewStage{clockskew.CorrectClockSkew(clockskew.DefaultConfig())}.Process(&trace)
+	skewStage{clockskew.RepairClockSkew(clockskew.DefaultConfig())}.Process(&trace)
 	offsets := skewOffsets(trace.Spans)
 	require.NotEmpty(t, offsets, "the trace was repaired")
 	releaseLeases(leases)

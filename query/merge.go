@@ -17,6 +17,7 @@ type mergedTrace struct {
 	spans    []span.Span
 	reasons  []string
 	warnings []string
+	parts    int // answers that held the trace
 }
 
 // mergeTrace unions the spans of every found answer, keeping the first copy of
@@ -27,7 +28,6 @@ type mergedTrace struct {
 func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error) {
 	var (
 		out    mergedTrace
-		found  bool
 		seen   = map[span.SpanID]bool{}
 		intern = newInterner()
 	)
@@ -35,7 +35,7 @@ func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error)
 		if !an.GetFound() {
 			continue
 		}
-		found = true
+		out.parts++
 		out.reasons = append(out.reasons, an.GetKeptReasons()...)
 		out.warnings = append(out.warnings, an.GetWarnings()...)
 		var td tracepb.TracesData
@@ -64,7 +64,7 @@ func mergeTrace(answers []*readerpb.GetTraceResponse) (mergedTrace, bool, error)
 	})
 	out.reasons = unionSorted(out.reasons)
 	out.warnings = unionSorted(out.warnings)
-	return out, found, nil
+	return out, out.parts > 0, nil
 }
 
 // interner maps equal resources (and equal scopes under one resource) to one

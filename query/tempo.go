@@ -99,7 +99,7 @@ func (a *API) fetchTraceReq(ctx context.Context, id span.TraceID, req *readerpb.
 		}
 		return fetchedTrace{}, &httpError{code: http.StatusNotFound, err: fmt.Errorf("trace %s not found", id)}
 	}
-	if !req.GetRaw() && foundOn(res.ok) > 1 {
+	if !req.GetRaw() && mt.parts > 1 {
 		// Each indexer numbered the spans it holds (logical timestamps):
 		// number the merged trace as one.
 		mt.warnings = unionSorted(append(mt.warnings, clockskew.StampLogicalTimes(&span.Trace{ID: id, Spans: mt.spans})...))
@@ -109,17 +109,6 @@ func (a *API) fetchTraceReq(ctx context.Context, id span.TraceID, req *readerpb.
 		ft.partial = res.partialMessage()
 	}
 	return ft, nil
-}
-
-// foundOn counts the answers that hold the trace.
-func foundOn(answers []*readerpb.GetTraceResponse) int {
-	n := 0
-	for _, an := range answers {
-		if an.GetFound() {
-			n++
-		}
-	}
-	return n
 }
 
 // traceRequest parses the trace ID path value and the optional start/end
