@@ -30,18 +30,21 @@ type tp struct {
 }
 
 type partLedger struct {
+	l       *Ledger
+	tp      tp
 	pending []*Ticket // in offset order; completed ones are popped from the front
 	next    kgo.EpochOffset
 	valid   bool
 }
 
-// Ticket is one consumed record's reference count.
+// Ticket is one consumed record's reference count. The indexer holds one
+// per record for seconds (decision wait, write, commit), hundreds of
+// thousands under load, so it is kept to 32 bytes.
 type Ticket struct {
-	l      *Ledger
-	tp     tp
+	p      *partLedger
 	offset int64
 	epoch  int32
-	refs   int
+	refs   int32
 	// retired: the ledger no longer holds it (it completed and Committable
 	// dropped it, or its partition was forgotten), so incomplete does not
 	// count it whatever its references do.
@@ -58,10 +61,10 @@ func (l *Ledger) Begin(r *kgo.Record) *Ticket {
 	k := tp{r.Topic, r.Partition}
 	p := l.parts[k]
 	if p == nil {
-		p = &partLedger{}
+		p = &partLedger{l: l, tp: k}
 		l.parts[k] = p
 	}
-	t := &Ticket{l: l, tp: k, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
+	t := &Ticket{p: p, offset: r.Offset, epoch: r.LeaderEpoch, refs: 1}
 	l.incomplete++
 	p.pending = append(p.pending, t)
 	p.next = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
@@ -72,32 +75,32 @@ func (l *Ledger) Begin(r *kgo.Record) *Ticket {
 // Topic, Partition and Offset locate the ticket's record, so a consumer can
 // fetch it again later (the indexer does, for traces an exemplar pins after
 // they were dropped).
-func (t *Ticket) Topic() string { return t.tp.topic }
+func (t *Ticket) Topic() string { return t.p.tp.topic }
 
 // Partition is the record's partition.
-func (t *Ticket) Partition() int32 { return t.tp.partition }
+func (t *Ticket) Partition() int32 { return t.p.tp.partition }
 
 // Offset is the record's offset.
 func (t *Ticket) Offset() int64 { return t.offset }
 
 // Acquire takes another reference on the record.
 func (t *Ticket) Acquire() {
-	t.l.mu.Lock()
+	t.p.l.mu.Lock()
 	t.refs++
 	if t.refs == 1 && !t.retired {
-		t.l.incomplete++
+		t.p.l.incomplete++
 	}
-	t.l.mu.Unlock()
+	t.p.l.mu.Unlock()
 }
 
 // Release gives a reference back; at zero the record is complete.
 func (t *Ticket) Release() {
-	t.l.mu.Lock()
+	t.p.l.mu.Lock()
 	t.refs--
 	if t.refs == 0 && !t.retired {
-		t.l.incomplete--
+		t.p.l.incomplete--
 	}
-	t.l.mu.Unlock()
+	t.p.l.mu.Unlock()
 }
 
 // Committable returns, per partition, the offset up to which every record is

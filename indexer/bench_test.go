@@ -256,21 +256,13 @@ func BenchmarkLogIngest(b *testing.B) {
 }
 
 // BenchmarkPack: packing one of the load generator's records for the
-// decision buffer (see packer) and unpacking it into a lease;
-// B/record is what the buffer holds. "whole" packs the whole record against
-// the same dictionary, for comparison.
+// decision buffer (see packer) and unpacking it into a lease, as a small
+// buffer does and as a large one does (dense, against a dictionary);
+// B/record is what the buffer holds. "whole-dense" packs the whole record
+// against the same dictionary, for comparison.
 func BenchmarkPack(b *testing.B) {
 	recs := loadgenRecords(b, 4096)
-	var p packer
 	now := time.Now()
-	chunks := make([]chunk, len(recs))
-	for i, r := range recs {
-		c, err := p.pack(r, now)
-		if err != nil {
-			b.Fatal(err)
-		}
-		chunks[i] = c
-	}
 	run := func(b *testing.B, pack func(v []byte) chunk) {
 		var held, plain int
 		for i := 0; b.Loop(); i++ {
@@ -281,25 +273,42 @@ func BenchmarkPack(b *testing.B) {
 		b.ReportMetric(float64(held)/float64(b.N), "B/record")
 		b.SetBytes(int64(plain / b.N))
 	}
-	b.Run("pack", func(b *testing.B) {
-		run(b, func(v []byte) chunk {
-			c, err := p.pack(v, now)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return c
-		})
-	})
-	b.Run("whole", func(b *testing.B) {
-		run(b, func(v []byte) chunk { return chunk{data: p.encode([]byte{packedWhole}, nil, v)} })
-	})
-	b.Run("unpack", func(b *testing.B) {
-		for i := 0; b.Loop(); i++ {
-			l, err := chunks[i%len(chunks)].lease()
-			if err != nil {
-				b.Fatal(err)
-			}
-			l.Release()
+	for _, dense := range []bool{false, true} {
+		name := ""
+		if dense {
+			name = "-dense"
 		}
-	})
+		p := packer{dense: dense}
+		chunks := make([]chunk, len(recs))
+		for i, r := range recs {
+			c, err := p.pack(r, now)
+			if err != nil {
+				b.Fatal(err)
+			}
+			chunks[i] = c
+		}
+		b.Run("pack"+name, func(b *testing.B) {
+			run(b, func(v []byte) chunk {
+				c, err := p.pack(v, now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return c
+			})
+		})
+		if dense {
+			b.Run("whole"+name, func(b *testing.B) {
+				run(b, func(v []byte) chunk { return chunk{data: p.encode([]byte{packedWhole}, nil, v)} })
+			})
+		}
+		b.Run("unpack"+name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				l, err := chunks[i%len(chunks)].lease()
+				if err != nil {
+					b.Fatal(err)
+				}
+				l.Release()
+			}
+		})
+	}
 }

@@ -258,9 +258,12 @@ func (ix *Indexer) HandleRecords(ctx context.Context, recs []*kgo.Record, ticket
 
 // mustWait reports whether the consumer should wait for the decider: the
 // buffer is over its bounds, or over the read-ahead limit (readahead.go).
+// It also has the packer pack dense while the buffer holds more than half
+// of MaxBufferedSpans: below that, memory is cheaper than the CPU.
 func (ix *Indexer) mustWait() bool {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	ix.packer.dense = ix.spans > ix.cfg.MaxBufferedSpans/2
 	return len(ix.traces) > ix.cfg.MaxTraces || ix.spans > ix.ahead.Limit()
 }
 

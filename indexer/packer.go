@@ -23,15 +23,17 @@ import (
 // record's bytes and the same from record to record, so the packer keeps
 // each distinct head once, in a table, and a packed record is its outline
 // (which heads, how many bytes of spans under each) and its spans' bytes,
-// compressed. What the spans repeat they mostly repeat from the records
-// before them (attribute keys, common values), which a block of one record
-// cannot refer to, so they are compressed against an S2 dictionary made from
-// the latest 64 KiB of spans, and a new one is made now and then to follow
-// the traffic. On the load generator's records (4.6 KB, five spans in three
-// resources) that holds 0.72 KB a record, where the whole record against a
-// dictionary of records held 0.95 KB and S2 alone 1.85 KB, in the same time:
-// the spans encode in a quarter less time than the whole record, and
-// finding the heads costs what counting the spans did before.
+// compressed with S2.
+//
+// What the spans repeat they mostly repeat from the records before them
+// (attribute keys, common values), which a block of one record cannot refer
+// to. So while the buffer is large (dense, set by the indexer) they are
+// compressed against an S2 dictionary made from the latest 64 KiB of spans,
+// a new one made now and then to follow the traffic; S2 has no assembly
+// encoder for dictionaries, and that costs twice the time. On the load
+// generator's records (4.6 KB, five spans in three resources): 1.3 KB a
+// record in about 4 µs, dense 0.72 KB in about 7 µs; the whole record
+// against a dictionary of records held 0.95 KB, and S2 alone 1.85 KB.
 //
 // A record unpacks byte for byte. One the outline cannot reproduce (fields
 // out of their usual order, framing in non-minimal varints, a huge head, too
@@ -48,6 +50,9 @@ type packer struct {
 	since   int       // records packed since the dictionary was made
 	due     bool      // a new dictionary is due: records are sampled for it
 	scratch []byte    // encoder output, before the exact copy a chunk keeps
+	// dense packs against the dictionary: smaller and slower. The indexer
+	// sets it while its buffer is large, where memory is at stake.
+	dense bool
 
 	// A record's layout (see layout), reused from record to record.
 	rs      []rsLayout
@@ -121,15 +126,18 @@ const (
 // maxPackScratch bounds the buffers a packer keeps between records.
 const maxPackScratch = 1 << 20
 
-// Packed chunk formats: the first byte of chunk.data.
+// Packed chunk formats: the first byte of chunk.data, with packedDict set
+// when its S2 block was compressed against the generation's dictionary.
 const (
-	// packedWhole: S2 block of the record (against the dictionary, if any).
+	// packedWhole: S2 block of the record.
 	packedWhole byte = iota
 	// packedOutline: uvarint record length · uvarint outline length ·
 	// outline · S2 block of the spans' bytes. The outline: uvarint
 	// resources, then per resource uvarint head · uvarint scopes, then per
 	// scope uvarint head · uvarint length of its spans' bytes.
 	packedOutline
+
+	packedDict byte = 0x80
 )
 
 // pack makes a held chunk from a record value, which the Kafka client may
@@ -328,8 +336,9 @@ func (p *packer) packOutline(size int, spans []byte) []byte {
 	return p.encode(head, o, spans)
 }
 
-// encode compresses value against the generation's dictionary (if any)
-// into scratch and returns head, outline and an exact copy of it.
+// encode compresses value (against the generation's dictionary, if dense
+// and there is one) into scratch and returns head, outline and an exact
+// copy of it; head[0] is the format, to which it adds packedDict.
 func (p *packer) encode(head, outline, value []byte) []byte {
 	buf := p.scratch
 	if n := s2.MaxEncodedLen(len(value)); cap(buf) < n {
@@ -339,8 +348,9 @@ func (p *packer) encode(head, outline, value []byte) []byte {
 		}
 	}
 	var enc []byte
-	if p.gen.dict != nil {
+	if p.dense && p.gen.dict != nil {
 		enc = p.gen.dict.Encode(buf[:cap(buf)], value)
+		head[0] |= packedDict
 	} else {
 		enc = s2.Encode(buf[:cap(buf)], value)
 	}
@@ -385,7 +395,7 @@ func (c chunk) unpackedLen() (int, error) {
 	if len(c.data) == 0 {
 		return 0, errPacked
 	}
-	switch c.data[0] {
+	switch c.data[0] &^ packedDict {
 	case packedWhole:
 		n, err := s2.DecodedLen(c.data[1:])
 		if err != nil {
@@ -422,10 +432,13 @@ const maxRecordBytes = 1 << 30
 // is unpackedLen.
 func (c chunk) unpackInto(dst []byte) error {
 	var dict *s2.Dict
-	if c.gen != nil {
+	if c.data[0]&packedDict != 0 {
+		if c.gen == nil || c.gen.dict == nil {
+			return errPacked
+		}
 		dict = c.gen.dict
 	}
-	if c.data[0] == packedWhole {
+	if c.data[0]&^packedDict == packedWhole {
 		return decodeExact(dst, c.data[1:], dict)
 	}
 	size, outline, block, err := c.outline()

@@ -2,22 +2,28 @@ package indexer
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/s2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/threadline/threadline/bus"
 	"github.com/threadline/threadline/loadgen"
+	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
 
@@ -25,19 +31,29 @@ import (
 // from the load generator's requests (one per trace per request: five spans
 // in up to three resources, ten attributes each).
 func loadgenRecords(tb testing.TB, n int) [][]byte {
+	var recs [][]byte
+	for _, b := range loadgenBatches(tb, n) {
+		recs = append(recs, b.Data)
+	}
+	return recs
+}
+
+// loadgenBatches is loadgenRecords with their trace IDs.
+func loadgenBatches(tb testing.TB, n int) []span.TraceBatch {
 	tb.Helper()
 	cfg := loadgen.DefaultConfig()
 	reqs, err := loadgen.Requests(cfg, 7, (n*cfg.SpansPerTrace+cfg.SpansPerRequest-1)/cfg.SpansPerRequest)
 	require.NoError(tb, err)
-	var recs [][]byte
+	var batches []span.TraceBatch
 	for _, req := range reqs {
 		res, err := span.SplitTraces(req)
 		require.NoError(tb, err)
 		for _, b := range res.Batches {
-			recs = append(recs, bytes.Clone(b.Data))
+			b.Data = bytes.Clone(b.Data)
+			batches = append(batches, b)
 		}
 	}
-	return recs[:n]
+	return batches[:n]
 }
 
 // unpacked is what a packed chunk unpacks to, through a lease as the
@@ -52,13 +68,14 @@ func unpacked(t *testing.T, c chunk) []byte {
 
 // TestPacker: a held record is compressed, independent of the record's
 // buffer (which the Kafka client may reuse), and unpacks to the same bytes.
-// Its resources and scopes are kept once per generation, and its spans
-// are compressed against a dictionary of earlier ones once 64 KiB of them
-// went by, which is what a record repeats from the records before it; a
-// chunk unpacks with its own generation after newer ones were made.
+// Its resources and scopes are kept once per generation, and its spans,
+// when dense, are compressed against a dictionary of earlier ones once 64
+// KiB of them went by, which is what a record repeats from the records
+// before it; when not, alone. A chunk unpacks with its own generation after
+// newer ones were made.
 func TestPacker(t *testing.T) {
 	recs := loadgenRecords(t, 2000)
-	var p packer
+	p := packer{dense: true}
 	now := time.Now()
 
 	value := slices.Clone(recs[0])
@@ -85,6 +102,7 @@ func TestPacker(t *testing.T) {
 	for i, c := range chunks {
 		require.Equal(t, recs[i], unpacked(t, c), "record %d", i)
 		if c.gen == gen {
+			require.Equal(t, packedOutline|packedDict, c.data[0])
 			n++
 			held += len(c.data)
 			alone += len(s2.Encode(nil, recs[i]))
@@ -95,6 +113,25 @@ func TestPacker(t *testing.T) {
 	require.Less(t, gen.n, n/5, "resources and scopes are kept once each")
 	require.Less(t, held, alone*45/100, "a dictionary of earlier spans compresses far better than the record alone")
 	require.Less(t, held, whole*85/100, "heads kept once save what the dictionary could not")
+
+	// Not dense: the same records' spans are compressed alone, in the same
+	// generation, larger than dense and smaller than the record alone.
+	p.dense = false
+	var fast, dense, fastAlone int
+	for i := len(recs) - 200; i < len(recs); i++ {
+		c, err := p.pack(recs[i], now)
+		require.NoError(t, err)
+		require.Equal(t, packedOutline, c.data[0])
+		require.Same(t, gen, c.gen)
+		require.Equal(t, recs[i], unpacked(t, c), "record %d", i)
+		fast += len(c.data)
+		dense += len(chunks[i].data)
+		fastAlone += len(s2.Encode(nil, recs[i]))
+	}
+	t.Logf("200 records packed to %d bytes, dense %d, S2 alone %d", fast, dense, fastAlone)
+	require.Less(t, dense, fast*70/100, "the dictionary is worth its time when memory is at stake")
+	require.Less(t, fast, fastAlone*80/100, "heads kept once")
+	p.dense = true
 
 	// A minute later the next 64 KiB make a new generation; the chunks
 	// packed in the old ones still unpack.
@@ -126,6 +163,36 @@ func TestPacker(t *testing.T) {
 		trunc.data = c.data[:n]
 		_, err := trunc.lease()
 		require.Error(t, err, "truncated to %d of %d bytes", n, len(c.data))
+	}
+}
+
+// TestIndexerPacksDenseWhenFull: the indexer packs the records it buffers
+// fast while it holds up to half of MaxBufferedSpans, and dense (against
+// the dictionary) past that.
+func TestIndexerPacksDenseWhenFull(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxBufferedSpans = 1000
+	dec, err := sampling.NewTailSampler(sampling.DefaultConfig(), prometheus.NewRegistry())
+	require.NoError(t, err)
+	ix, err := New(cfg, Parts{Store: discardWriter{}, Decider: dec}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	require.NoError(t, err)
+	batches := loadgenBatches(t, 150) // 750 spans, not decided: the indexer does not run
+	ledger := bus.NewLedger()
+	for i, b := range batches {
+		r := &kgo.Record{Topic: "otlp_spans", Key: []byte(b.ID.String()), Value: b.Data, Offset: int64(i)}
+		ix.HandleRecords(context.Background(), []*kgo.Record{r}, []*bus.Ticket{ledger.Begin(r)})
+	}
+	buffered := 0
+	for _, b := range batches {
+		p := ix.traces[b.ID]
+		require.NotNil(t, p)
+		require.Len(t, p.chunks, 1)
+		c := p.chunks[0]
+		// The first chunk packed past half (the buffer counted before it) is
+		// the first dense one.
+		require.Equal(t, buffered > cfg.MaxBufferedSpans/2, c.data[0]&packedDict != 0, "with %d spans buffered", buffered)
+		buffered += c.spans
+		require.Equal(t, b.Data, unpacked(t, c))
 	}
 }
 
@@ -226,43 +293,51 @@ func TestPackerFallsBackToWhole(t *testing.T) {
 }
 
 // TestPackedChunkCorrupt: a chunk whose header or outline was damaged fails
-// to unpack (the outline must account for every byte of the record); one
-// whose compressed spans were damaged (S2 blocks have no checksum) fails or
-// unpacks to other bytes, and never panics.
+// to unpack (the outline must account for every byte of the record), but
+// for a block compressed alone marked as against the dictionary, which
+// decodes the same; one whose compressed spans were damaged (S2 blocks have
+// no checksum) fails or unpacks to other bytes, and never panics.
 func TestPackedChunkCorrupt(t *testing.T) {
 	recs := loadgenRecords(t, 50)
-	var p packer
-	var c chunk
-	for _, r := range recs {
-		var err error
-		c, err = p.pack(r, time.Now())
-		require.NoError(t, err)
-	}
-	require.Equal(t, packedOutline, c.data[0])
-	_, _, block, err := c.outline()
-	require.NoError(t, err)
-	head := len(c.data) - len(block) // kind, lengths and outline
-	for i := range c.data {
-		for _, flip := range []byte{0x01, 0x80, 0xff} {
-			bad := c
-			bad.data = slices.Clone(c.data)
-			bad.data[i] ^= flip
-			if i < head {
-				_, err := bad.lease()
-				require.Error(t, err, "byte %d of the header and outline ^ %#x", i, flip)
-				continue
-			}
-			require.NotPanics(t, func() {
-				if l, err := bad.lease(); err == nil {
-					l.Release()
-				}
-			}, "byte %d ^ %#x", i, flip)
+	for _, dense := range []bool{false, true} {
+		p := packer{dense: dense}
+		var c chunk
+		for _, r := range recs {
+			var err error
+			c, err = p.pack(r, time.Now())
+			require.NoError(t, err)
 		}
+		require.Equal(t, dense, c.data[0]&packedDict != 0)
+		require.Equal(t, packedOutline, c.data[0]&^packedDict)
+		_, _, block, err := c.outline()
+		require.NoError(t, err)
+		head := len(c.data) - len(block) // kind, lengths and outline
+		for i := range c.data {
+			for _, flip := range []byte{0x01, 0x80, 0xff} {
+				bad := c
+				bad.data = slices.Clone(c.data)
+				bad.data[i] ^= flip
+				if i == 0 && flip == packedDict && !dense {
+					require.Equal(t, recs[len(recs)-1], unpacked(t, bad))
+					continue
+				}
+				if i < head {
+					_, err := bad.lease()
+					require.Error(t, err, "dense %v: byte %d of the header and outline ^ %#x", dense, i, flip)
+					continue
+				}
+				require.NotPanics(t, func() {
+					if l, err := bad.lease(); err == nil {
+						l.Release()
+					}
+				}, "dense %v: byte %d ^ %#x", dense, i, flip)
+			}
+		}
+		bad := c
+		bad.data = binary.AppendUvarint([]byte{c.data[0]}, 1<<40)
+		_, err = bad.lease()
+		require.Error(t, err)
 	}
-	bad := c
-	bad.data = binary.AppendUvarint([]byte{packedOutline}, 1<<40)
-	_, err = bad.lease()
-	require.Error(t, err)
 }
 
 // FuzzPack: whatever a record holds, packing either refuses it as
