@@ -30,14 +30,15 @@ import (
 // to. So while the buffer is large (dense, set by the indexer) they are
 // compressed against an S2 dictionary made from the latest 64 KiB of spans,
 // a new one made now and then to follow the traffic; S2 has no assembly
-// encoder for dictionaries, and that costs twice the time. On the load
-// generator's records (4.6 KB, five spans in three resources): 1.3 KB a
-// record in about 4 µs, dense 0.72 KB in about 7 µs; the whole record
-// against a dictionary of records held 0.95 KB, and S2 alone 1.85 KB.
+// encoder for dictionaries, and that costs half as much time again. On the
+// load generator's records (4.6 KB, five spans in three resources): 1.3 KB
+// a record in about 3.8 µs, dense 0.72 KB in about 5.6 µs (unpacking 1.0
+// and 1.4 µs); the whole record alone held 1.85 KB.
 //
 // A record unpacks byte for byte. One the outline cannot reproduce (fields
 // out of their usual order, framing in non-minimal varints, a huge head, too
-// many heads) is packed whole, against the same dictionary.
+// many heads) is packed whole, the same way (against the dictionary when
+// dense).
 //
 // A chunk keeps the generation (dictionary and head table) it was packed
 // with, so both live while chunks need them. A packer is not safe for
@@ -137,6 +138,7 @@ const (
 	// scope uvarint head · uvarint length of its spans' bytes.
 	packedOutline
 
+	// packedDict, or'd into either: the S2 block needs the dictionary.
 	packedDict byte = 0x80
 )
 
