@@ -282,14 +282,15 @@ func (p *packer) lookup(pre, post []byte) int32 {
 // add adds a head to the table (a record may name one twice: the second
 // finds the first).
 func (p *packer) add(pre, post []byte) int32 {
-	if i := p.lookup(pre, post); i >= 0 {
+	g := p.gen
+	key := p.headKey(pre, post)
+	if i, ok := g.index[string(key)]; ok {
 		return i
 	}
-	g := p.gen
 	b := append(append(make([]byte, 0, len(pre)+len(post)), pre...), post...)
 	i := int32(g.n)
 	g.heads[i] = packHead{pre: b[:len(pre):len(pre)], post: b[len(pre):], set: true}
-	g.index[string(p.key)] = i
+	g.index[string(key)] = i
 	g.n++
 	g.size += len(b)
 	return i
