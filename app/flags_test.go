@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -83,4 +85,28 @@ func TestExampleAlertRulesLoad(t *testing.T) {
 	groups, err := alerting.LoadRules("../examples/alert-rules.yaml")
 	require.NoError(t, err)
 	require.NotEmpty(t, groups)
+}
+
+// TestPprofOptIn: the profiler is served only with THREADLINE_PPROF=1, and
+// then the execution trace too (an incident's "who waits on whom").
+func TestPprofOptIn(t *testing.T) {
+	get := func(mux *http.ServeMux, path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec
+	}
+	off := http.NewServeMux()
+	t.Setenv("THREADLINE_PPROF", "")
+	registerPprof(off)
+	require.Equal(t, http.StatusNotFound, get(off, "/debug/pprof/trace?seconds=0.05").Code)
+	require.Equal(t, http.StatusNotFound, get(off, "/debug/pprof/heap").Code)
+
+	on := http.NewServeMux()
+	t.Setenv("THREADLINE_PPROF", "1")
+	registerPprof(on)
+	rec := get(on, "/debug/pprof/trace?seconds=0.05")
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.True(t, bytes.HasPrefix(rec.Body.Bytes(), []byte("go 1.")), "an execution trace starts with its version header")
+	require.Equal(t, http.StatusOK, get(on, "/debug/pprof/heap").Code)
+	require.Equal(t, http.StatusOK, get(on, "/debug/pprof/cmdline").Code)
 }
