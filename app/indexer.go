@@ -28,7 +28,6 @@ import (
 	"github.com/threadline/threadline/red"
 	"github.com/threadline/threadline/residency"
 	"github.com/threadline/threadline/sampling"
-	"github.com/threadline/threadline/span"
 )
 
 // IndexerConfig configures the indexer role.
@@ -177,7 +176,7 @@ func NewIndexer(cfg IndexerConfig, logger *slog.Logger, h *health.Health) (_ *In
 	cfg.Indexer.TracesTopic, cfg.Indexer.ExemplarsTopic = cfg.Kafka.TracesTopic, cfg.Kafka.ExemplarsTopic
 	ix, err := indexer.New(cfg.Indexer, indexer.Parts{
 		Store:    store,
-		Stages:   []indexer.Stage{skewStage{clockskew.RepairClockSkew(cfg.Skew)}},
+		Stages:   []indexer.Stage{indexer.SkewRepair(clockskew.RepairClockSkew(cfg.Skew))},
 		Decider:  decider,
 		Observer: redStore,
 		Logs:     logStore,
@@ -245,9 +244,3 @@ func (i *Indexer) Run(ctx context.Context) error {
 	}
 	return errors.Join(consErr, ixErr, redErr, grpcErr, i.store.Close(), i.logs.Close(), i.metrics.Close())
 }
-
-// skewStage runs clock-skew repair as a pipeline stage; its warnings are
-// stored with the trace.
-type skewStage struct{ adj clockskew.Adjuster }
-
-func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }

@@ -39,10 +39,6 @@ func (discardWriter) WriteTracesThen(_ context.Context, _ []index.KeptTrace, dur
 
 func (discardWriter) Flush(context.Context) error { return nil }
 
-type skewStage struct{ adj clockskew.Adjuster }
-
-func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }
-
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)

@@ -48,6 +48,14 @@ type Stage interface {
 	Process(t *span.Trace) []string
 }
 
+// SkewRepair is the clock-skew repair stage: it repairs each trace with adj
+// (see clockskew) and stores adj's warnings with it.
+func SkewRepair(adj clockskew.Adjuster) Stage { return skewStage{adj} }
+
+type skewStage struct{ adj clockskew.Adjuster }
+
+func (s skewStage) Process(t *span.Trace) []string { return s.adj.Adjust(t).Warnings }
+
 // Decider is the tail-sampling engine: it decides complete traces now or
 // holds them (the top-N latency heaps) until their event-time window closes.
 // It is driven from one goroutine and must be deterministic, so that a replay
