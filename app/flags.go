@@ -126,13 +126,13 @@ func RunWithAdmin(ctx context.Context, addr string, h interface{ Register(*http.
 // benchmarks and incidents, never on by default. Besides the named profiles
 // (heap, goroutine, mutex…) and the CPU profile, it serves the execution
 // trace, which shows what the profile cannot: how long goroutines waited to
-// run, and what they blocked on.
+// run, and what they blocked on. Not the command line (/debug/pprof/cmdline):
+// flags may carry secrets.
 func registerPprof(mux *http.ServeMux) {
 	if os.Getenv("THREADLINE_PPROF") == "1" {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	}
 }

@@ -108,5 +108,6 @@ func TestPprofOptIn(t *testing.T) {
 	require.Equal(t, http.StatusOK, rec.Code)
 	require.True(t, bytes.HasPrefix(rec.Body.Bytes(), []byte("go 1.")), "an execution trace starts with its version header")
 	require.Equal(t, http.StatusOK, get(on, "/debug/pprof/heap").Code)
-	require.Equal(t, http.StatusOK, get(on, "/debug/pprof/cmdline").Code)
+	require.Equal(t, http.StatusOK, get(on, "/debug/pprof/symbol").Code)
+	require.Equal(t, http.StatusNotFound, get(on, "/debug/pprof/cmdline").Code, "flags may carry secrets")
 }
