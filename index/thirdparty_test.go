@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"github.com/dgraph-io/badger/v4/skl"
 	"github.com/dgraph-io/badger/v4/y"
 	"github.com/dgraph-io/ristretto/v2/z"
@@ -140,8 +141,13 @@ func TestBadgerTablePagesLeaveRSS(t *testing.T) {
 		t.Skip("MADV_DONTNEED on table mappings is Linux only")
 	}
 	dir := t.TempDir()
-	// No compactors: nothing reads the tables after they are written.
-	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10).WithNumCompactors(0))
+	// No compactors: nothing reads the tables after they are written. No
+	// compression and no block cache (Badger wants one with compression):
+	// every read goes through the table's mapping (with a cache,
+	// a read again after the page drop is served from the cache and never
+	// faults the pages back in, which is how this test once failed in CI).
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithMemTableSize(1 << 20).WithValueThreshold(1 << 10).
+		WithNumCompactors(0).WithCompression(options.None).WithBlockCacheSize(0))
 	require.NoError(t, err)
 	defer db.Close()
 	for range 40 {
