@@ -56,10 +56,12 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## bench: collector ingest and end-to-end throughput, plus the package benchmarks.
+## bench: collector ingest and end-to-end throughput (each BENCH_COUNT times:
+## one run of them says little on a shared machine), plus the package benchmarks.
+BENCH_COUNT ?= 3
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./span/ ./index/ ./receiver/ ./clockskew/ ./indexer/ ./logstore/
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count $(BENCH_COUNT) -timeout 60m -v ./bench/
 
 ## proto: regenerate the indexer read API (installs Debian's protoc if missing).
 proto: protoc
