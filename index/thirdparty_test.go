@@ -181,8 +181,11 @@ func TestBadgerTablePagesLeaveRSS(t *testing.T) {
 	// them again within a second or so (table_pages.go). Its drop runs once
 	// a second, and may fall between a read and the look at what is
 	// resident: read again then.
+	// (Eventually runs the condition on another goroutine, where require
+	// must not fail the test: a read error ends the wait and fails after.)
+	var readErr error
 	readAll := func() bool {
-		require.NoError(t, db.View(func(txn *badger.Txn) error {
+		readErr = db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{})
 			defer it.Close()
 			for it.Rewind(); it.Valid(); it.Next() {
@@ -191,10 +194,11 @@ func TestBadgerTablePagesLeaveRSS(t *testing.T) {
 				}
 			}
 			return nil
-		}))
-		return residentSST(t, dir) > tables/2
+		})
+		return readErr != nil || residentSST(t, dir) > tables/2
 	}
 	require.Eventually(t, readAll, 10*time.Second, 10*time.Millisecond, "reading the tables faults them in")
+	require.NoError(t, readErr)
 	require.Eventually(t, func() bool { return residentSST(t, dir) < tables/5 }, 10*time.Second, 50*time.Millisecond,
 		"tables read stay resident")
 }
