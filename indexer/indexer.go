@@ -181,6 +181,7 @@ type pending struct {
 	tickets   []*bus.Ticket
 	first     time.Time
 	last      time.Time
+	ingested  time.Time // the newest Kafka timestamp of its span records
 	quietElem *list.Element
 	ageElem   *list.Element
 }
@@ -200,6 +201,7 @@ type heldTrace struct {
 	skew     map[clockskew.Instance]time.Duration
 	warnings []string
 	tickets  []*bus.Ticket
+	ingested time.Time // see pending
 }
 
 // writeJob is a kept trace for the writer: spans already decoded, with the
@@ -278,6 +280,12 @@ func (ix *Indexer) mustWait() bool {
 func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 	now := time.Now()
 	pk := partKey{r.Topic, r.Partition}
+	// When the record reached Kafka, by its producer's clock (the record's
+	// timestamp, the same on every replay); now for a record without one.
+	ingested := r.Timestamp
+	if ingested.UnixMilli() <= 0 {
+		ingested = now
+	}
 	switch r.Topic {
 	case ix.cfg.LogsTopic:
 		if err := ix.handleLogRecord(pk, r.Key, r.Value, t, now); err != nil {
@@ -307,7 +315,7 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		// The chunk holds a packed copy: the client may reuse the
 		// buffer the record's batch was decompressed into.
 		r.Recycle()
-		ix.add(id, pk, c, t, now)
+		ix.add(id, pk, c, t, now, ingested)
 		return
 	}
 	// Other records may mix traces: decode, regroup, re-encode.
@@ -335,7 +343,7 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 			ix.badRecord(r, err)
 			return
 		}
-		ix.add(id, pk, chunk{data: data, spans: len(groups[id]), rec: t, part: int32(i), parts: int32(len(order))}, t, now)
+		ix.add(id, pk, chunk{data: data, spans: len(groups[id]), rec: t, part: int32(i), parts: int32(len(order))}, t, now, ingested)
 	}
 }
 
@@ -448,7 +456,7 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 }
 
 // add buffers a chunk of one trace, or routes it by an earlier decision.
-func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now time.Time) {
+func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) {
 	ix.mu.Lock()
 	if h := ix.held[id]; h != nil {
 		// Complete but undecided: the spans join it and follow its decision,
@@ -493,6 +501,9 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now 
 	p.nspans += c.spans
 	ix.spans += c.spans
 	p.tickets = appendTicket(p.tickets, t)
+	if ingested.After(p.ingested) {
+		p.ingested = ingested
+	}
 	full := p.nspans >= ix.cfg.MaxSpansPerTrace && p.nspans-c.spans < ix.cfg.MaxSpansPerTrace
 	if full {
 		ix.full = append(ix.full, p)
@@ -631,7 +642,7 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) (due []span.TraceID
 	take := func(p *pending, why string) {
 		spans += p.nspans
 		ix.removeLocked(p.id, p)
-		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets}
+		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets, ingested: p.ingested}
 		ix.heldSpans += p.nspans
 		ix.m.decided.WithLabelValues(why).Inc()
 		due = append(due, p.id)
@@ -683,6 +694,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	h.chunks = nil
 	// The records of these chunks; spans arriving from now on bring their own.
 	tickets := append([]*bus.Ticket(nil), h.tickets...)
+	ingested := h.ingested
 	ix.mu.Unlock()
 
 	spans, parts, leases := ix.decodeChunks(id, chunks)
@@ -716,6 +728,17 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	h.skew = skew
 	ix.mu.Unlock()
 	info := sampling.Info(&t)
+	// A root dated after its trace reached Kafka comes from a client whose
+	// clock runs fast. Ranked at that start, it would move event time ahead:
+	// every window closes early (later traces late, dropped) and its own
+	// waits in a heap until event time catches up, holding Kafka commits.
+	// So it is ranked, and moves event time, as of its arrival; the spans
+	// are stored as sent. Record timestamps replay unchanged, and so does
+	// this.
+	if !ingested.IsZero() && info.Start.After(ingested) {
+		info.Start = ingested
+		ix.m.futureTraces.Inc()
+	}
 	// The decider may keep the root's names (a top-N heap's key) for longer
 	// than the spans' leases last.
 	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)

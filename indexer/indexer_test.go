@@ -103,7 +103,7 @@ func (h *harness) feed(traces ...*tracepb.TracesData) {
 	tickets := make([]*bus.Ticket, len(traces))
 	for i, td := range traces {
 		b, _ := proto.Marshal(td)
-		recs[i] = &kgo.Record{Topic: "otlp_spans", Partition: 0, Offset: h.offset, Value: b}
+		recs[i] = &kgo.Record{Topic: "otlp_spans", Partition: 0, Offset: h.offset, Value: b, Timestamp: time.Now()}
 		h.offset++
 		tickets[i] = h.ledger.Begin(recs[i])
 	}
@@ -230,6 +230,61 @@ func TestTailSamplingGroundTruth(t *testing.T) {
 		}
 	}
 	require.Equal(t, 0, h.ledger.Pending(), "every record released once decided")
+}
+
+// TestFutureDatedTrace: a trace from a client whose clock runs an hour fast
+// is ranked as of when it reached Kafka. Ranked by its own start, it moved
+// event time an hour ahead: every open window closed, and the traces after it
+// were late and dropped, top-N or not, until the clock caught up.
+func TestFutureDatedTrace(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 3
+	cfg := testConfig()
+	cfg.WatermarkSlack = 5 * time.Minute // the window below stays open until shutdown
+	h := newHarness(t, cfg, scfg)
+	settle := func() { // every trace offered, and the watermark advanced after
+		require.Eventually(t, func() bool {
+			h.ix.mu.Lock()
+			defer h.ix.mu.Unlock()
+			return len(h.ix.traces) == 0
+		}, 10*time.Second, 5*time.Millisecond)
+		time.Sleep(5 * tickFor(cfg.DecisionWait))
+	}
+	base := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+	var specs []traceSpec
+	batch := func(slowest time.Duration) {
+		for i := range 5 {
+			s := traceSpec{id: traceID(len(specs)), service: "kitchen", op: "cook",
+				start: base.Add(time.Duration(len(specs)) * time.Second), duration: slowest - time.Duration(i)*slowest/10}
+			specs = append(specs, s)
+			h.feed(s.build())
+		}
+		settle()
+	}
+	batch(50 * time.Millisecond)
+	future := traceSpec{id: traceID(100), service: "kitchen", op: "cook", start: time.Now().Add(time.Hour), duration: time.Millisecond}
+	h.feed(future.build())
+	settle()
+	batch(500 * time.Millisecond) // slower: these are the window's top 3
+	h.stop()                      // the shutdown flush keeps what the heaps hold
+
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	for i, s := range specs {
+		got, found, err := store.Trace(context.Background(), s.id)
+		require.NoError(t, err)
+		require.Equal(t, i >= 5 && i < 8, found, "trace %d (%s): the window's three slowest are kept, and only they", i, s.duration)
+		if found {
+			require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+		}
+	}
+	got, found, err := store.Trace(context.Background(), future.id)
+	require.NoError(t, err)
+	require.True(t, found, "alone in the window of its arrival, the future-dated trace is its top 1")
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	require.Equal(t, uint64(future.start.UnixNano()), got.Spans[0].GetStartTimeUnixNano(), "stored as sent")
+	require.Equal(t, 1.0, counterValue(t, h.ix.m.futureTraces))
 }
 
 // TestBoundsAndHugeTrace: a 100k-span trace and a flood of high-cardinality
@@ -371,7 +426,7 @@ func TestDecidingTraceSpanCap(t *testing.T) {
 	ledger := bus.NewLedger()
 	add := func(spans int) {
 		tk := ledger.Begin(&kgo.Record{Topic: "otlp_spans"})
-		ix.add(id, partKey{"otlp_spans", 0}, chunk{data: []byte{}, spans: spans}, tk, time.Now())
+		ix.add(id, partKey{"otlp_spans", 0}, chunk{data: []byte{}, spans: spans}, tk, time.Now(), time.Now())
 		tk.Release()
 	}
 	add(60)

@@ -13,6 +13,7 @@ type metrics struct {
 	badRecords   prometheus.Counter
 	badSpans     prometheus.Counter
 	shedSpans    prometheus.Counter
+	futureTraces prometheus.Counter
 	logLines     *prometheus.CounterVec
 	spansWritten prometheus.Counter
 	writeErrors  prometheus.Counter
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 			Name: "threadline_indexer_shed_spans_total",
 			Help: "Spans dropped because their trace, held awaiting its sampling window, already had max-spans-per-trace spans.",
 		}),
+		futureTraces: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "threadline_indexer_future_dated_traces_total",
+			Help: "Traces whose root started after the trace reached Kafka (a client clock running fast): ranked for sampling as of their arrival.",
+		}),
 		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_log_lines_total",
 			Help: "Log lines by outcome: stored, or dropped_by_level (level policy for their trace's decision).",
@@ -66,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
+	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.futureTraces, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
 		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
 		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
 		gauge("threadline_indexer_read_ahead_limit_spans", "Spans the consumer may buffer before it waits for the decider: 1.25 × the decider's measured rate × the decision wait, within --max-buffered-spans.", func() float64 { return float64(ix.ahead.Limit()) }),

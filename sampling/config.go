@@ -23,21 +23,15 @@ type Config struct {
 	// at least twice the keys seen per window: the previous window's heaps stay
 	// live until the watermark closes it. Default 5000.
 	MaxKeys int
-	// MaxFuture bounds how far past the watermark a trace's start may place it:
-	// a trace dated further ahead (a client clock hours fast) is ranked in the
-	// window at watermark+MaxFuture instead, so it cannot be held — and block
-	// Kafka commits — until the watermark reaches its bogus start. Default 10m.
-	MaxFuture time.Duration
 }
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		TopN:      10,
-		Window:    time.Minute,
-		Baseline:  0,
-		MaxKeys:   5000,
-		MaxFuture: 10 * time.Minute,
+		TopN:     10,
+		Window:   time.Minute,
+		Baseline: 0,
+		MaxKeys:  5000,
 	}
 }
 
@@ -47,7 +41,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Window, "sampling-window", c.Window, "event-time window the top-N latency sampling ranks traces in")
 	fs.Float64Var(&c.Baseline, "sampling-baseline", c.Baseline, "fraction of traces kept by a deterministic hash of the trace ID, in [0,1]")
 	fs.IntVar(&c.MaxKeys, "sampling-max-keys", c.MaxKeys, "live top-N heaps (root service × root operation × window); past it the least recently active is shed")
-	fs.DurationVar(&c.MaxFuture, "sampling-max-future", c.MaxFuture, "traces dated further than this past the watermark are ranked as if dated at watermark plus this")
 }
 
 // Validate rejects settings that cannot work together.
@@ -63,9 +56,6 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxKeys < 1 {
 		return fmt.Errorf("sampling max keys must be at least 1, got %d", c.MaxKeys)
-	}
-	if c.MaxFuture < 0 {
-		return fmt.Errorf("sampling max future must not be negative, got %s", c.MaxFuture)
 	}
 	return nil
 }

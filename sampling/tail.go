@@ -86,9 +86,12 @@ func (d Decision) Keep() bool { return len(d.Reasons) > 0 }
 // the commit, and every later trace, exactly as the crashed one would have:
 // each open window's heap holds the top-N of that window so far, all of it at
 // or after O. Traces before O that were decided may be re-decided differently
-// (they are already written; writes are idempotent). The exceptions: a key
-// shed by MaxKeys before the crash, whose LRU history a replay cannot see, and
-// a trace moved by the MaxFuture clamp, which depends on the watermark at Offer.
+// (they are already written; writes are idempotent). The exception: a key
+// shed by MaxKeys before the crash, whose LRU history a replay cannot see.
+// Starts are ranked as given: a trace dated ahead of the watermark waits in
+// its heap until the watermark reaches its window. The indexer bounds starts
+// by when the trace reached Kafka (a client clock running fast), which
+// replays unchanged.
 type TailSampler struct {
 	cfg      Config
 	baseline *Baseline
@@ -387,8 +390,9 @@ func (s *TailSampler) Held() int { return len(s.held) }
 func (s *TailSampler) Keys() int { return s.nheaps }
 
 // Watermark returns the latest watermark passed to Advance (zero if none).
-// The indexer stores it with its Kafka commit and replays with
-// Advance(watermark) first, so traces late before a crash are late after it.
+// Stored with a Kafka commit and given to Advance first on replay, it keeps
+// traces late before a crash late after it. The indexer does not store it
+// yet: its replay derives event time again from the replayed traces.
 func (s *TailSampler) Watermark() time.Time { return s.watermark }
 
 func (s *TailSampler) closeWindows(idx []int64, out []Decision) []Decision {
@@ -528,17 +532,9 @@ func (s *TailSampler) updateGauges() {
 	s.m.keys.Set(float64(s.nheaps))
 }
 
-// windowOf returns the index of t's window, clamped to MaxFuture past the
-// watermark.
+// windowOf returns the index of t's window.
 func (s *TailSampler) windowOf(t time.Time) int64 {
-	w := int64(s.cfg.Window)
-	k := floorDiv(nanos(t), w)
-	if s.advanced {
-		if limit := floorDiv(nanos(s.watermark.Add(s.cfg.MaxFuture)), w); k > limit {
-			k = limit
-		}
-	}
-	return k
+	return floorDiv(nanos(t), int64(s.cfg.Window))
 }
 
 // sortedDesc returns the entries slowest first.

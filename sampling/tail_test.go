@@ -361,14 +361,15 @@ func TestLateAndFuture(t *testing.T) {
 	require.Empty(t, s.Offer(onTime))
 	require.Equal(t, 1, s.Held())
 
-	// A start ten hours ahead is ranked at watermark+MaxFuture, so the
-	// watermark reaching that (not ten hours) releases it.
+	// A start ten hours ahead is ranked in its own window, whatever the
+	// watermark was when it was offered, and so decided the same on a
+	// replay; the watermark reaching that window releases it.
 	future := TraceInfo{ID: idN(4), RootService: "a", RootOperation: "x", Start: t0.Add(10 * time.Hour), Duration: time.Second}
 	require.Empty(t, s.Offer(future))
 	require.Equal(t, 2, s.Held())
 	require.Equal(t, []Decision{{ID: idN(3), Reasons: []string{ReasonLatencyTopN}}}, s.Advance(t0.Add(2*time.Minute)))
-	require.Equal(t, []Decision{{ID: idN(4), Reasons: []string{ReasonLatencyTopN}}},
-		s.Advance(t0.Add(time.Minute+cfg.MaxFuture+cfg.Window)))
+	require.Empty(t, s.Advance(t0.Add(10*time.Hour)))
+	require.Equal(t, []Decision{{ID: idN(4), Reasons: []string{ReasonLatencyTopN}}}, s.Advance(t0.Add(10*time.Hour+cfg.Window)))
 	o := outcomes(t, reg)
 	require.Equal(t, 1.0, o[outcomeLate])
 	require.Equal(t, 1.0, o[outcomeKeptError])
@@ -486,8 +487,8 @@ func TestConfig(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	require.NoError(t, fs.Parse([]string{"-sampling-topn=5", "-sampling-window=30s", "-sampling-baseline=0.25", "-sampling-max-keys=7", "-sampling-max-future=1m"}))
-	require.Equal(t, Config{TopN: 5, Window: 30 * time.Second, Baseline: 0.25, MaxKeys: 7, MaxFuture: time.Minute}, cfg)
+	require.NoError(t, fs.Parse([]string{"-sampling-topn=5", "-sampling-window=30s", "-sampling-baseline=0.25", "-sampling-max-keys=7"}))
+	require.Equal(t, Config{TopN: 5, Window: 30 * time.Second, Baseline: 0.25, MaxKeys: 7}, cfg)
 
 	bad := []struct {
 		name string
@@ -498,7 +499,6 @@ func TestConfig(t *testing.T) {
 		{"zero window", func(c *Config) { c.Window = 0 }, "window"},
 		{"baseline above 1", func(c *Config) { c.Baseline = 1.5 }, "baseline"},
 		{"no keys", func(c *Config) { c.MaxKeys = 0 }, "max keys"},
-		{"negative future", func(c *Config) { c.MaxFuture = -time.Second }, "max future"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
