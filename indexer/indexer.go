@@ -730,11 +730,11 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	info := sampling.Info(&t)
 	// A root dated after its trace reached Kafka comes from a client whose
 	// clock runs fast. Ranked at that start, it would move event time ahead:
-	// every window closes early (later traces late, dropped) and its own
-	// waits in a heap until event time catches up, holding Kafka commits.
-	// So it is ranked, and moves event time, as of its arrival; the spans
-	// are stored as sent. Record timestamps replay unchanged, and so does
-	// this.
+	// every open window would close early (later traces late, dropped), and
+	// the trace itself would wait in a heap until event time caught up,
+	// holding Kafka commits. So it is ranked, and moves event time, as of
+	// its arrival; the spans are stored as sent. Record timestamps replay
+	// unchanged, and so does this.
 	if !ingested.IsZero() && info.Start.After(ingested) {
 		info.Start = ingested
 		ix.m.futureTraces.Inc()
