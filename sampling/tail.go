@@ -390,9 +390,12 @@ func (s *TailSampler) Held() int { return len(s.held) }
 func (s *TailSampler) Keys() int { return s.nheaps }
 
 // Watermark returns the latest watermark passed to Advance (zero if none).
-// Stored with a Kafka commit and given to Advance first on replay, it keeps
-// traces late before a crash late after it. The indexer does not store it
-// yet: its replay derives event time again from the replayed traces.
+// The indexer does not store it with its Kafka commits: given to Advance
+// first on a replay, it would make late a trace the crashed sampler kept
+// when its window closed but whose write was not yet durable at the commit,
+// and so lose it. Without it, a replay reopens the windows that closed after
+// the commit and ranks their replayed traces again: every trace kept before
+// is kept again, and a few more may be.
 func (s *TailSampler) Watermark() time.Time { return s.watermark }
 
 func (s *TailSampler) closeWindows(idx []int64, out []Decision) []Decision {
