@@ -144,3 +144,80 @@ func TestSamplingAndREDThroughPipeline(t *testing.T) {
 		}
 	}
 }
+
+// TestFutureDatedTraceThroughPipeline: a trace from a client whose clock runs
+// an hour fast, between two batches of one window, neither closes that window
+// nor waits for its own hour: it is ranked as of its records' Kafka timestamp
+// (set by the collector, kept by the broker). The window is left open (a
+// watermark slack of 5 minutes) and closed by the graceful shutdown's flush;
+// a second all-in-one on the same data dir serves what was stored.
+func TestFutureDatedTraceThroughPipeline(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Indexer.Sampling.Baseline = 0
+	cfg.Indexer.Sampling.TopN = 3
+	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
+	cfg.Indexer.Indexer.WatermarkSlack = 5 * time.Minute
+	a := startAllInOne(t, cfg)
+
+	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := collectortracepb.NewTraceServiceClient(conn)
+	base := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+	sent := 0
+	send := func(start time.Time, d time.Duration) string {
+		tid, sid := make([]byte, 16), make([]byte, 8)
+		_, _ = rand.Read(tid)
+		_, _ = rand.Read(sid)
+		_, err := client.Export(context.Background(), &collectortracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{{
+			Resource: resourceOf("kitchen", "host-k"),
+			ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{{TraceId: tid, SpanId: sid, Name: "cook", Kind: tracepb.Span_SPAN_KIND_SERVER,
+				StartTimeUnixNano: uint64(start.UnixNano()), EndTimeUnixNano: uint64(start.Add(d).UnixNano())}}}},
+		}}})
+		require.NoError(t, err)
+		sent++
+		return hexID(tid)
+	}
+	decided := func() { // every trace sent is offered, and the watermark advanced after
+		require.Eventually(t, func() bool {
+			n := scrape(t, a.query, "threadline_sampling_held_traces")
+			for _, o := range []string{"dropped", "dropped_evicted", "dropped_late", "kept_topn"} {
+				n += scrape(t, a.query, `threadline_sampling_decisions_total{outcome="`+o+`"}`)
+			}
+			return n == float64(sent)
+		}, 30*time.Second, 50*time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
+	}
+	var ids []string
+	batch := func(slowest time.Duration) {
+		for i := range 5 {
+			ids = append(ids, send(base.Add(time.Duration(len(ids))*time.Second), slowest-time.Duration(i)*slowest/10))
+		}
+		decided()
+	}
+	batch(50 * time.Millisecond)
+	future := send(time.Now().Add(time.Hour), time.Millisecond)
+	decided()
+	batch(500 * time.Millisecond) // slower: the window's top 3 are the first three of these
+	require.Equal(t, 1.0, scrape(t, a.query, "threadline_indexer_future_dated_traces_total"))
+	require.Zero(t, scrape(t, a.query, `threadline_sampling_decisions_total{outcome="dropped_late"}`))
+	a.stop() // the flush keeps what the heaps hold
+
+	b := startAllInOne(t, testConfig(dir))
+	var res struct {
+		Traces []struct {
+			TraceID     string   `json:"traceID"`
+			KeptReasons []string `json:"keptReasons"`
+		} `json:"traces"`
+	}
+	q := url.Values{"start": {fmt.Sprint(base.Add(-time.Minute).Unix())}, "end": {fmt.Sprint(time.Now().Add(2 * time.Hour).Unix())}, "limit": {"100"}}
+	require.Equal(t, 200, getJSON(t, b.query+"/api/v1/search?"+q.Encode(), &res))
+	got := map[string][]string{}
+	for _, tr := range res.Traces {
+		got[tr.TraceID] = tr.KeptReasons
+	}
+	topn := []string{"latency_topn"}
+	require.Equal(t, map[string][]string{ids[5]: topn, ids[6]: topn, ids[7]: topn, future: topn}, got,
+		"the window's three slowest, and the future-dated trace alone in the window of its arrival")
+}
