@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +27,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/threadline/threadline/internal/freeport"
 
 	"github.com/threadline/threadline/bus"
 )
@@ -64,10 +64,9 @@ var buildBinaries = sync.OnceValues(func() (string, error) {
 })
 
 func freePort(b *testing.B) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	require.NoError(b, err)
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // procCPU is the process's user+system CPU time so far.
