@@ -27,9 +27,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/threadline/threadline/internal/freeport"
 
 	"github.com/threadline/threadline/bus"
+	"github.com/threadline/threadline/internal/freeport"
 )
 
 // The span shape of every run: 512 spans per request, 5 spans per trace,

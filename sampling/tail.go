@@ -80,14 +80,15 @@ func (d Decision) Keep() bool { return len(d.Reasons) > 0 }
 //     MaxKeys junk keys of a window lock every real key out of it.)
 //
 // Kafka offsets and replay: a held trace has no decision yet, so the indexer
-// must not commit its records. If the indexer commits offset O (below every
-// held trace) together with [TailSampler.Watermark], then a new sampler given
-// Advance(watermark) and the same calls from O on decides every trace held at
-// the commit, and every later trace, exactly as the crashed one would have:
-// each open window's heap holds the top-N of that window so far, all of it at
-// or after O. Traces before O that were decided may be re-decided differently
-// (they are already written; writes are idempotent). The exception: a key
-// shed by MaxKeys before the crash, whose LRU history a replay cannot see.
+// must not commit its records. A new sampler given the same calls from a
+// commit at offset O (below every held trace) on rebuilds each window's heap
+// as the crashed one had it, the top-N of that window so far, all of it at
+// or after O; so it decides every trace held at the commit, and every later
+// trace, as the crashed one would have. The exceptions: a key shed by MaxKeys
+// before the crash, whose LRU history a replay cannot see, and a window that
+// closed after the commit, which the replay opens and ranks again (see
+// Watermark). Traces before O that were decided may be re-decided
+// differently (they are already written; writes are idempotent).
 // Starts are ranked as given: a trace dated ahead of the watermark waits in
 // its heap until the watermark reaches its window. The indexer bounds starts
 // by when the trace reached Kafka (a client clock running fast), which
@@ -393,9 +394,9 @@ func (s *TailSampler) Keys() int { return s.nheaps }
 // The indexer does not store it with its Kafka commits: given to Advance
 // first on a replay, it would make late a trace the crashed sampler kept
 // when its window closed but whose write was not yet durable at the commit,
-// and so lose it. Without it, a replay reopens the windows that closed after
-// the commit and ranks their replayed traces again: every trace kept before
-// is kept again, and a few more may be.
+// and so lose it. Without it, a replay opens the windows that closed after
+// the commit again and ranks their replayed traces again, which may keep a
+// few traces the first run did not.
 func (s *TailSampler) Watermark() time.Time { return s.watermark }
 
 func (s *TailSampler) closeWindows(idx []int64, out []Decision) []Decision {

@@ -445,8 +445,9 @@ func TestCrashReplay(t *testing.T) {
 			commit, savedWM := 0, time.Time{}
 			for i, tr := range order {
 				if i == crash {
-					// The indexer's commit: below the oldest held trace,
-					// saved with the sampler's watermark.
+					// A commit below the oldest held trace, saved with the
+					// sampler's watermark (which the indexer does not
+					// store: see Watermark).
 					commit = i
 					for id, at := range offeredAt {
 						if _, decided := c.got[id]; !decided {
