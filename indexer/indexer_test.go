@@ -287,6 +287,68 @@ func TestFutureDatedTrace(t *testing.T) {
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.futureTraces))
 }
 
+// TestRankingIndependentOfDecidePasses: the window a trace is ranked in
+// depends on its start alone, not on the watermark when it is offered. Here
+// the first decide pass offers four traces dated in the first second of a
+// minute and the watermark advances (to 10m1s before them, with a slack of
+// 10m) before the other 116 are offered. Ranking used to be clamped to 10
+// minutes past that watermark, which put the 56 next traces in the previous
+// minute's window: twelve kept instead of six, as TestKill9DuringWindow-
+// SameDecisions saw now and then after a replay split at a tick.
+func TestRankingIndependentOfDecidePasses(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 3
+	cfg := testConfig()
+	cfg.DecisionMaxWait = time.Second
+	cfg.WatermarkSlack = 10 * time.Minute
+	cfg.IdleAdvance = 10 * time.Second
+	h := newHarness(t, cfg, scfg)
+	settle := func() {
+		require.Eventually(t, func() bool {
+			h.ix.mu.Lock()
+			defer h.ix.mu.Unlock()
+			return len(h.ix.traces) == 0
+		}, 10*time.Second, 5*time.Millisecond)
+		time.Sleep(5 * tickFor(cfg.DecisionWait))
+	}
+	base := time.Now().Add(-20 * time.Minute).Truncate(time.Minute)
+	var specs []traceSpec
+	feed := func(from, to int) {
+		for i := from; i < to; i++ {
+			s := traceSpec{id: traceID(i), service: "kitchen", op: fmt.Sprintf("cook %d", i%2),
+				start: base.Add(time.Duration(i) * 100 * time.Millisecond), duration: time.Duration(5+(i*37)%97) * time.Millisecond}
+			specs = append(specs, s)
+			h.feed(s.build())
+		}
+		settle()
+	}
+	feed(0, 4) // starts before base+1s; the watermark advances after them
+	feed(4, 120)
+	h.stop()
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	byOp := map[string][]traceSpec{}
+	for _, s := range specs {
+		byOp[s.op] = append(byOp[s.op], s)
+	}
+	want, got := map[span.TraceID]bool{}, map[span.TraceID]bool{}
+	for _, g := range byOp {
+		sort.Slice(g, func(i, j int) bool { return g[i].duration > g[j].duration })
+		for _, s := range g[:3] {
+			want[s.id] = true
+		}
+	}
+	for _, s := range specs {
+		_, found, err := store.Trace(context.Background(), s.id)
+		require.NoError(t, err)
+		if found {
+			got[s.id] = true
+		}
+	}
+	require.Equal(t, want, got, "the top 3 of each of the two operations, and nothing else")
+}
+
 // TestBoundsAndHugeTrace: a 100k-span trace and a flood of high-cardinality
 // operation names stay within the configured bounds; every error is kept.
 func TestBoundsAndHugeTrace(t *testing.T) {
