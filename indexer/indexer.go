@@ -160,10 +160,10 @@ type Indexer struct {
 	decisions *decisionCache
 	ahead     *readAhead // how many spans the consumer may buffer
 
-	// Event-time watermark for the decider: the newest root start offered,
+	// Event-time watermark for the decider: the newest root end offered,
 	// less the time a trace of that age may still be assembling. Only the
 	// decide goroutine touches these.
-	maxStart  time.Time
+	maxEnd    time.Time
 	lastOffer time.Time
 
 	writes    []chan writeJob // one per write worker; a trace always goes to the same one
@@ -728,22 +728,22 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	h.skew = skew
 	ix.mu.Unlock()
 	info := sampling.Info(&t)
-	// A root dated after its trace reached Kafka comes from a client whose
-	// clock runs fast. Ranked at that start, it would move event time ahead:
-	// every open window would close early (later traces late, dropped), and
-	// the trace itself would wait in a heap until event time caught up,
-	// holding Kafka commits. So it is ranked, and moves event time, as of
-	// its arrival; the spans are stored as sent. Record timestamps replay
-	// unchanged, and so does this.
-	if !ingested.IsZero() && info.Start.After(ingested) {
-		info.Start = ingested
+	// A root that ended after its trace reached Kafka comes from a client
+	// whose clock runs fast. Ranked at that end, it would move event time
+	// ahead: every open window would close early (later traces late,
+	// dropped), and the trace itself would wait in a heap until event time
+	// caught up, holding Kafka commits. So it is ranked, and moves event
+	// time, as of its arrival; the spans are stored as sent. Record
+	// timestamps replay unchanged, and so does this.
+	if !ingested.IsZero() && info.End.After(ingested) {
+		info.End = ingested
 		ix.m.futureTraces.Inc()
 	}
 	// The decider may keep the root's names (a top-N heap's key) for longer
 	// than the spans' leases last.
 	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
-	if info.Start.After(ix.maxStart) {
-		ix.maxStart = info.Start
+	if info.End.After(ix.maxEnd) {
+		ix.maxEnd = info.End
 	}
 	ix.lastOffer = time.Now()
 	info.Pinned = ix.takePins(id, info.Pinned)
@@ -779,16 +779,16 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 }
 
 // advance moves the decider's watermark. It follows event time — the newest
-// root start seen, less how long a trace may still be assembling — so a replay
+// root end seen, less how long a trace may still be assembling — so a replay
 // closes windows exactly where the first run did. When no trace has arrived for
 // a while (traffic stopped), wall time moves it instead, or the last window's
 // top-N traces would wait for the next request to be written.
 func (ix *Indexer) advance(now time.Time) {
-	if ix.maxStart.IsZero() {
+	if ix.maxEnd.IsZero() {
 		return // nothing offered yet
 	}
 	lag := ix.cfg.DecisionMaxWait + ix.cfg.WatermarkSlack
-	wm := ix.maxStart.Add(-lag)
+	wm := ix.maxEnd.Add(-lag)
 	ix.mu.Lock()
 	assembling := len(ix.traces)
 	ix.mu.Unlock()

@@ -349,6 +349,51 @@ func TestRankingIndependentOfDecidePasses(t *testing.T) {
 	require.Equal(t, want, got, "the top 3 of each of the two operations, and nothing else")
 }
 
+// TestLongTraceRankedByItsEnd: a trace that ran for three minutes reaches
+// the indexer long after the window of its start has closed (the watermark
+// lags event time by decision-max-wait + slack, 70 s by default). Ranked by
+// its start it was late and dropped: the slowest trace of all, never kept.
+// Ranked by its end, it competes in the window it ended in.
+func TestLongTraceRankedByItsEnd(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 3
+	cfg := testConfig()
+	cfg.DecisionMaxWait = 60 * time.Second
+	cfg.WatermarkSlack = 10 * time.Second
+	cfg.IdleAdvance = time.Minute // windows close by event time alone
+	h := newHarness(t, cfg, scfg)
+	settle := func() {
+		require.Eventually(t, func() bool {
+			h.ix.mu.Lock()
+			defer h.ix.mu.Unlock()
+			return len(h.ix.traces) == 0
+		}, 10*time.Second, 5*time.Millisecond)
+		time.Sleep(5 * tickFor(cfg.DecisionWait))
+	}
+	now := time.Now()
+	w := now.Add(-3 * time.Minute).Truncate(time.Minute)
+	for i := range 5 {
+		h.feed(traceSpec{id: traceID(i), service: "bank", op: "pay", start: w.Add(time.Duration(i+1) * time.Second), duration: 20 * time.Millisecond}.build())
+	}
+	settle()
+	for i := range 5 { // event time moves on: the window of the first five closes
+		h.feed(traceSpec{id: traceID(10 + i), service: "bank", op: "pay", start: now.Add(-2 * time.Second), duration: 20 * time.Millisecond}.build())
+	}
+	settle()
+	long := traceSpec{id: traceID(99), service: "bank", op: "pay", start: w.Add(10 * time.Second), duration: now.Add(-time.Second).Sub(w.Add(10 * time.Second))}
+	h.feed(long.build())
+	settle()
+	h.stop()
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	got, found, err := store.Trace(context.Background(), long.id)
+	require.NoError(t, err)
+	require.True(t, found, "the slowest trace (%s) of its window", long.duration)
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	require.Zero(t, counterValue(t, h.ix.m.futureTraces))
+}
+
 // TestBoundsAndHugeTrace: a 100k-span trace and a flood of high-cardinality
 // operation names stay within the configured bounds; every error is kept.
 func TestBoundsAndHugeTrace(t *testing.T) {

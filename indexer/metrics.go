@@ -48,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 		}),
 		futureTraces: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_indexer_future_dated_traces_total",
-			Help: "Traces whose root started after the trace reached Kafka (a client clock running fast): ranked for sampling as of their arrival.",
+			Help: "Traces whose root ended after the trace reached Kafka (a client clock running fast): ranked for sampling as of their arrival.",
 		}),
 		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_log_lines_total",

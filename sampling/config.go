@@ -13,7 +13,8 @@ type Config struct {
 	// per window are kept as latency_topn. 0 disables latency sampling. Default 10.
 	TopN int
 	// Window is the event-time window the top-N is computed over; windows are
-	// aligned to the Unix epoch: [k·Window, (k+1)·Window). Default 1m.
+	// aligned to the Unix epoch: [k·Window, (k+1)·Window), and a trace is in
+	// the window its root ended in (TraceInfo.End). Default 1m.
 	Window time.Duration
 	// Baseline is the fraction of traces kept regardless of content, chosen by
 	// trace ID, in [0,1]. Default 0.
@@ -38,7 +39,7 @@ func DefaultConfig() Config {
 // RegisterFlags registers the sampling flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.TopN, "sampling-topn", c.TopN, "keep the N slowest traces per (root service, root operation) per window; 0 disables")
-	fs.DurationVar(&c.Window, "sampling-window", c.Window, "event-time window the top-N latency sampling ranks traces in")
+	fs.DurationVar(&c.Window, "sampling-window", c.Window, "event-time window the top-N latency sampling ranks traces in, by when their root ended")
 	fs.Float64Var(&c.Baseline, "sampling-baseline", c.Baseline, "fraction of traces kept by a deterministic hash of the trace ID, in [0,1]")
 	fs.IntVar(&c.MaxKeys, "sampling-max-keys", c.MaxKeys, "live top-N heaps (root service × root operation × window); past it the least recently active is shed")
 }

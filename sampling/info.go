@@ -19,9 +19,9 @@ const exceptionEvent = "exception"
 // The root is a span with no parent or whose parent is not in the trace (a
 // parent still in flight, or dropped upstream); of several, the earliest start
 // wins, then the smaller span ID, so the choice never depends on arrival
-// order. Duration is the root's; when there is no root (a parent cycle) or the
-// root ends before it starts, it is the trace's extent, first start to last
-// end, and Start is the first start.
+// order. Duration and End are the root's; when there is no root (a parent
+// cycle) or the root ends before it starts, Duration is the trace's extent,
+// first start to last end, and End the last end.
 func Info(t *span.Trace) TraceInfo {
 	info := TraceInfo{ID: t.ID}
 	ids := make(map[string]struct{}, len(t.Spans))
@@ -55,7 +55,7 @@ func Info(t *span.Trace) TraceInfo {
 	if root != nil {
 		info.RootService, info.RootOperation = root.ServiceName(), root.GetName()
 		if start, end := root.GetStartTimeUnixNano(), root.GetEndTimeUnixNano(); end >= start {
-			info.Start = unixNano(start)
+			info.End = unixNano(end)
 			info.Duration = time.Duration(end - start)
 			return info
 		}
@@ -71,7 +71,7 @@ func Info(t *span.Trace) TraceInfo {
 		}
 		info.RootService, info.RootOperation = e.ServiceName(), e.GetName()
 	}
-	info.Start = unixNano(first)
+	info.End = unixNano(max(first, last))
 	if last > first {
 		info.Duration = time.Duration(last - first)
 	}

@@ -58,7 +58,7 @@ func TestInfo(t *testing.T) {
 				sp(2, 1, "db", "SELECT", 10, 20),
 				sp(1, 0, "web", "GET /", 0, 100),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0, Duration: ms(100)},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(100)), Duration: ms(100)},
 		},
 		{
 			name: "parent missing from the trace makes a root",
@@ -66,7 +66,7 @@ func TestInfo(t *testing.T) {
 				sp(3, 9, "api", "handle", 5, 50),
 				sp(4, 3, "db", "SELECT", 10, 60),
 			},
-			want: TraceInfo{RootService: "api", RootOperation: "handle", Start: t0.Add(ms(5)), Duration: ms(45)},
+			want: TraceInfo{RootService: "api", RootOperation: "handle", End: t0.Add(ms(5)).Add(ms(45)), Duration: ms(45)},
 		},
 		{
 			name: "several roots: the earliest",
@@ -75,7 +75,7 @@ func TestInfo(t *testing.T) {
 				sp(2, 0, "early", "a", 10, 15),
 				sp(3, 8, "orphan", "c", 20, 90),
 			},
-			want: TraceInfo{RootService: "early", RootOperation: "a", Start: t0.Add(ms(10)), Duration: ms(5)},
+			want: TraceInfo{RootService: "early", RootOperation: "a", End: t0.Add(ms(10)).Add(ms(5)), Duration: ms(5)},
 		},
 		{
 			name: "several roots at one instant: the smaller span ID",
@@ -83,7 +83,7 @@ func TestInfo(t *testing.T) {
 				sp(7, 0, "seven", "x", 10, 20),
 				sp(5, 0, "five", "y", 10, 30),
 			},
-			want: TraceInfo{RootService: "five", RootOperation: "y", Start: t0.Add(ms(10)), Duration: ms(20)},
+			want: TraceInfo{RootService: "five", RootOperation: "y", End: t0.Add(ms(10)).Add(ms(20)), Duration: ms(20)},
 		},
 		{
 			name: "all-zero parent ID is no parent",
@@ -91,7 +91,7 @@ func TestInfo(t *testing.T) {
 				sp(1, 0, "web", "GET /", 0, 10, func(s *tracepb.Span) { s.ParentSpanId = make([]byte, 8) }),
 				sp(2, 1, "db", "q", 1, 2),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0, Duration: ms(10)},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(10)), Duration: ms(10)},
 		},
 		{
 			name: "exception event is an error",
@@ -99,7 +99,7 @@ func TestInfo(t *testing.T) {
 				sp(1, 0, "web", "GET /", 0, 10),
 				sp(2, 1, "db", "q", 1, 2, withEvent("log"), withEvent("exception")),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0, Duration: ms(10), Error: true},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(10)), Duration: ms(10), Error: true},
 		},
 		{
 			name: "status ERROR on a child is an error",
@@ -107,14 +107,14 @@ func TestInfo(t *testing.T) {
 				sp(1, 0, "web", "GET /", 0, 10, withStatus(tracepb.Status_STATUS_CODE_OK)),
 				sp(2, 1, "db", "q", 1, 2, withStatus(tracepb.Status_STATUS_CODE_ERROR)),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0, Duration: ms(10), Error: true},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(10)), Duration: ms(10), Error: true},
 		},
 		{
 			name: "status UNSET and other events are not errors",
 			spans: []span.Span{
 				sp(1, 0, "web", "GET /", 0, 10, withStatus(tracepb.Status_STATUS_CODE_UNSET), withEvent("retry")),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0, Duration: ms(10)},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(10)), Duration: ms(10)},
 		},
 		{
 			name: "parent cycle: no root, extent and earliest span",
@@ -122,7 +122,7 @@ func TestInfo(t *testing.T) {
 				sp(1, 2, "a", "one", 10, 20),
 				sp(2, 1, "b", "two", 5, 40),
 			},
-			want: TraceInfo{RootService: "b", RootOperation: "two", Start: t0.Add(ms(5)), Duration: ms(35)},
+			want: TraceInfo{RootService: "b", RootOperation: "two", End: t0.Add(ms(5)).Add(ms(35)), Duration: ms(35)},
 		},
 		{
 			name: "root ending before it starts: the extent",
@@ -130,11 +130,11 @@ func TestInfo(t *testing.T) {
 				sp(1, 0, "web", "GET /", 50, 10),
 				sp(2, 1, "db", "q", 20, 80),
 			},
-			want: TraceInfo{RootService: "web", RootOperation: "GET /", Start: t0.Add(ms(20)), Duration: ms(60)},
+			want: TraceInfo{RootService: "web", RootOperation: "GET /", End: t0.Add(ms(20)).Add(ms(60)), Duration: ms(60)},
 		},
 		{
 			name: "empty trace",
-			want: TraceInfo{Start: time.Unix(0, 0)},
+			want: TraceInfo{End: time.Unix(0, 0)},
 		},
 	}
 	for _, tc := range cases {
@@ -142,8 +142,8 @@ func TestInfo(t *testing.T) {
 			id := idN(42)
 			got := Info(&span.Trace{ID: id, Spans: tc.spans})
 			tc.want.ID = id
-			require.True(t, tc.want.Start.Equal(got.Start), "start %s, want %s", got.Start, tc.want.Start)
-			got.Start = tc.want.Start
+			require.True(t, tc.want.End.Equal(got.End), "end %s, want %s", got.End, tc.want.End)
+			got.End = tc.want.End
 			require.Equal(t, tc.want, got)
 		})
 	}

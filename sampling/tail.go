@@ -19,8 +19,13 @@ type TraceInfo struct {
 	// RootService and RootOperation name the root span (no parent, or a parent
 	// missing from the trace; the earliest if several): they form the top-N key.
 	RootService, RootOperation string
-	// Start is the root's start in event time; it picks the trace's window.
-	Start time.Time
+	// End is when the root ended, in event time (the trace's last end when
+	// there is no usable root); it picks the trace's window. A trace can be
+	// decided only once it has ended, so ranked by its start, one that ran
+	// for longer than the watermark lags (decision-max-wait + slack) arrived
+	// after its window had closed and was late: the slowest traces of all
+	// were the ones never kept.
+	End time.Time
 	// Duration is the root's duration (the whole trace's extent when there is
 	// no usable root); the top-N ranks by it.
 	Duration time.Duration
@@ -89,8 +94,8 @@ func (d Decision) Keep() bool { return len(d.Reasons) > 0 }
 // closed after the commit, which the replay opens and ranks again (see
 // Watermark). Traces before O that were decided may be re-decided
 // differently (they are already written; writes are idempotent).
-// Starts are ranked as given: a trace dated ahead of the watermark waits in
-// its heap until the watermark reaches its window. The indexer bounds starts
+// Ends are ranked as given: a trace dated ahead of the watermark waits in
+// its heap until the watermark reaches its window. The indexer bounds ends
 // by when the trace reached Kafka (a client clock running fast), which
 // replays unchanged.
 type TailSampler struct {
@@ -266,7 +271,7 @@ func (s *TailSampler) Offer(t TraceInfo) []Decision {
 		s.m.dropped.Inc()
 		return []Decision{{ID: t.ID}}
 	}
-	k := s.windowOf(t.Start)
+	k := s.windowOf(t.End)
 	if k < s.closed {
 		s.m.late.Inc()
 		return []Decision{{ID: t.ID}}

@@ -41,11 +41,11 @@ func BenchmarkOffer(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				tr := traces[i%n]
-				tr.Start = start.Add(time.Duration(i) * step)
+				tr.End = start.Add(time.Duration(i) * step)
 				binary.BigEndian.PutUint64(tr.ID[:8], uint64(i)) // unique IDs
 				s.Offer(tr)
 				if i%1024 == 0 {
-					s.Advance(tr.Start.Add(-30 * time.Second))
+					s.Advance(tr.End.Add(-30 * time.Second))
 				}
 			}
 			s.Flush()

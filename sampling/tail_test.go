@@ -74,7 +74,7 @@ func (w workload) traces() []TraceInfo {
 					ID:            randID(r),
 					RootService:   fmt.Sprintf("svc-%d", k%7),
 					RootOperation: fmt.Sprintf("op-%d", k),
-					Start:         t0.Add(time.Duration(win)*time.Minute + time.Duration(r.Int64N(int64(time.Minute)))),
+					End:           t0.Add(time.Duration(win)*time.Minute + time.Duration(r.Int64N(int64(time.Minute)))),
 					Error:         r.Float64() < w.errRate,
 				}
 				if w.tieDurations {
@@ -112,7 +112,7 @@ func expected(traces []TraceInfo, cfg Config) map[span.TraceID][]string {
 		}
 		want[t.ID] = reasons
 		if len(reasons) == 0 {
-			k := gk{opKey{t.RootService, t.RootOperation}, floorDiv(nanos(t.Start), int64(cfg.Window))}
+			k := gk{opKey{t.RootService, t.RootOperation}, floorDiv(nanos(t.End), int64(cfg.Window))}
 			groups[k] = append(groups[k], t)
 		}
 	}
@@ -168,7 +168,7 @@ func arrivalOrder(traces []TraceInfo, window time.Duration, seed uint64) ([]Trac
 	}
 	as := make([]arr, len(traces))
 	for i, t := range traces {
-		as[i] = arr{t, t.Start.Add(time.Duration(r.Int64N(int64(window / 2))))}
+		as[i] = arr{t, t.End.Add(time.Duration(r.Int64N(int64(window / 2))))}
 	}
 	slices.SortStableFunc(as, func(a, b arr) int { return a.at.Compare(b.at) })
 	out := make([]TraceInfo, len(as))
@@ -295,7 +295,7 @@ func TestHighCardinalityBounded(t *testing.T) {
 			ID:            randID(r),
 			RootService:   "api",
 			RootOperation: fmt.Sprintf("GET /users/%d", i), // an ID in the operation name
-			Start:         t0.Add(time.Duration(i) * 30 * time.Millisecond),
+			End:           t0.Add(time.Duration(i) * 30 * time.Millisecond),
 			Duration:      time.Duration(1 + r.IntN(1000)),
 			Error:         r.IntN(10) == 0,
 		}
@@ -349,7 +349,7 @@ func TestLateAndFuture(t *testing.T) {
 	require.Empty(t, s.Advance(t0), "watermark never goes back")
 	require.Equal(t, t0.Add(time.Minute), s.Watermark())
 
-	late := TraceInfo{ID: idN(1), RootService: "a", RootOperation: "x", Start: t0.Add(59 * time.Second), Duration: time.Hour}
+	late := TraceInfo{ID: idN(1), RootService: "a", RootOperation: "x", End: t0.Add(59 * time.Second), Duration: time.Hour}
 	require.Equal(t, []Decision{{ID: idN(1)}}, s.Offer(late))
 	lateErr := late
 	lateErr.ID, lateErr.Error = idN(2), true
@@ -357,14 +357,14 @@ func TestLateAndFuture(t *testing.T) {
 	require.Equal(t, 0, s.Held())
 
 	// Exactly at the watermark is the next window: open.
-	onTime := TraceInfo{ID: idN(3), RootService: "a", RootOperation: "x", Start: t0.Add(time.Minute), Duration: time.Second}
+	onTime := TraceInfo{ID: idN(3), RootService: "a", RootOperation: "x", End: t0.Add(time.Minute), Duration: time.Second}
 	require.Empty(t, s.Offer(onTime))
 	require.Equal(t, 1, s.Held())
 
 	// A start ten hours ahead is ranked in its own window, whatever the
 	// watermark was when it was offered, and so decided the same on a
 	// replay; the watermark reaching that window releases it.
-	future := TraceInfo{ID: idN(4), RootService: "a", RootOperation: "x", Start: t0.Add(10 * time.Hour), Duration: time.Second}
+	future := TraceInfo{ID: idN(4), RootService: "a", RootOperation: "x", End: t0.Add(10 * time.Hour), Duration: time.Second}
 	require.Empty(t, s.Offer(future))
 	require.Equal(t, 2, s.Held())
 	require.Equal(t, []Decision{{ID: idN(3), Reasons: []string{ReasonLatencyTopN}}}, s.Advance(t0.Add(2*time.Minute)))
@@ -381,7 +381,7 @@ func TestHeapEvictionAndDuplicates(t *testing.T) {
 	cfg.TopN = 2
 	s, reg := newSampler(t, cfg)
 	tr := func(n int, d time.Duration) TraceInfo {
-		return TraceInfo{ID: idN(n), RootService: "a", RootOperation: "x", Start: t0, Duration: d}
+		return TraceInfo{ID: idN(n), RootService: "a", RootOperation: "x", End: t0, Duration: d}
 	}
 	require.Empty(t, s.Offer(tr(1, 5)))
 	require.Empty(t, s.Offer(tr(2, 7)))
@@ -413,11 +413,11 @@ func TestReasonsCombine(t *testing.T) {
 		require.Equal(t, []Decision{{ID: tr.ID, Reasons: want}}, s.Offer(tr))
 		require.Equal(t, 0, s.Held(), "kept at once, never held")
 	}
-	f(TraceInfo{ID: idN(1), Start: t0}, []string{ReasonBaseline})
-	f(TraceInfo{ID: idN(2), Start: t0, Error: true}, []string{ReasonError, ReasonBaseline})
-	f(TraceInfo{ID: idN(3), Start: t0, Error: true, Pinned: []string{ReasonExemplar, ReasonAlert, ReasonExemplar, ""}},
+	f(TraceInfo{ID: idN(1), End: t0}, []string{ReasonBaseline})
+	f(TraceInfo{ID: idN(2), End: t0, Error: true}, []string{ReasonError, ReasonBaseline})
+	f(TraceInfo{ID: idN(3), End: t0, Error: true, Pinned: []string{ReasonExemplar, ReasonAlert, ReasonExemplar, ""}},
 		[]string{ReasonError, ReasonExemplar, ReasonAlert, ReasonBaseline})
-	f(TraceInfo{ID: idN(4), Start: t0, Pinned: []string{ReasonBaseline}}, []string{ReasonBaseline})
+	f(TraceInfo{ID: idN(4), End: t0, Pinned: []string{ReasonBaseline}}, []string{ReasonBaseline})
 	o := outcomes(t, reg)
 	require.Equal(t, 4.0, o[outcomeKeptBaseline])
 	require.Equal(t, 2.0, o[outcomeKeptError])
@@ -425,7 +425,7 @@ func TestReasonsCombine(t *testing.T) {
 
 	cfg.Baseline = 0
 	s, _ = newSampler(t, cfg)
-	require.Equal(t, []Decision{{ID: idN(5), Reasons: []string{ReasonAlert}}}, s.Offer(TraceInfo{ID: idN(5), Start: t0, Pinned: []string{ReasonAlert}}))
+	require.Equal(t, []Decision{{ID: idN(5), Reasons: []string{ReasonAlert}}}, s.Offer(TraceInfo{ID: idN(5), End: t0, Pinned: []string{ReasonAlert}}))
 }
 
 // TestCrashReplay commits below the oldest held trace, "crashes", and replays
@@ -535,7 +535,7 @@ func TestPinHeld(t *testing.T) {
 	cfg.TopN = 2
 	s, reg := newSampler(t, cfg)
 	tr := func(n int, d time.Duration) TraceInfo {
-		return TraceInfo{ID: idN(n), RootService: "a", RootOperation: "x", Start: t0, Duration: d}
+		return TraceInfo{ID: idN(n), RootService: "a", RootOperation: "x", End: t0, Duration: d}
 	}
 	require.Empty(t, s.Offer(tr(1, 5)))
 	require.Empty(t, s.Offer(tr(2, 7)))
