@@ -61,7 +61,9 @@ type Config struct {
 	// ExemplarLookback is how long the spans-topic offsets of a dropped
 	// trace are remembered, so an alerting metric's exemplar that names it
 	// later (SDKs export metrics every 10–60 s) can still keep it: the
-	// trace is fetched from Kafka again. 0 disables the refetch. Default 10m.
+	// trace is fetched from Kafka again. Without alert rules only traces
+	// dropped before their root arrived are remembered, for when it does
+	// (see Indexer.rescue). 0 disables the refetch. Default 10m.
 	ExemplarLookback time.Duration
 	// ExemplarLookbackMaxTraces caps the dropped traces remembered (about
 	// 130 bytes each); the oldest go first, counted. Default 262144.
@@ -114,7 +116,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBufferedSpans, "max-buffered-spans", c.MaxBufferedSpans, "spans buffered across all traces; past it the oldest traces are decided early")
 	fs.IntVar(&c.WriteWorkers, "write-workers", c.WriteWorkers, "store batches written at once (prepared in parallel, committed one at a time)")
 	fs.IntVar(&c.DecisionCacheSize, "decision-cache-size", c.DecisionCacheSize, "decisions remembered for late spans")
-	fs.DurationVar(&c.ExemplarLookback, "exemplar-lookback", c.ExemplarLookback, "how long a dropped trace can still be kept (fetched again from Kafka) when an alerting metric's exemplar names it; 0 disables")
+	fs.DurationVar(&c.ExemplarLookback, "exemplar-lookback", c.ExemplarLookback, "how long a dropped trace can still be kept (fetched again from Kafka) when an alerting metric's exemplar names it, or its root arrives late; 0 disables")
 	fs.IntVar(&c.ExemplarLookbackMaxTraces, "exemplar-lookback-max-traces", c.ExemplarLookbackMaxTraces, "dropped traces remembered for exemplar refetch (about 130 bytes each); the oldest are forgotten first")
 	fs.DurationVar(&c.ExemplarPinTTL, "exemplar-pin-ttl", c.ExemplarPinTTL, "how long an exemplar pin waits for the spans of its trace when it arrives first")
 	fs.IntVar(&c.ExemplarMaxPins, "exemplar-max-pins", c.ExemplarMaxPins, "exemplar pins waiting for their trace; past it the oldest are shed")

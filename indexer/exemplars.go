@@ -121,12 +121,15 @@ type droppedRef struct {
 }
 
 // exemplarJob is work for the exemplar worker: refetch a dropped trace, or
-// add the reason to a kept one. ticket is released when it is done.
+// add the reason to a kept one; or, for a rescued trace (reasons set), write
+// the spans it had before its root arrived. ticket is released when it is
+// done.
 type exemplarJob struct {
 	id        span.TraceID
 	refetch   bool
 	partition int32
 	offsets   []int64
+	reasons   []string // a rescued trace's; nil for an exemplar's job
 	ticket    *bus.Ticket
 	queued    time.Time
 }
@@ -375,9 +378,10 @@ func (ix *Indexer) applyPins(now time.Time) {
 }
 
 // rememberDropped notes where a dropped trace's span records are, for a
-// refetch if an exemplar names it within the lookback.
-func (ix *Indexer) rememberDropped(id span.TraceID, tickets []*bus.Ticket) {
-	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil || ix.ex.alerting == nil {
+// refetch if an exemplar names it within the lookback, or if its root
+// arrives later (rescue): orphan says it was dropped without its root.
+func (ix *Indexer) rememberDropped(id span.TraceID, tickets []*bus.Ticket, orphan bool) {
+	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil || (ix.ex.alerting == nil && !orphan) {
 		return // without alerting metrics no exemplar can ask for it
 	}
 	ex := ix.ex
@@ -461,6 +465,15 @@ func (ix *Indexer) exemplarJob(j exemplarJob) {
 	defer j.ticket.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), refetchTimeout)
 	defer cancel()
+	if j.reasons != nil {
+		if err := ix.refetch(ctx, j.id, j.partition, j.offsets, j.reasons); err != nil {
+			ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed).Inc()
+			ix.log.Warn("could not fetch again the spans a trace had before its root arrived; it is kept without them", "trace_id", j.id.String(), "err", err)
+			return
+		}
+		ix.m.lateRoots.WithLabelValues(lateRootRefetched).Inc()
+		return
+	}
 	reasons := []string{sampling.ReasonExemplar}
 	if !j.refetch {
 		// The trace may still be in the write queue: retry until it is
@@ -485,8 +498,35 @@ func (ix *Indexer) exemplarJob(j exemplarJob) {
 		ix.log.Warn("could not keep a dropped trace that an alerting metric's exemplar names", "trace_id", j.id.String(), "err", err)
 		return
 	}
+	ix.m.traces.WithLabelValues("kept").Inc()
+	if ix.obs != nil {
+		ix.obs.Link(j.id, reasons)
+	}
 	ix.ex.pinsTotal.WithLabelValues(pinRefetched).Inc()
 	ix.ex.refetchLatency.Observe(time.Since(j.queued).Seconds())
+}
+
+// refetchDropped has the exemplar worker write the spans a rescued trace,
+// kept for reasons, had before its root arrived, when their records are
+// known. It does not wait: the queue full (or the worker gone at shutdown),
+// the trace is kept without them, counted and logged.
+func (ix *Indexer) refetchDropped(id span.TraceID, reasons []string, t *bus.Ticket) {
+	ex := ix.ex
+	ex.mu.Lock()
+	dt := ex.dropped[id]
+	delete(ex.dropped, id)
+	ex.mu.Unlock()
+	if dt == nil {
+		return // not remembered (no fetcher, or past the lookback): the late spans are what is kept
+	}
+	t.Acquire()
+	select {
+	case ex.jobs <- exemplarJob{id: id, refetch: true, partition: dt.partition, offsets: dt.offsets, reasons: reasons, ticket: t, queued: time.Now()}:
+	default:
+		t.Release()
+		ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed).Inc()
+		ix.log.Warn("refetch queue full: a rescued trace is kept without the spans it had before its root arrived", "trace_id", id.String())
+	}
 }
 
 // refetch reads a dropped trace's records again, repairs it with the stages
@@ -528,10 +568,6 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 			return fmt.Errorf("write refetched trace: %w", err)
 		}
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))
-	}
-	ix.m.traces.WithLabelValues("kept").Inc()
-	if ix.obs != nil {
-		ix.obs.Link(id, reasons)
 	}
 	return nil
 }

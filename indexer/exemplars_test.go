@@ -48,6 +48,15 @@ type exHarness struct {
 
 func newExHarness(t *testing.T, cfg Config, scfg sampling.Config) *exHarness {
 	t.Helper()
+	groups, err := alerting.ParseRules([]byte(exemplarRules))
+	require.NoError(t, err)
+	return newKafkaHarness(t, cfg, scfg, alerting.NewMetricRules(groups))
+}
+
+// newKafkaHarness is newExHarness with the given alert-rule matcher (nil:
+// no alert rules, as an all-in-one started without --alert-rules).
+func newKafkaHarness(t *testing.T, cfg Config, scfg sampling.Config, rules AlertingMetrics) *exHarness {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ecfg := bus.DefaultEmbeddedConfig()
 	ecfg.Addr, ecfg.DataDir, ecfg.SyncWrites, ecfg.Partitions = "127.0.0.1:0", t.TempDir(), false, 1
@@ -67,9 +76,7 @@ func newExHarness(t *testing.T, cfg Config, scfg sampling.Config) *exHarness {
 	reg := prometheus.NewRegistry()
 	dec, err := sampling.NewTailSampler(scfg, reg)
 	require.NoError(t, err)
-	groups, err := alerting.ParseRules([]byte(exemplarRules))
-	require.NoError(t, err)
-	ix, err := New(cfg, Parts{Store: store, Decider: dec, Alerting: alerting.NewMetricRules(groups), Fetcher: fetcher}, logger, reg)
+	ix, err := New(cfg, Parts{Store: store, Decider: dec, Alerting: rules, Fetcher: fetcher}, logger, reg)
 	require.NoError(t, err)
 	h := &exHarness{ix: ix, store: store, dec: dec, ledger: bus.NewLedger(), kafka: cl, reg: reg, topics: kcfg}
 	h.stop = runIndexer(t, ix, 0, store.Close)

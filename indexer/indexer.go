@@ -182,6 +182,7 @@ type pending struct {
 	first     time.Time
 	last      time.Time
 	ingested  time.Time // the newest Kafka timestamp of its span records
+	rescued   bool      // reopened by a late root after it was dropped (see rescue)
 	quietElem *list.Element
 	ageElem   *list.Element
 }
@@ -202,6 +203,8 @@ type heldTrace struct {
 	warnings []string
 	tickets  []*bus.Ticket
 	ingested time.Time // see pending
+	rescued  bool      // see pending
+	orphan   bool      // offered without its root (sampling.TraceInfo.Orphan)
 }
 
 // writeJob is a kept trace for the writer: spans already decoded, with the
@@ -315,7 +318,7 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 		// The chunk holds a packed copy: the client may reuse the
 		// buffer the record's batch was decompressed into.
 		r.Recycle()
-		ix.add(id, pk, c, t, now, ingested)
+		ix.add(id, pk, c, t, now, ingested, true)
 		return
 	}
 	// Other records may mix traces: decode, regroup, re-encode.
@@ -343,7 +346,7 @@ func (ix *Indexer) handleRecord(r *kgo.Record, t *bus.Ticket) {
 			ix.badRecord(r, err)
 			return
 		}
-		ix.add(id, pk, chunk{data: data, spans: len(groups[id]), rec: t, part: int32(i), parts: int32(len(order))}, t, now, ingested)
+		ix.add(id, pk, chunk{data: data, spans: len(groups[id]), rec: t, part: int32(i), parts: int32(len(order))}, t, now, ingested, true)
 	}
 }
 
@@ -455,8 +458,9 @@ func (ix *Indexer) observeChunks(id span.TraceID, chunks []chunk, tickets []*bus
 	}
 }
 
-// add buffers a chunk of one trace, or routes it by an earlier decision.
-func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) {
+// add buffers a chunk of one trace, or routes it by an earlier decision;
+// mayRescue lets a root arriving for a dropped trace reopen it (rescue).
+func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time, mayRescue bool) {
 	ix.mu.Lock()
 	if h := ix.held[id]; h != nil {
 		// Complete but undecided: the spans join it and follow its decision,
@@ -486,8 +490,11 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 	if d, ok := ix.decisions.get(id); ok && ix.traces[id] == nil {
 		ix.mu.Unlock()
 		if d == nil {
+			if mayRescue && ix.rescue(id, pk, c, t, now, ingested) {
+				return
+			}
 			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(c.spans))
-			ix.rememberDropped(id, []*bus.Ticket{t})
+			ix.rememberDropped(id, []*bus.Ticket{t}, true)
 			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t})
 			return
 		}
@@ -496,6 +503,17 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 		ix.queueWrite(writeJob{id: id, chunks: []chunk{c}, reasons: d, tickets: []*bus.Ticket{t}})
 		return
 	}
+	_, full := ix.bufferLocked(id, pk, c, t, now, ingested)
+	ix.mu.Unlock()
+	if full {
+		ix.poke()
+	}
+}
+
+// bufferLocked adds a chunk to the trace assembling it (created if new) and
+// reports whether the trace just reached the span cap: then the caller,
+// once it has unlocked ix.mu, pokes the decider. Caller holds ix.mu.
+func (ix *Indexer) bufferLocked(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) (*pending, bool) {
 	p := ix.pendingLocked(id, pk, now)
 	p.chunks = append(p.chunks, c)
 	p.nspans += c.spans
@@ -508,10 +526,40 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 	if full {
 		ix.full = append(ix.full, p)
 	}
+	return p, full
+}
+
+// rescue reopens a dropped trace when its root arrives, and reports whether
+// it took the chunk (false: c holds no root). A request that outlasts the
+// decision wait has its children exported first (SDKs export each span as
+// it ends), so the trace was decided without its root: ranked by a child's
+// name and duration, it was most likely dropped — and it may be the slowest
+// request of its window. Reopened, the late spans assemble as a trace of
+// their own, which is decided and ranked by the root; kept, it is written,
+// and the spans dropped before are fetched again from Kafka when their
+// records are still known (see rememberDropped) and written with it.
+func (ix *Indexer) rescue(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) bool {
+	spans, _, leases := ix.decodeChunks(id, []chunk{c})
+	root := slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() })
+	releaseLeases(leases)
+	if !root {
+		return false
+	}
+	ix.mu.Lock()
+	if d, ok := ix.decisions.get(id); !ok || d != nil || ix.traces[id] != nil || ix.held[id] != nil {
+		// Decided otherwise meanwhile (an exemplar kept it): route by that.
+		ix.mu.Unlock()
+		ix.add(id, pk, c, t, now, ingested, false)
+		return true
+	}
+	p, full := ix.bufferLocked(id, pk, c, t, now, ingested)
+	p.rescued = true
 	ix.mu.Unlock()
+	ix.m.lateRoots.WithLabelValues(lateRootReopened).Inc()
 	if full {
 		ix.poke()
 	}
+	return true
 }
 
 // pendingLocked returns the assembling trace id, created if new, marked as
@@ -642,7 +690,7 @@ func (ix *Indexer) popDue(now time.Time, all bool, maxN int) (due []span.TraceID
 	take := func(p *pending, why string) {
 		spans += p.nspans
 		ix.removeLocked(p.id, p)
-		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets, ingested: p.ingested}
+		ix.held[p.id] = &heldTrace{deciding: true, chunks: p.chunks, nspans: p.nspans, logs: p.logs, tickets: p.tickets, ingested: p.ingested, rescued: p.rescued}
 		ix.heldSpans += p.nspans
 		ix.m.decided.WithLabelValues(why).Inc()
 		due = append(due, p.id)
@@ -724,10 +772,10 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	}
 	ix.observe(id, t.Spans, parts, tickets)
 	skew := skewOffsets(t.Spans)
-	ix.mu.Lock()
-	h.skew = skew
-	ix.mu.Unlock()
 	info := sampling.Info(&t)
+	ix.mu.Lock()
+	h.skew, h.orphan = skew, info.Orphan
+	ix.mu.Unlock()
 	// A root that ended after its trace reached Kafka comes from a client
 	// whose clock runs fast. Ranked at that end, it would move event time
 	// ahead: every open window would close early (later traces late,
@@ -831,7 +879,7 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, leases []span.Leas
 	}
 	if len(reasons) == 0 {
 		ix.m.traces.WithLabelValues("dropped").Inc()
-		ix.rememberDropped(id, h.tickets)
+		ix.rememberDropped(id, h.tickets, h.orphan)
 		ix.observeChunks(id, h.chunks, h.tickets)
 		for _, tk := range h.tickets {
 			tk.Release()
@@ -842,6 +890,10 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, leases []span.Leas
 	ix.m.traces.WithLabelValues("kept").Inc()
 	if ix.obs != nil {
 		ix.obs.Link(id, reasons)
+	}
+	if h.rescued {
+		ix.m.lateRoots.WithLabelValues(lateRootKept).Inc()
+		ix.refetchDropped(id, reasons, h.tickets[0])
 	}
 	if warnings == nil {
 		warnings = h.warnings

@@ -533,7 +533,7 @@ func TestDecidingTraceSpanCap(t *testing.T) {
 	ledger := bus.NewLedger()
 	add := func(spans int) {
 		tk := ledger.Begin(&kgo.Record{Topic: "otlp_spans"})
-		ix.add(id, partKey{"otlp_spans", 0}, chunk{data: []byte{}, spans: spans}, tk, time.Now(), time.Now())
+		ix.add(id, partKey{"otlp_spans", 0}, chunk{data: []byte{}, spans: spans}, tk, time.Now(), time.Now(), true)
 		tk.Release()
 	}
 	add(60)

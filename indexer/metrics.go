@@ -6,6 +6,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Late-root outcomes (threadline_indexer_late_roots_total{outcome}); see
+// Indexer.rescue.
+const (
+	lateRootReopened      = "reopened"
+	lateRootKept          = "kept"
+	lateRootRefetched     = "refetched"
+	lateRootRefetchFailed = "refetch_failed"
+)
+
 type metrics struct {
 	decided      *prometheus.CounterVec
 	traces       *prometheus.CounterVec
@@ -14,6 +23,7 @@ type metrics struct {
 	badSpans     prometheus.Counter
 	shedSpans    prometheus.Counter
 	futureTraces prometheus.Counter
+	lateRoots    *prometheus.CounterVec
 	logLines     *prometheus.CounterVec
 	spansWritten prometheus.Counter
 	writeErrors  prometheus.Counter
@@ -50,6 +60,10 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 			Name: "threadline_indexer_future_dated_traces_total",
 			Help: "Traces whose root ended after the trace reached Kafka (a client clock running fast): ranked for sampling as of their arrival.",
 		}),
+		lateRoots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "threadline_indexer_late_roots_total",
+			Help: "Roots that arrived after their trace was dropped without them, by outcome: reopened (decided again, ranked by the root), kept (by that decision), refetched (the spans dropped before were fetched again from Kafka and written), refetch_failed (kept without them).",
+		}, []string{"outcome"}),
 		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_log_lines_total",
 			Help: "Log lines by outcome: stored, or dropped_by_level (level policy for their trace's decision).",
@@ -71,7 +85,10 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.futureTraces, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
+	for _, o := range []string{lateRootReopened, lateRootKept, lateRootRefetched, lateRootRefetchFailed} {
+		m.lateRoots.WithLabelValues(o)
+	}
+	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.futureTraces, m.lateRoots, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,
 		gauge("threadline_indexer_buffered_traces", "Traces buffered awaiting a decision.", func() float64 { t, _ := ix.Buffered(); return float64(t) }),
 		gauge("threadline_indexer_buffered_spans", "Spans buffered awaiting a decision.", func() float64 { _, s := ix.Buffered(); return float64(s) }),
 		gauge("threadline_indexer_read_ahead_limit_spans", "Spans the consumer may buffer before it waits for the decider: 1.25 × the decider's measured rate × the decision wait, within --max-buffered-spans.", func() float64 { return float64(ix.ahead.Limit()) }),

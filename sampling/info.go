@@ -42,8 +42,8 @@ func Info(t *span.Trace) TraceInfo {
 		if end > last {
 			last = end
 		}
-		if p := s.GetParentSpanId(); len(p) != 0 && !isZero(p) {
-			if _, ok := ids[string(p)]; ok {
+		if s.HasParent() {
+			if _, ok := ids[string(s.GetParentSpanId())]; ok {
 				continue
 			}
 		}
@@ -54,6 +54,7 @@ func Info(t *span.Trace) TraceInfo {
 	}
 	if root != nil {
 		info.RootService, info.RootOperation = root.ServiceName(), root.GetName()
+		info.Orphan = root.HasParent()
 		if start, end := root.GetStartTimeUnixNano(), root.GetEndTimeUnixNano(); end >= start {
 			info.End = unixNano(end)
 			info.Duration = time.Duration(end - start)
@@ -88,15 +89,6 @@ func isError(s *tracepb.Span) bool {
 		}
 	}
 	return false
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // unixNano converts OTLP nanoseconds; values past int64 (year 2262) saturate.

@@ -66,7 +66,7 @@ func TestInfo(t *testing.T) {
 				sp(3, 9, "api", "handle", 5, 50),
 				sp(4, 3, "db", "SELECT", 10, 60),
 			},
-			want: TraceInfo{RootService: "api", RootOperation: "handle", End: t0.Add(ms(5)).Add(ms(45)), Duration: ms(45)},
+			want: TraceInfo{RootService: "api", RootOperation: "handle", End: t0.Add(ms(5)).Add(ms(45)), Duration: ms(45), Orphan: true},
 		},
 		{
 			name: "several roots: the earliest",

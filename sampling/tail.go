@@ -29,6 +29,11 @@ type TraceInfo struct {
 	// Duration is the root's duration (the whole trace's extent when there is
 	// no usable root); the top-N ranks by it.
 	Duration time.Duration
+	// Orphan: the root names a parent the trace does not hold. The caller's
+	// span may still be on its way (a request that outlasts the decision
+	// wait exports its children first), or never come (an uninstrumented
+	// caller propagated the context).
+	Orphan bool
 	// Error: some span has status ERROR or an event named "exception".
 	Error bool
 	// Pinned are reasons to keep decided elsewhere (ReasonExemplar,

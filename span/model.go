@@ -165,6 +165,17 @@ type Trace struct {
 	Spans []Span
 }
 
+// HasParent reports whether the span names a parent span: a parent span ID
+// that is not all zeros (some SDKs send zeros for none).
+func (s Span) HasParent() bool {
+	for _, c := range s.GetParentSpanId() {
+		if c != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // ServiceName is the span's resource attribute service.name, or "" when unset.
 func (s Span) ServiceName() string {
 	if s.Resource == nil || s.Resource.Resource == nil {

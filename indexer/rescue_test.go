@@ -1,0 +1,97 @@
+package indexer
+
+import (
+	"context"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/threadline/threadline/sampling"
+	"github.com/threadline/threadline/span"
+)
+
+// rescueSpan is one span of the rescue tests: parent 0 means none.
+type rescueSpan struct {
+	id, parent  uint64
+	service, op string
+	start, end  time.Time
+}
+
+// produceSpans sends spans of trace id as one record, the way an SDK's
+// export reaches the collector: each span once it has ended.
+func (h *exHarness) produceSpans(t *testing.T, id span.TraceID, spans ...rescueSpan) {
+	t.Helper()
+	td := &tracepb.TracesData{}
+	for _, s := range spans {
+		sid := binary.BigEndian.AppendUint64(nil, s.id)
+		var parent []byte
+		if s.parent != 0 {
+			parent = binary.BigEndian.AppendUint64(nil, s.parent)
+		}
+		td.ResourceSpans = append(td.ResourceSpans, &tracepb.ResourceSpans{
+			Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s.service}}}}},
+			ScopeSpans: []*tracepb.ScopeSpans{{Spans: []*tracepb.Span{{TraceId: id[:], SpanId: sid, ParentSpanId: parent, Name: s.op,
+				StartTimeUnixNano: uint64(s.start.UnixNano()), EndTimeUnixNano: uint64(s.end.UnixNano())}}}},
+		})
+	}
+	b, err := proto.Marshal(td)
+	require.NoError(t, err)
+	h.produce(t, &kgo.Record{Topic: h.topics.TracesTopic, Key: id.AppendHex(nil), Value: b})
+}
+
+// TestLateRootRescuesDroppedTrace: an 8-second request whose quick database
+// call was exported (and the trace decided, without its root) long before
+// the request ended. Ranked by that call, the trace is dropped: a faster
+// trace's orphan call of the same name outranks it (top 1). When the root
+// and the slow bank call arrive, the trace is reopened, ranked by its root
+// (the slowest POST /pay of its window), kept, and the database call dropped
+// before is fetched again from Kafka and stored with it. No alert rules are
+// configured: a trace dropped without its root is remembered regardless.
+func TestLateRootRescuesDroppedTrace(t *testing.T) {
+	cfg := testConfig()
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 1
+	h := newKafkaHarness(t, cfg, scfg, nil)
+
+	// A window well behind the watermark's idle advance: it closes once
+	// the traffic stops.
+	w := time.Now().Add(-3 * time.Minute).Truncate(time.Minute)
+	slow, other := traceID(1), traceID(2)
+	h.produceSpans(t, other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 40*time.Millisecond)})
+	h.produceSpans(t, slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 5*time.Millisecond)})
+	require.Eventually(t, func() bool {
+		h.ix.mu.Lock()
+		defer h.ix.mu.Unlock()
+		d, ok := h.ix.decisions.get(slow)
+		return ok && d == nil
+	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+
+	h.produceSpans(t, slow,
+		rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)},
+		rescueSpan{id: 3, parent: 1, service: "bank", op: "authorize", start: w.Add(2*time.Second + 10*time.Millisecond), end: w.Add(9 * time.Second)})
+	require.Eventually(t, func() bool {
+		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootRefetched)) == 1
+	}, 20*time.Second, 10*time.Millisecond, "the spans dropped before are written with the rescued trace")
+	h.waitSettled(t)
+
+	got, found, err := h.store.Trace(context.Background(), slow)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	names := map[string]bool{}
+	for _, s := range got.Spans {
+		names[s.GetName()] = true
+	}
+	require.Equal(t, map[string]bool{"POST /pay": true, "SELECT": true, "authorize": true}, names, "every span of the trace")
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, h.reasons(t, other), "the other orphan stays kept: top 1 of its key")
+	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
+	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootKept)))
+	require.Zero(t, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed)))
+}
