@@ -221,3 +221,65 @@ func TestFutureDatedTraceThroughPipeline(t *testing.T) {
 	require.Equal(t, map[string][]string{ids[5]: topn, ids[6]: topn, ids[7]: topn, future: topn}, got,
 		"the window's three slowest, and the future-dated trace alone in the window of its arrival")
 }
+
+// TestLateRootThroughPipeline: a request that outlasts the decision wait,
+// through the real collector, broker and indexer (no alert rules). Its
+// quick database call arrives first, and the trace is decided without its
+// root and dropped: another trace's orphan call of the same name outranks
+// it (top 1). When the root arrives 8 s of event time later, the trace is
+// decided again by its root, kept, and the dropped call is fetched again
+// from Kafka: all three spans are served.
+func TestLateRootThroughPipeline(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Indexer.Sampling.Baseline = 0
+	cfg.Indexer.Sampling.TopN = 1
+	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
+	cfg.Indexer.Indexer.WatermarkSlack = 0
+	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
+	a := startAllInOne(t, cfg)
+	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := collectortracepb.NewTraceServiceClient(conn)
+	export := func(tid []byte, spans ...*tracepb.Span) {
+		for _, sp := range spans {
+			sp.TraceId = tid
+		}
+		_, err := client.Export(context.Background(), &collectortracepb.ExportTraceServiceRequest{ResourceSpans: []*tracepb.ResourceSpans{{
+			Resource: resourceOf("checkout", "host-c"), ScopeSpans: []*tracepb.ScopeSpans{{Spans: spans}},
+		}}})
+		require.NoError(t, err)
+	}
+	ns := func(t time.Time) uint64 { return uint64(t.UnixNano()) }
+	w := time.Now().Add(-3 * time.Minute).Truncate(time.Minute) // closes once traffic stops
+	slow, other := make([]byte, 16), make([]byte, 16)
+	_, _ = rand.Read(slow)
+	_, _ = rand.Read(other)
+	root, call, bank := []byte{0, 0, 0, 0, 0, 0, 0, 1}, []byte{0, 0, 0, 0, 0, 0, 0, 2}, []byte{0, 0, 0, 0, 0, 0, 0, 3}
+
+	export(other, &tracepb.Span{SpanId: []byte{9, 9, 9, 9, 9, 9, 9, 9}, ParentSpanId: []byte{8, 8, 8, 8, 8, 8, 8, 8}, Name: "SELECT",
+		StartTimeUnixNano: ns(w.Add(time.Second)), EndTimeUnixNano: ns(w.Add(time.Second + 40*time.Millisecond))})
+	export(slow, &tracepb.Span{SpanId: call, ParentSpanId: root, Name: "SELECT",
+		StartTimeUnixNano: ns(w.Add(2 * time.Second)), EndTimeUnixNano: ns(w.Add(2*time.Second + 5*time.Millisecond))})
+	require.Eventually(t, func() bool {
+		return scrape(t, a.query, `threadline_sampling_decisions_total{outcome="dropped"}`)+
+			scrape(t, a.query, `threadline_sampling_decisions_total{outcome="dropped_evicted"}`) == 1
+	}, 30*time.Second, 50*time.Millisecond, "the partial trace is dropped")
+
+	export(slow,
+		&tracepb.Span{SpanId: root, Name: "POST /pay", Kind: tracepb.Span_SPAN_KIND_SERVER,
+			StartTimeUnixNano: ns(w.Add(2 * time.Second)), EndTimeUnixNano: ns(w.Add(10 * time.Second))},
+		&tracepb.Span{SpanId: bank, ParentSpanId: root, Name: "authorize", Kind: tracepb.Span_SPAN_KIND_CLIENT,
+			StartTimeUnixNano: ns(w.Add(2*time.Second + 10*time.Millisecond)), EndTimeUnixNano: ns(w.Add(9 * time.Second))})
+	td := waitTrace(t, a.query, hexID(slow), 3)
+	names := map[string]bool{}
+	for _, rs := range td.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			for _, sp := range ss.GetSpans() {
+				names[sp.GetName()] = true
+			}
+		}
+	}
+	require.Equal(t, map[string]bool{"POST /pay": true, "SELECT": true, "authorize": true}, names)
+	require.Equal(t, 1.0, scrape(t, a.query, `threadline_indexer_late_roots_total{outcome="refetched"}`))
+}
