@@ -379,16 +379,21 @@ func (ix *Indexer) applyPins(now time.Time) {
 
 // rememberDropped notes where a dropped trace's span records are, for a
 // refetch if an exemplar names it within the lookback, or if its root
-// arrives later (rescue): orphan says it was dropped without its root.
+// arrives later (rescue). orphan says it was dropped without its root:
+// without alert rules only such traces are remembered (and the late spans
+// of one already remembered), since no exemplar can ask for the others.
 func (ix *Indexer) rememberDropped(id span.TraceID, tickets []*bus.Ticket, orphan bool) {
-	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil || (ix.ex.alerting == nil && !orphan) {
-		return // without alerting metrics no exemplar can ask for it
+	if ix.cfg.ExemplarLookback <= 0 || ix.ex.fetcher == nil {
+		return
 	}
 	ex := ix.ex
 	now := time.Now().UnixNano()
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
 	dt := ex.dropped[id]
+	if dt == nil && ex.alerting == nil && !orphan {
+		return
+	}
 	for _, tk := range tickets {
 		if tk.Topic() != ix.cfg.TracesTopic {
 			continue

@@ -494,7 +494,7 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 				return
 			}
 			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(c.spans))
-			ix.rememberDropped(id, []*bus.Ticket{t}, true)
+			ix.rememberDropped(id, []*bus.Ticket{t}, false)
 			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t})
 			return
 		}

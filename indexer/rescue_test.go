@@ -51,8 +51,9 @@ func (h *exHarness) produceSpans(t *testing.T, id span.TraceID, spans ...rescueS
 // the request ended. Ranked by that call, the trace is dropped: a faster
 // trace's orphan call of the same name outranks it (top 1). When the root
 // and the slow bank call arrive, the trace is reopened, ranked by its root
-// (the slowest POST /pay of its window), kept, and the database call dropped
-// before is fetched again from Kafka and stored with it. No alert rules are
+// (the slowest POST /pay of its window), kept, and the spans dropped before
+// (the database call, and a cache read that came late to the dropped trace)
+// are fetched again from Kafka and stored with it. No alert rules are
 // configured: a trace dropped without its root is remembered regardless.
 func TestLateRootRescuesDroppedTrace(t *testing.T) {
 	cfg := testConfig()
@@ -72,6 +73,8 @@ func TestLateRootRescuesDroppedTrace(t *testing.T) {
 		d, ok := h.ix.decisions.get(slow)
 		return ok && d == nil
 	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+	// Another child, still before the root: a late span of a dropped trace.
+	h.produceSpans(t, slow, rescueSpan{id: 4, parent: 1, service: "checkout", op: "GET cart", start: w.Add(3 * time.Second), end: w.Add(3*time.Second + time.Millisecond)})
 
 	h.produceSpans(t, slow,
 		rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)},
@@ -89,7 +92,7 @@ func TestLateRootRescuesDroppedTrace(t *testing.T) {
 	for _, s := range got.Spans {
 		names[s.GetName()] = true
 	}
-	require.Equal(t, map[string]bool{"POST /pay": true, "SELECT": true, "authorize": true}, names, "every span of the trace")
+	require.Equal(t, map[string]bool{"POST /pay": true, "SELECT": true, "GET cart": true, "authorize": true}, names, "every span of the trace")
 	require.Equal(t, []string{sampling.ReasonLatencyTopN}, h.reasons(t, other), "the other orphan stays kept: top 1 of its key")
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootKept)))
