@@ -18,6 +18,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
+// traceClient is an OTLP/gRPC trace client of addr, closed with the test.
+func traceClient(t *testing.T, addr string) collectortracepb.TraceServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return collectortracepb.NewTraceServiceClient(conn)
+}
+
 type sentTrace struct {
 	id       string
 	service  string
@@ -40,10 +49,7 @@ func TestSamplingAndREDThroughPipeline(t *testing.T) {
 	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
 	a := startAllInOne(t, cfg)
 
-	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	client := collectortracepb.NewTraceServiceClient(conn)
+	client := traceClient(t, a.otlpGRPC)
 
 	// One closed minute, ten minutes ago: the window closes once traffic stops.
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Minute)
@@ -73,7 +79,7 @@ func TestSamplingAndREDThroughPipeline(t *testing.T) {
 		}
 		req.ResourceSpans = append(req.ResourceSpans, rs)
 	}
-	_, err = client.Export(context.Background(), req)
+	_, err := client.Export(context.Background(), req)
 	require.NoError(t, err)
 
 	want := map[string]string{}
@@ -160,10 +166,7 @@ func TestFutureDatedTraceThroughPipeline(t *testing.T) {
 	cfg.Indexer.Indexer.WatermarkSlack = 5 * time.Minute
 	a := startAllInOne(t, cfg)
 
-	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	client := collectortracepb.NewTraceServiceClient(conn)
+	client := traceClient(t, a.otlpGRPC)
 	base := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
 	sent := 0
 	send := func(start time.Time, d time.Duration) string {
@@ -237,10 +240,7 @@ func TestLateRootThroughPipeline(t *testing.T) {
 	cfg.Indexer.Indexer.WatermarkSlack = 0
 	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
 	a := startAllInOne(t, cfg)
-	conn, err := grpc.NewClient(a.otlpGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	client := collectortracepb.NewTraceServiceClient(conn)
+	client := traceClient(t, a.otlpGRPC)
 	export := func(tid []byte, spans ...*tracepb.Span) {
 		for _, sp := range spans {
 			sp.TraceId = tid

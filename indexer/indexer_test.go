@@ -97,6 +97,18 @@ func runIndexer(t *testing.T, ix *Indexer, wait time.Duration, then ...func() er
 	}
 }
 
+// settle waits until every trace fed has been offered to the decider, and
+// the watermark has advanced after.
+func (h *harness) settle(t *testing.T) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		h.ix.mu.Lock()
+		defer h.ix.mu.Unlock()
+		return len(h.ix.traces) == 0
+	}, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(5 * tickFor(h.ix.cfg.DecisionWait))
+}
+
 // feed hands one record per trace to the indexer.
 func (h *harness) feed(traces ...*tracepb.TracesData) {
 	recs := make([]*kgo.Record, len(traces))
@@ -242,14 +254,6 @@ func TestFutureDatedTrace(t *testing.T) {
 	cfg := testConfig()
 	cfg.WatermarkSlack = 5 * time.Minute // the window below stays open until shutdown
 	h := newHarness(t, cfg, scfg)
-	settle := func() { // every trace offered, and the watermark advanced after
-		require.Eventually(t, func() bool {
-			h.ix.mu.Lock()
-			defer h.ix.mu.Unlock()
-			return len(h.ix.traces) == 0
-		}, 10*time.Second, 5*time.Millisecond)
-		time.Sleep(5 * tickFor(cfg.DecisionWait))
-	}
 	base := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
 	var specs []traceSpec
 	batch := func(slowest time.Duration) {
@@ -259,12 +263,12 @@ func TestFutureDatedTrace(t *testing.T) {
 			specs = append(specs, s)
 			h.feed(s.build())
 		}
-		settle()
+		h.settle(t)
 	}
 	batch(50 * time.Millisecond)
 	future := traceSpec{id: traceID(100), service: "kitchen", op: "cook", start: time.Now().Add(time.Hour), duration: time.Millisecond}
 	h.feed(future.build())
-	settle()
+	h.settle(t)
 	batch(500 * time.Millisecond) // slower: these are the window's top 3
 	h.stop()                      // the shutdown flush keeps what the heaps hold
 
@@ -303,14 +307,6 @@ func TestRankingIndependentOfDecidePasses(t *testing.T) {
 	cfg.WatermarkSlack = 10 * time.Minute
 	cfg.IdleAdvance = 10 * time.Second
 	h := newHarness(t, cfg, scfg)
-	settle := func() {
-		require.Eventually(t, func() bool {
-			h.ix.mu.Lock()
-			defer h.ix.mu.Unlock()
-			return len(h.ix.traces) == 0
-		}, 10*time.Second, 5*time.Millisecond)
-		time.Sleep(5 * tickFor(cfg.DecisionWait))
-	}
 	base := time.Now().Add(-20 * time.Minute).Truncate(time.Minute)
 	var specs []traceSpec
 	feed := func(from, to int) {
@@ -320,7 +316,7 @@ func TestRankingIndependentOfDecidePasses(t *testing.T) {
 			specs = append(specs, s)
 			h.feed(s.build())
 		}
-		settle()
+		h.settle(t)
 	}
 	feed(0, 4) // starts before base+1s; the watermark advances after them
 	feed(4, 120)
@@ -362,27 +358,19 @@ func TestLongTraceRankedByItsEnd(t *testing.T) {
 	cfg.WatermarkSlack = 10 * time.Second
 	cfg.IdleAdvance = time.Minute // windows close by event time alone
 	h := newHarness(t, cfg, scfg)
-	settle := func() {
-		require.Eventually(t, func() bool {
-			h.ix.mu.Lock()
-			defer h.ix.mu.Unlock()
-			return len(h.ix.traces) == 0
-		}, 10*time.Second, 5*time.Millisecond)
-		time.Sleep(5 * tickFor(cfg.DecisionWait))
-	}
 	now := time.Now()
 	w := now.Add(-3 * time.Minute).Truncate(time.Minute)
 	for i := range 5 {
 		h.feed(traceSpec{id: traceID(i), service: "bank", op: "pay", start: w.Add(time.Duration(i+1) * time.Second), duration: 20 * time.Millisecond}.build())
 	}
-	settle()
+	h.settle(t)
 	for i := range 5 { // event time moves on: the window of the first five closes
 		h.feed(traceSpec{id: traceID(10 + i), service: "bank", op: "pay", start: now.Add(-2 * time.Second), duration: 20 * time.Millisecond}.build())
 	}
-	settle()
+	h.settle(t)
 	long := traceSpec{id: traceID(99), service: "bank", op: "pay", start: w.Add(10 * time.Second), duration: now.Add(-time.Second).Sub(w.Add(10 * time.Second))}
 	h.feed(long.build())
-	settle()
+	h.settle(t)
 	h.stop()
 	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
 	require.NoError(t, err)
