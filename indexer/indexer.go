@@ -157,6 +157,7 @@ type Indexer struct {
 	full      []*pending                // traces that reached MaxSpansPerTrace
 	held      map[span.TraceID]*heldTrace
 	heldSpans int
+	regrown   []regrownTrace // held orphans whose root arrived (see regrow)
 	decisions *decisionCache
 	ahead     *readAhead // how many spans the consumer may buffer
 
@@ -205,6 +206,14 @@ type heldTrace struct {
 	ingested time.Time // see pending
 	rescued  bool      // see pending
 	orphan   bool      // offered without its root (sampling.TraceInfo.Orphan)
+}
+
+// regrownTrace is a trace held without its root when the root arrived: the
+// decide goroutine ranks it again by info (the root's).
+type regrownTrace struct {
+	id       span.TraceID
+	info     sampling.TraceInfo
+	ingested time.Time
 }
 
 // writeJob is a kept trace for the writer: spans already decoded, with the
@@ -483,8 +492,12 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 		h.nspans += c.spans
 		ix.heldSpans += c.spans
 		h.tickets = appendTicket(h.tickets, t)
+		orphan := h.orphan && !h.deciding
 		ix.mu.Unlock()
 		ix.m.lateSpans.WithLabelValues("held").Add(float64(c.spans))
+		if orphan {
+			ix.regrow(id, h, c, ingested)
+		}
 		return
 	}
 	if d, ok := ix.decisions.get(id); ok && ix.traces[id] == nil {
@@ -527,6 +540,50 @@ func (ix *Indexer) bufferLocked(id span.TraceID, pk partKey, c chunk, t *bus.Tic
 		ix.full = append(ix.full, p)
 	}
 	return p, full
+}
+
+// regrow has a trace the decider holds without its root (ranked by a
+// child, see rescue) ranked again when the root arrives in chunk c, which
+// has joined it: by the root's name, end and duration. Otherwise the root
+// would follow the child's rank, and the trace be dropped with it when a
+// slower child of that name pushed it out of its heap.
+func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.Time) {
+	spans, _, leases := ix.decodeChunks(id, []chunk{c})
+	late := span.Trace{ID: id, Spans: spans}
+	info := sampling.Info(&late)
+	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
+	root := slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() })
+	releaseLeases(leases)
+	if !root {
+		return
+	}
+	ix.mu.Lock()
+	if ix.held[id] == h && h.orphan && !h.deciding {
+		h.orphan = false
+		ix.regrown = append(ix.regrown, regrownTrace{id: id, info: info, ingested: ingested})
+	}
+	ix.mu.Unlock()
+	ix.poke()
+}
+
+// applyRegrown offers the regrown traces to the decider again (it replaces
+// a held trace's entry), on the decide goroutine.
+func (ix *Indexer) applyRegrown() {
+	ix.mu.Lock()
+	rs := ix.regrown
+	ix.regrown = nil
+	ix.mu.Unlock()
+	for _, r := range rs {
+		ix.mu.Lock()
+		h := ix.held[r.id]
+		ix.mu.Unlock()
+		if h == nil || h.deciding {
+			continue // decided meanwhile, with the root
+		}
+		ix.rank(&r.info, r.ingested)
+		ix.m.lateRoots.WithLabelValues(lateRootReranked).Inc()
+		ix.apply(ix.decider.Offer(r.info))
+	}
 }
 
 // rescue reopens a dropped trace when its root arrives, and reports whether
@@ -668,6 +725,7 @@ func tickFor(wait time.Duration) time.Duration {
 // through the stages and the sampler.
 func (ix *Indexer) decide(now time.Time, all bool) {
 	ix.applyPins(now)
+	ix.applyRegrown()
 	for {
 		start := time.Now()
 		due, spans := ix.popDue(now, all, decideBatch)
@@ -776,24 +834,10 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	ix.mu.Lock()
 	h.skew, h.orphan = skew, info.Orphan
 	ix.mu.Unlock()
-	// A root that ended after its trace reached Kafka comes from a client
-	// whose clock runs fast. Ranked at that end, it would move event time
-	// ahead: every open window would close early (later traces late,
-	// dropped), and the trace itself would wait in a heap until event time
-	// caught up, holding Kafka commits. So it is ranked, and moves event
-	// time, as of its arrival; the spans are stored as sent. Record
-	// timestamps replay unchanged, and so does this.
-	if !ingested.IsZero() && info.End.After(ingested) {
-		info.End = ingested
-		ix.m.futureTraces.Inc()
-	}
 	// The decider may keep the root's names (a top-N heap's key) for longer
 	// than the spans' leases last.
 	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
-	if info.End.After(ix.maxEnd) {
-		ix.maxEnd = info.End
-	}
-	ix.lastOffer = time.Now()
+	ix.rank(&info, ingested)
 	info.Pinned = ix.takePins(id, info.Pinned)
 	ds := ix.decider.Offer(info)
 	mine := -1
@@ -824,6 +868,26 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		ds = append(ds[:mine], ds[mine+1:]...)
 	}
 	ix.apply(ds)
+}
+
+// rank bounds info's end by when the trace reached Kafka (ingested) and
+// moves event time to it, for an offer to the decider. A root that ended
+// after its trace reached Kafka comes from a client whose clock runs fast.
+// Ranked at that end, it would move event time ahead: every open window
+// would close early (later traces late, dropped), and the trace itself
+// would wait in a heap until event time caught up, holding Kafka commits.
+// So it is ranked, and moves event time, as of its arrival; the spans are
+// stored as sent. Record timestamps replay unchanged, and so does this.
+// Decide goroutine only.
+func (ix *Indexer) rank(info *sampling.TraceInfo, ingested time.Time) {
+	if !ingested.IsZero() && info.End.After(ingested) {
+		info.End = ingested
+		ix.m.futureTraces.Inc()
+	}
+	if info.End.After(ix.maxEnd) {
+		ix.maxEnd = info.End
+	}
+	ix.lastOffer = time.Now()
 }
 
 // advance moves the decider's watermark. It follows event time — the newest

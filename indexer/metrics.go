@@ -10,6 +10,7 @@ import (
 // Indexer.rescue.
 const (
 	lateRootReopened      = "reopened"
+	lateRootReranked      = "reranked"
 	lateRootKept          = "kept"
 	lateRootRefetched     = "refetched"
 	lateRootRefetchFailed = "refetch_failed"
@@ -62,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 		}),
 		lateRoots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_late_roots_total",
-			Help: "Roots that arrived after their trace was dropped without them, by outcome: reopened (decided again, ranked by the root), kept (by that decision), refetched (the spans dropped before were fetched again from Kafka and written), refetch_failed (kept without them).",
+			Help: "Roots that arrived after their trace was decided without them, by outcome: reranked (the trace, held in a top-N heap, ranked again by the root), reopened (the trace had been dropped: decided again, ranked by the root), kept (by that decision), refetched (the spans dropped before were fetched again from Kafka and written), refetch_failed (kept without them).",
 		}, []string{"outcome"}),
 		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_log_lines_total",
@@ -85,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	for _, o := range []string{lateRootReopened, lateRootKept, lateRootRefetched, lateRootRefetchFailed} {
+	for _, o := range []string{lateRootReopened, lateRootReranked, lateRootKept, lateRootRefetched, lateRootRefetchFailed} {
 		m.lateRoots.WithLabelValues(o)
 	}
 	cols := []prometheus.Collector{m.decided, m.traces, m.lateSpans, m.badRecords, m.badSpans, m.shedSpans, m.futureTraces, m.lateRoots, m.logLines, m.spansWritten, m.writeErrors, m.writeLatency,

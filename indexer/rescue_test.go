@@ -3,6 +3,7 @@ package indexer
 import (
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/threadline/threadline/index"
 	"github.com/threadline/threadline/sampling"
 	"github.com/threadline/threadline/span"
 )
@@ -28,6 +30,13 @@ type rescueSpan struct {
 // export reaches the collector: each span once it has ended.
 func (h *exHarness) produceSpans(t *testing.T, id span.TraceID, spans ...rescueSpan) {
 	t.Helper()
+	b, err := proto.Marshal(tracesData(id, spans...))
+	require.NoError(t, err)
+	h.produce(t, &kgo.Record{Topic: h.topics.TracesTopic, Key: id.AppendHex(nil), Value: b})
+}
+
+// tracesData is spans of trace id, each under its service's resource.
+func tracesData(id span.TraceID, spans ...rescueSpan) *tracepb.TracesData {
 	td := &tracepb.TracesData{}
 	for _, s := range spans {
 		sid := binary.BigEndian.AppendUint64(nil, s.id)
@@ -41,9 +50,7 @@ func (h *exHarness) produceSpans(t *testing.T, id span.TraceID, spans ...rescueS
 				StartTimeUnixNano: uint64(s.start.UnixNano()), EndTimeUnixNano: uint64(s.end.UnixNano())}}}},
 		})
 	}
-	b, err := proto.Marshal(td)
-	require.NoError(t, err)
-	h.produce(t, &kgo.Record{Topic: h.topics.TracesTopic, Key: id.AppendHex(nil), Value: b})
+	return td
 }
 
 // TestLateRootRescuesDroppedTrace: an 8-second request whose quick database
@@ -97,4 +104,42 @@ func TestLateRootRescuesDroppedTrace(t *testing.T) {
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootKept)))
 	require.Zero(t, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed)))
+}
+
+// TestLateRootReranksHeldTrace: a trace held in a top-N heap without its
+// root, ranked by its quick database call (the top 1 of that name so far),
+// is ranked again by its root when the root arrives. Ranked by the call, a
+// slower orphan call of the same name pushed it out of the heap later, and
+// the root, which had joined it, was dropped with it.
+func TestLateRootReranksHeldTrace(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 1
+	cfg := testConfig()
+	cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
+	h := newHarness(t, cfg, scfg)
+	w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+	slow, other := traceID(1), traceID(2)
+	h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
+	h.settle(t)
+	h.feed(tracesData(slow,
+		rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)},
+		rescueSpan{id: 3, parent: 1, service: "bank", op: "authorize", start: w.Add(2*time.Second + 50*time.Millisecond), end: w.Add(9 * time.Second)}))
+	require.Eventually(t, func() bool {
+		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReranked)) == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(3 * time.Second), end: w.Add(3*time.Second + 60*time.Millisecond)}))
+	h.settle(t)
+	h.stop() // the shutdown flush keeps what the heaps hold
+
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	got, found, err := store.Trace(context.Background(), slow)
+	require.NoError(t, err)
+	require.True(t, found, "the slowest POST /pay is kept, not pushed out by a slower SELECT")
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	require.Len(t, got.Spans, 3)
+	_, found, err = store.Trace(context.Background(), other)
+	require.NoError(t, err)
+	require.True(t, found, "the slower orphan SELECT is the top 1 of its name")
 }
