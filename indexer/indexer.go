@@ -548,12 +548,7 @@ func (ix *Indexer) bufferLocked(id span.TraceID, pk partKey, c chunk, t *bus.Tic
 // would follow the child's rank, and the trace be dropped with it when a
 // slower child of that name pushed it out of its heap.
 func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.Time) {
-	spans, _, leases := ix.decodeChunks(id, []chunk{c})
-	late := span.Trace{ID: id, Spans: spans}
-	info := sampling.Info(&late)
-	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
-	root := slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() })
-	releaseLeases(leases)
+	info, root := ix.lateRoot(id, c)
 	if !root {
 		return
 	}
@@ -564,6 +559,20 @@ func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.
 	}
 	ix.mu.Unlock()
 	ix.poke()
+}
+
+// lateRoot reports whether chunk c of trace id holds a root span (one
+// without a parent), and what the decider needs of its spans, ranked by
+// that root.
+func (ix *Indexer) lateRoot(id span.TraceID, c chunk) (sampling.TraceInfo, bool) {
+	spans, _, leases := ix.decodeChunks(id, []chunk{c})
+	defer releaseLeases(leases)
+	if !slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() }) {
+		return sampling.TraceInfo{}, false
+	}
+	info := sampling.Info(&span.Trace{ID: id, Spans: spans})
+	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
+	return info, true
 }
 
 // applyRegrown offers the regrown traces to the decider again (it replaces
@@ -596,10 +605,7 @@ func (ix *Indexer) applyRegrown() {
 // and the spans dropped before are fetched again from Kafka when their
 // records are still known (see rememberDropped) and written with it.
 func (ix *Indexer) rescue(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) bool {
-	spans, _, leases := ix.decodeChunks(id, []chunk{c})
-	root := slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() })
-	releaseLeases(leases)
-	if !root {
+	if _, root := ix.lateRoot(id, c); !root {
 		return false
 	}
 	ix.mu.Lock()
