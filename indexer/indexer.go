@@ -203,7 +203,7 @@ type heldTrace struct {
 	skew     map[clockskew.Instance]time.Duration
 	warnings []string
 	tickets  []*bus.Ticket
-	ingested time.Time // see pending
+	ingested time.Time // see pending; with the spans that joined it
 	rescued  bool      // see pending
 	orphan   bool      // offered without its root (sampling.TraceInfo.Orphan)
 }
@@ -492,6 +492,9 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 		h.nspans += c.spans
 		ix.heldSpans += c.spans
 		h.tickets = appendTicket(h.tickets, t)
+		if ingested.After(h.ingested) {
+			h.ingested = ingested
+		}
 		orphan := h.orphan && !h.deciding
 		ix.mu.Unlock()
 		ix.m.lateSpans.WithLabelValues("held").Add(float64(c.spans))
@@ -547,10 +550,11 @@ func (ix *Indexer) bufferLocked(id span.TraceID, pk partKey, c chunk, t *bus.Tic
 // has joined it: by the root's name, end and duration. Otherwise the root
 // would follow the child's rank, and the trace be dropped with it when a
 // slower child of that name pushed it out of its heap.
-func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.Time) {
+// It reports whether c held a root.
+func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.Time) bool {
 	info, root := ix.lateRoot(id, c)
 	if !root {
-		return
+		return false
 	}
 	ix.mu.Lock()
 	if ix.held[id] == h && h.orphan && !h.deciding {
@@ -559,6 +563,7 @@ func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.
 	}
 	ix.mu.Unlock()
 	ix.poke()
+	return true
 }
 
 // lateRoot reports whether chunk c of trace id holds a root span (one
@@ -858,6 +863,7 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		}
 		data, err := proto.Marshal(span.ToTracesData(t.Spans))
 		ix.mu.Lock()
+		joined, lateIngested := h.chunks, h.ingested // spans that arrived during the decision
 		if err == nil {
 			h.chunks = append([]chunk{{data: data, spans: len(t.Spans), observed: true}}, h.chunks...)
 		} else { // cannot happen for decoded spans; keep the originals
@@ -869,6 +875,13 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 		h.warnings = warnings
 		h.deciding = false
 		ix.mu.Unlock()
+		if info.Orphan {
+			for _, c := range joined {
+				if ix.regrow(id, h, c, lateIngested) {
+					break
+				}
+			}
+		}
 	} else {
 		ix.finish(id, t.Spans, leases, ds[mine].Reasons, warnings)
 		ds = append(ds[:mine], ds[mine+1:]...)

@@ -46,7 +46,9 @@ type harness struct {
 	stop   func()
 }
 
-func newHarness(t *testing.T, cfg Config, scfg sampling.Config, wrap ...func(*index.Store) TraceWriter) *harness {
+// newHarness runs an Indexer writing to a real store; opts may change its
+// parts (wrap the store, add stages) before it is made.
+func newHarness(t *testing.T, cfg Config, scfg sampling.Config, opts ...func(*index.Store, *Parts)) *harness {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := t.TempDir()
@@ -54,11 +56,11 @@ func newHarness(t *testing.T, cfg Config, scfg sampling.Config, wrap ...func(*in
 	require.NoError(t, err)
 	dec, err := sampling.NewTailSampler(scfg, prometheus.NewRegistry())
 	require.NoError(t, err)
-	var w TraceWriter = store
-	for _, f := range wrap {
-		w = f(store)
+	parts := Parts{Store: store, Decider: dec}
+	for _, f := range opts {
+		f(store, &parts)
 	}
-	ix, err := New(cfg, Parts{Store: w, Decider: dec}, logger, prometheus.NewRegistry())
+	ix, err := New(cfg, parts, logger, prometheus.NewRegistry())
 	require.NoError(t, err)
 	h := &harness{dir: dir, ix: ix, store: store, ledger: bus.NewLedger()}
 	h.stop = runIndexer(t, ix, 0, store.Close)
@@ -607,9 +609,9 @@ func (g *gatedWriter) Flush(ctx context.Context) error {
 // and are released then.
 func TestRecordsHeldUntilDurable(t *testing.T) {
 	var gate *gatedWriter
-	h := newHarness(t, testConfig(), sampling.DefaultConfig(), func(st *index.Store) TraceWriter {
+	h := newHarness(t, testConfig(), sampling.DefaultConfig(), func(st *index.Store, p *Parts) {
 		gate = &gatedWriter{Store: st}
-		return gate
+		p.Store = gate
 	})
 	s := traceSpec{id: traceID(1), service: "api", op: "GET /", start: time.Now(), duration: time.Millisecond, err: true, spans: 3}
 	h.feed(s.build())

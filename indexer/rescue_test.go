@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,4 +143,53 @@ func TestLateRootReranksHeldTrace(t *testing.T) {
 	_, found, err = store.Trace(context.Background(), other)
 	require.NoError(t, err)
 	require.True(t, found, "the slower orphan SELECT is the top 1 of its name")
+}
+
+// feedDuring is a stage that feeds records to the indexer while it decides
+// trace id, once: spans arriving between the pop and the offer.
+type feedDuring struct {
+	id   span.TraceID
+	feed func()
+	done atomic.Bool
+}
+
+func (f *feedDuring) Process(t *span.Trace) []string {
+	if t.ID == f.id && f.done.CompareAndSwap(false, true) {
+		f.feed()
+	}
+	return nil
+}
+
+// TestLateRootDuringDecisionReranks: the root arrives while the trace is
+// being decided without it (a stage feeds it between the pop and the
+// offer), so it joins the decision's chunks; the trace, held by its child's
+// rank, is ranked again by the root all the same.
+func TestLateRootDuringDecisionReranks(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 1
+	cfg := testConfig()
+	cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
+	w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+	slow, other := traceID(1), traceID(2)
+	var h *harness
+	stage := &feedDuring{id: slow, feed: func() {
+		h.feed(tracesData(slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)}))
+	}}
+	h = newHarness(t, cfg, scfg, func(_ *index.Store, p *Parts) { p.Stages = []Stage{stage} })
+	h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
+	require.Eventually(t, func() bool {
+		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReranked)) == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	require.True(t, stage.done.Load())
+	h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(3 * time.Second), end: w.Add(3*time.Second + 60*time.Millisecond)}))
+	h.settle(t)
+	h.stop()
+
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	got, found, err := store.Trace(context.Background(), slow)
+	require.NoError(t, err)
+	require.True(t, found, "ranked by its root, not pushed out by a slower SELECT")
+	require.Len(t, got.Spans, 2)
 }
