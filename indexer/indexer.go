@@ -566,6 +566,39 @@ func (ix *Indexer) regrow(id span.TraceID, h *heldTrace, c chunk, ingested time.
 	return true
 }
 
+// rescueJoined hands each chunk that joined the dropped orphan h while it
+// was decided, and holds a root, to rescue (the root arrived between the
+// pop and the offer, too late for this decision), and returns the other
+// chunks and their records' tickets: what the drop observes and remembers.
+func (ix *Indexer) rescueJoined(id span.TraceID, h *heldTrace) ([]chunk, []*bus.Ticket) {
+	var (
+		kept    []chunk
+		rescued []*bus.Ticket
+	)
+	for _, c := range h.chunks {
+		if c.observed || c.rec == nil {
+			kept = append(kept, c)
+			continue
+		}
+		if _, root := ix.lateRoot(id, c); !root {
+			kept = append(kept, c)
+			continue
+		}
+		ix.add(id, partKey{c.rec.Topic(), c.rec.Partition()}, c, c.rec, time.Now(), h.ingested, true)
+		rescued = append(rescued, c.rec)
+	}
+	if len(rescued) == 0 {
+		return h.chunks, h.tickets
+	}
+	var tickets []*bus.Ticket
+	for _, tk := range h.tickets {
+		if !slices.Contains(rescued, tk) || slices.ContainsFunc(kept, func(c chunk) bool { return c.rec == tk }) {
+			tickets = append(tickets, tk)
+		}
+	}
+	return kept, tickets
+}
+
 // lateRoot reports whether chunk c of trace id holds a root span (one
 // without a parent), and what the decider needs of its spans, ranked by
 // that root.
@@ -962,8 +995,12 @@ func (ix *Indexer) finish(id span.TraceID, spans []span.Span, leases []span.Leas
 	}
 	if len(reasons) == 0 {
 		ix.m.traces.WithLabelValues("dropped").Inc()
-		ix.rememberDropped(id, h.tickets, h.orphan)
-		ix.observeChunks(id, h.chunks, h.tickets)
+		chunks, tickets := h.chunks, h.tickets
+		if h.orphan {
+			chunks, tickets = ix.rescueJoined(id, h)
+		}
+		ix.rememberDropped(id, tickets, h.orphan)
+		ix.observeChunks(id, chunks, tickets)
 		for _, tk := range h.tickets {
 			tk.Release()
 		}

@@ -193,3 +193,42 @@ func TestLateRootDuringDecisionReranks(t *testing.T) {
 	require.True(t, found, "ranked by its root, not pushed out by a slower SELECT")
 	require.Len(t, got.Spans, 2)
 }
+
+// TestLateRootDuringDecisionRescues: the root arrives while the trace is
+// being decided without it, and the decision drops it (a slower orphan of
+// its child's name holds the top 1): the root, too late for that decision,
+// reopens the trace, which is then kept, ranked by the root.
+func TestLateRootDuringDecisionRescues(t *testing.T) {
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 1
+	cfg := testConfig()
+	cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
+	w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+	slow, other := traceID(1), traceID(2)
+	var h *harness
+	stage := &feedDuring{id: slow, feed: func() {
+		h.feed(tracesData(slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)}))
+	}}
+	h = newHarness(t, cfg, scfg, func(_ *index.Store, p *Parts) { p.Stages = []Stage{stage} })
+	h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 60*time.Millisecond)}))
+	h.settle(t)
+	h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
+	require.Eventually(t, func() bool {
+		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)) == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	h.settle(t)
+	h.stop()
+
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	defer store.Close()
+	got, found, err := store.Trace(context.Background(), slow)
+	require.NoError(t, err)
+	require.True(t, found, "kept, ranked by its root")
+	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+	require.Len(t, got.Spans, 1, "the root; the SELECT dropped before is not refetched without a Kafka fetcher")
+	require.Equal(t, "POST /pay", got.Spans[0].GetName())
+	_, found, err = store.Trace(context.Background(), other)
+	require.NoError(t, err)
+	require.True(t, found)
+}
