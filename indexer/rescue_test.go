@@ -160,75 +160,64 @@ func (f *feedDuring) Process(t *span.Trace) []string {
 	return nil
 }
 
-// TestLateRootDuringDecisionReranks: the root arrives while the trace is
-// being decided without it (a stage feeds it between the pop and the
-// offer), so it joins the decision's chunks; the trace, held by its child's
-// rank, is ranked again by the root all the same.
-func TestLateRootDuringDecisionReranks(t *testing.T) {
-	scfg := sampling.DefaultConfig()
-	scfg.TopN = 1
-	cfg := testConfig()
-	cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
-	w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
-	slow, other := traceID(1), traceID(2)
-	var h *harness
-	stage := &feedDuring{id: slow, feed: func() {
-		h.feed(tracesData(slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)}))
-	}}
-	h = newHarness(t, cfg, scfg, func(_ *index.Store, p *Parts) { p.Stages = []Stage{stage} })
-	h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
-	require.Eventually(t, func() bool {
-		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReranked)) == 1
-	}, 10*time.Second, 5*time.Millisecond)
-	require.True(t, stage.done.Load())
-	h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(3 * time.Second), end: w.Add(3*time.Second + 60*time.Millisecond)}))
-	h.settle(t)
-	h.stop()
+// TestLateRootDuringDecision: the root arrives while the trace is being
+// decided without it (a stage feeds it between the pop and the offer), so
+// it joins the decision's chunks, too late to be ranked by it. Held by its
+// child's rank, the trace is ranked again by the root all the same; dropped
+// by it (a slower orphan of the child's name came first and holds the top
+// 1), the trace is reopened by the root and kept. Either way it is not lost
+// to a slower SELECT.
+func TestLateRootDuringDecision(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		otherFirst bool
+		outcome    string
+		spans      int // the SELECT dropped before a rescue is not refetched: no Kafka fetcher here
+	}{
+		{"held", false, lateRootReranked, 2},
+		{"dropped", true, lateRootReopened, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			scfg := sampling.DefaultConfig()
+			scfg.TopN = 1
+			cfg := testConfig()
+			cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
+			w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
+			slow, other := traceID(1), traceID(2)
+			var h *harness
+			stage := &feedDuring{id: slow, feed: func() {
+				h.feed(tracesData(slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)}))
+			}}
+			h = newHarness(t, cfg, scfg, func(_ *index.Store, p *Parts) { p.Stages = []Stage{stage} })
+			feedOther := func() {
+				h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 60*time.Millisecond)}))
+				h.settle(t)
+			}
+			if tc.otherFirst {
+				feedOther()
+			}
+			h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
+			require.Eventually(t, func() bool {
+				return counterValue(t, h.ix.m.lateRoots.WithLabelValues(tc.outcome)) == 1
+			}, 10*time.Second, 5*time.Millisecond)
+			require.True(t, stage.done.Load())
+			if !tc.otherFirst {
+				feedOther()
+			}
+			h.settle(t)
+			h.stop()
 
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
-	got, found, err := store.Trace(context.Background(), slow)
-	require.NoError(t, err)
-	require.True(t, found, "ranked by its root, not pushed out by a slower SELECT")
-	require.Len(t, got.Spans, 2)
-}
-
-// TestLateRootDuringDecisionRescues: the root arrives while the trace is
-// being decided without it, and the decision drops it (a slower orphan of
-// its child's name holds the top 1): the root, too late for that decision,
-// reopens the trace, which is then kept, ranked by the root.
-func TestLateRootDuringDecisionRescues(t *testing.T) {
-	scfg := sampling.DefaultConfig()
-	scfg.TopN = 1
-	cfg := testConfig()
-	cfg.WatermarkSlack = 5 * time.Minute // the window stays open until shutdown
-	w := time.Now().Add(-2 * time.Minute).Truncate(time.Minute)
-	slow, other := traceID(1), traceID(2)
-	var h *harness
-	stage := &feedDuring{id: slow, feed: func() {
-		h.feed(tracesData(slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)}))
-	}}
-	h = newHarness(t, cfg, scfg, func(_ *index.Store, p *Parts) { p.Stages = []Stage{stage} })
-	h.feed(tracesData(other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 60*time.Millisecond)}))
-	h.settle(t)
-	h.feed(tracesData(slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 40*time.Millisecond)}))
-	require.Eventually(t, func() bool {
-		return counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)) == 1
-	}, 10*time.Second, 5*time.Millisecond)
-	h.settle(t)
-	h.stop()
-
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
-	got, found, err := store.Trace(context.Background(), slow)
-	require.NoError(t, err)
-	require.True(t, found, "kept, ranked by its root")
-	require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
-	require.Len(t, got.Spans, 1, "the root; the SELECT dropped before is not refetched without a Kafka fetcher")
-	require.Equal(t, "POST /pay", got.Spans[0].GetName())
-	_, found, err = store.Trace(context.Background(), other)
-	require.NoError(t, err)
-	require.True(t, found)
+			store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+			require.NoError(t, err)
+			defer store.Close()
+			got, found, err := store.Trace(context.Background(), slow)
+			require.NoError(t, err)
+			require.True(t, found, "ranked by its root, not pushed out by a slower SELECT")
+			require.Equal(t, []string{sampling.ReasonLatencyTopN}, got.Reasons)
+			require.Len(t, got.Spans, tc.spans)
+			_, found, err = store.Trace(context.Background(), other)
+			require.NoError(t, err)
+			require.True(t, found, "the slower orphan SELECT is the top 1 of its name")
+		})
+	}
 }
