@@ -506,12 +506,20 @@ func (ix *Indexer) add(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now,
 	if d, ok := ix.decisions.get(id); ok && ix.traces[id] == nil {
 		ix.mu.Unlock()
 		if d == nil {
-			if mayRescue && ix.rescue(id, pk, c, t, now, ingested) {
+			// Decoded once: to look for a late root (rescue), else to
+			// count the dropped spans.
+			spans, parts, leases := ix.decodeChunks(id, []chunk{c})
+			if mayRescue && hasRoot(spans) {
+				releaseLeases(leases)
+				ix.rescue(id, pk, c, t, now, ingested)
 				return
 			}
 			ix.m.lateSpans.WithLabelValues("dropped").Add(float64(c.spans))
 			ix.rememberDropped(id, []*bus.Ticket{t}, false)
-			ix.observeChunks(id, []chunk{c}, []*bus.Ticket{t})
+			if !c.observed {
+				ix.observe(id, spans, parts, []*bus.Ticket{t})
+			}
+			releaseLeases(leases)
 			return
 		}
 		ix.m.lateSpans.WithLabelValues("written").Add(float64(c.spans))
@@ -584,15 +592,17 @@ func (ix *Indexer) rescueJoined(id span.TraceID, h *heldTrace) ([]chunk, []*bus.
 			kept = append(kept, c)
 			continue
 		}
-		ix.add(id, partKey{c.rec.Topic(), c.rec.Partition()}, c, c.rec, time.Now(), h.ingested, true)
+		ix.rescue(id, partKey{c.rec.Topic(), c.rec.Partition()}, c, c.rec, time.Now(), h.ingested)
 		rescued = append(rescued, c.rec)
 	}
 	if len(rescued) == 0 {
 		return h.chunks, h.tickets
 	}
+	// A record holds one chunk per trace, so a rescued chunk's ticket is no
+	// other chunk's.
 	var tickets []*bus.Ticket
 	for _, tk := range h.tickets {
-		if !slices.Contains(rescued, tk) || slices.ContainsFunc(kept, func(c chunk) bool { return c.rec == tk }) {
+		if !slices.Contains(rescued, tk) {
 			tickets = append(tickets, tk)
 		}
 	}
@@ -605,12 +615,17 @@ func (ix *Indexer) rescueJoined(id span.TraceID, h *heldTrace) ([]chunk, []*bus.
 func (ix *Indexer) lateRoot(id span.TraceID, c chunk) (sampling.TraceInfo, bool) {
 	spans, _, leases := ix.decodeChunks(id, []chunk{c})
 	defer releaseLeases(leases)
-	if !slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() }) {
+	if !hasRoot(spans) {
 		return sampling.TraceInfo{}, false
 	}
 	info := sampling.Info(&span.Trace{ID: id, Spans: spans})
 	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
 	return info, true
+}
+
+// hasRoot reports whether some span has no parent.
+func hasRoot(spans []span.Span) bool {
+	return slices.ContainsFunc(spans, func(s span.Span) bool { return !s.HasParent() })
 }
 
 // applyRegrown offers the regrown traces to the decider again (it replaces
@@ -633,8 +648,7 @@ func (ix *Indexer) applyRegrown() {
 	}
 }
 
-// rescue reopens a dropped trace when its root arrives, and reports whether
-// it took the chunk (false: c holds no root). A request that outlasts the
+// rescue reopens a dropped trace when its root arrives in chunk c. A request that outlasts the
 // decision wait has its children exported first (SDKs export each span as
 // it ends), so the trace was decided without its root: ranked by a child's
 // name and duration, it was most likely dropped — and it may be the slowest
@@ -642,16 +656,13 @@ func (ix *Indexer) applyRegrown() {
 // their own, which is decided and ranked by the root; kept, it is written,
 // and the spans dropped before are fetched again from Kafka when their
 // records are still known (see rememberDropped) and written with it.
-func (ix *Indexer) rescue(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) bool {
-	if _, root := ix.lateRoot(id, c); !root {
-		return false
-	}
+func (ix *Indexer) rescue(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, now, ingested time.Time) {
 	ix.mu.Lock()
 	if d, ok := ix.decisions.get(id); !ok || d != nil || ix.traces[id] != nil || ix.held[id] != nil {
 		// Decided otherwise meanwhile (an exemplar kept it): route by that.
 		ix.mu.Unlock()
 		ix.add(id, pk, c, t, now, ingested, false)
-		return true
+		return
 	}
 	p, full := ix.bufferLocked(id, pk, c, t, now, ingested)
 	p.rescued = true
@@ -660,7 +671,6 @@ func (ix *Indexer) rescue(id span.TraceID, pk partKey, c chunk, t *bus.Ticket, n
 	if full {
 		ix.poke()
 	}
-	return true
 }
 
 // pendingLocked returns the assembling trace id, created if new, marked as

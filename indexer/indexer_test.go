@@ -99,6 +99,17 @@ func runIndexer(t *testing.T, ix *Indexer, wait time.Duration, then ...func() er
 	}
 }
 
+// reopened stops the indexer (its shutdown flushes what it holds) and opens
+// its store again, closed with the test: what the indexer wrote.
+func (h *harness) reopened(t *testing.T) *index.Store {
+	t.Helper()
+	h.stop()
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	return store
+}
+
 // settle waits until every trace fed has been offered to the decider, and
 // the watermark has advanced after.
 func (h *harness) settle(t *testing.T) {
@@ -230,9 +241,7 @@ func TestTailSamplingGroundTruth(t *testing.T) {
 		return traces == 0 && spans == 0 && h.ledger.Pending() == 0
 	}, 20*time.Second, 20*time.Millisecond, "windows never closed")
 	h.stop()
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	for _, s := range specs {
 		got, found, err := store.Trace(context.Background(), s.id)
 		require.NoError(t, err)
@@ -274,9 +283,7 @@ func TestFutureDatedTrace(t *testing.T) {
 	batch(500 * time.Millisecond) // slower: these are the window's top 3
 	h.stop()                      // the shutdown flush keeps what the heaps hold
 
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	for i, s := range specs {
 		got, found, err := store.Trace(context.Background(), s.id)
 		require.NoError(t, err)
@@ -323,9 +330,7 @@ func TestRankingIndependentOfDecidePasses(t *testing.T) {
 	feed(0, 4) // starts before base+1s; the watermark advances after them
 	feed(4, 120)
 	h.stop()
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	byOp := map[string][]traceSpec{}
 	for _, s := range specs {
 		byOp[s.op] = append(byOp[s.op], s)
@@ -374,9 +379,7 @@ func TestLongTraceRankedByItsEnd(t *testing.T) {
 	h.feed(long.build())
 	h.settle(t)
 	h.stop()
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	got, found, err := store.Trace(context.Background(), long.id)
 	require.NoError(t, err)
 	require.True(t, found, "the slowest trace (%s) of its window", long.duration)
@@ -493,9 +496,7 @@ func TestHeldTraceSpanCap(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { tr, _ := h.ix.Buffered(); return tr == 0 && h.ledger.Pending() == 0 }, 20*time.Second, 20*time.Millisecond)
 	h.stop()
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	got, found, err := store.Trace(context.Background(), s.id)
 	require.NoError(t, err)
 	require.True(t, found)

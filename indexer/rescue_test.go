@@ -3,7 +3,6 @@ package indexer
 import (
 	"context"
 	"encoding/binary"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -132,9 +131,7 @@ func TestLateRootReranksHeldTrace(t *testing.T) {
 	h.settle(t)
 	h.stop() // the shutdown flush keeps what the heaps hold
 
-	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-	require.NoError(t, err)
-	defer store.Close()
+	store := h.reopened(t)
 	got, found, err := store.Trace(context.Background(), slow)
 	require.NoError(t, err)
 	require.True(t, found, "the slowest POST /pay is kept, not pushed out by a slower SELECT")
@@ -207,9 +204,7 @@ func TestLateRootDuringDecision(t *testing.T) {
 			h.settle(t)
 			h.stop()
 
-			store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
-			require.NoError(t, err)
-			defer store.Close()
+			store := h.reopened(t)
 			got, found, err := store.Trace(context.Background(), slow)
 			require.NoError(t, err)
 			require.True(t, found, "ranked by its root, not pushed out by a slower SELECT")

@@ -121,7 +121,6 @@ type TailSampler struct {
 
 	closed    int64 // windows with index < closed are closed
 	watermark time.Time
-	advanced  bool
 
 	m *tailMetrics
 }
@@ -351,8 +350,8 @@ func (s *TailSampler) immediateReasons(t TraceInfo) []string {
 // then key, then slowest first. Watermarks that do not move forward are no-ops.
 // Later offers into a closed window are late.
 func (s *TailSampler) Advance(watermark time.Time) []Decision {
-	if !s.advanced || watermark.After(s.watermark) {
-		s.watermark, s.advanced = watermark, true
+	if watermark.After(s.watermark) {
+		s.watermark = watermark
 	}
 	c := floorDiv(nanos(watermark), int64(s.cfg.Window))
 	if c <= s.closed {
