@@ -30,6 +30,31 @@ func groupBytes(t *testing.T, st *Store) int {
 	return n
 }
 
+// groupPlainSizes decompresses every chunk group and returns their plain
+// sizes.
+func groupPlainSizes(t *testing.T, st *Store) []int {
+	t.Helper()
+	var sizes []int
+	require.NoError(t, st.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixGroup}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			require.Equal(t, valueVersion, v[0])
+			plain, err := st.groups.dec.DecodeAll(v[1:], nil)
+			if err != nil {
+				return err
+			}
+			sizes = append(sizes, len(plain))
+		}
+		return nil
+	}))
+	return sizes
+}
+
 // requireTraces checks every trace reads back exactly as written.
 func requireTraces(t *testing.T, st *Store, written []KeptTrace) {
 	t.Helper()
@@ -50,7 +75,7 @@ func requireTraces(t *testing.T, st *Store, written []KeptTrace) {
 	}
 }
 
-// TestChunkGroups: a batch's chunks go into groups of about groupTarget
+// TestChunkGroups: a batch's chunks go into groups of at most groupMax
 // plain bytes, compressed together smaller than the chunks compressed one
 // by one, and placed by the trace summaries; every trace reads back, also
 // after a reopen; a replay of the same batch rewrites the same groups, and
@@ -70,8 +95,11 @@ func TestChunkGroups(t *testing.T) {
 		alone += len(snappyChunk(c))
 	}
 	groups := countKeys(t, st, []byte{prefixGroup})
-	require.GreaterOrEqual(t, groups, plain/(groupTarget+maxChunkBytes))
-	require.LessOrEqual(t, groups, plain/groupTarget+1)
+	require.GreaterOrEqual(t, groups, plain/groupMax+1)
+	require.LessOrEqual(t, groups, plain/(groupMax-maxChunkBytes)+1)
+	for _, n := range groupPlainSizes(t, st) {
+		require.LessOrEqual(t, n, groupMax, "a group is one zstd block at most")
+	}
 	require.Zero(t, countKeys(t, st, []byte{prefixChunk}), "summaries place the chunks; no chunk keys")
 	for _, kt := range batch[:10] {
 		require.Equal(t, 1, chunkCount(t, st, kt.Trace.ID))
