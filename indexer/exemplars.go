@@ -126,7 +126,7 @@ type droppedRef struct {
 // done.
 type exemplarJob struct {
 	id        span.TraceID
-	refetch   bool
+	refetch   bool // an exemplar's: the trace was dropped (else it is kept: add the reason)
 	partition int32
 	offsets   []int64
 	reasons   []string // a rescued trace's; nil for an exemplar's job
@@ -440,10 +440,12 @@ func (ix *Indexer) evictDroppedLocked(now int64) {
 	}
 }
 
-// runExemplarWorker processes refetch and add-reason jobs until ctx ends,
-// then finishes the queued ones (bounded by refetchTimeout each), so a
-// graceful shutdown commits them. The returned func waits for it to stop.
-func (ix *Indexer) runExemplarWorker(ctx context.Context) func() {
+// runExemplarWorker processes refetch and add-reason jobs until stop is
+// closed, then finishes the queued ones (bounded by refetchTimeout each), so
+// a graceful shutdown commits them. Run closes stop only after its last
+// decisions, which may queue jobs (a rescued trace kept by the shutdown
+// flush). The returned func waits for it to stop.
+func (ix *Indexer) runExemplarWorker(stop <-chan struct{}) func() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -451,7 +453,7 @@ func (ix *Indexer) runExemplarWorker(ctx context.Context) func() {
 			select {
 			case j := <-ix.ex.jobs:
 				ix.exemplarJob(j)
-			case <-ctx.Done():
+			case <-stop:
 				for {
 					select {
 					case j := <-ix.ex.jobs:
@@ -526,7 +528,7 @@ func (ix *Indexer) refetchDropped(id span.TraceID, reasons []string, t *bus.Tick
 	}
 	t.Acquire()
 	select {
-	case ex.jobs <- exemplarJob{id: id, refetch: true, partition: dt.partition, offsets: dt.offsets, reasons: reasons, ticket: t, queued: time.Now()}:
+	case ex.jobs <- exemplarJob{id: id, partition: dt.partition, offsets: dt.offsets, reasons: reasons, ticket: t, queued: time.Now()}:
 	default:
 		t.Release()
 		ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed).Inc()

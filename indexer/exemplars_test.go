@@ -44,6 +44,7 @@ type exHarness struct {
 	reg    *prometheus.Registry
 	topics bus.Config
 	stop   func()
+	dir    string // the store's
 }
 
 func newExHarness(t *testing.T, cfg Config, scfg sampling.Config) *exHarness {
@@ -71,14 +72,15 @@ func newKafkaHarness(t *testing.T, cfg Config, scfg sampling.Config, rules Alert
 	fetcher, err := bus.NewFetcher(kcfg)
 	require.NoError(t, err)
 
-	store, err := index.Open(t.TempDir(), logger, prometheus.NewRegistry(), index.DefaultOptions())
+	dir := t.TempDir()
+	store, err := index.Open(dir, logger, prometheus.NewRegistry(), index.DefaultOptions())
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
 	dec, err := sampling.NewTailSampler(scfg, reg)
 	require.NoError(t, err)
 	ix, err := New(cfg, Parts{Store: store, Decider: dec, Alerting: rules, Fetcher: fetcher}, logger, reg)
 	require.NoError(t, err)
-	h := &exHarness{ix: ix, store: store, dec: dec, ledger: bus.NewLedger(), kafka: cl, reg: reg, topics: kcfg}
+	h := &exHarness{ix: ix, store: store, dec: dec, ledger: bus.NewLedger(), kafka: cl, reg: reg, topics: kcfg, dir: dir}
 	h.stop = runIndexer(t, ix, 0, store.Close)
 	t.Cleanup(h.stop)
 	return h

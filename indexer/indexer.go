@@ -739,8 +739,8 @@ func (ix *Indexer) removeLocked(id span.TraceID, p *pending) {
 // still buffered and writes it (graceful shutdown flushes what it holds).
 // Call it before the consumer starts; it returns once everything is written.
 func (ix *Indexer) Run(ctx context.Context) error {
-	exemplarsDone := ix.runExemplarWorker(ctx)
-	defer exemplarsDone()
+	stopExemplars := make(chan struct{})
+	exemplarsDone := ix.runExemplarWorker(stopExemplars)
 	writesDone := make(chan struct{})
 	go func() { defer close(writesDone); ix.writeLoop() }()
 	logsDone := make(chan struct{})
@@ -756,6 +756,9 @@ func (ix *Indexer) Run(ctx context.Context) error {
 				close(w)
 			}
 			<-writesDone // failed writes are retried until they succeed
+			// After the last decisions, which may have queued refetches.
+			close(stopExemplars)
+			exemplarsDone()
 			close(ix.logWrites)
 			<-logsDone
 			return nil

@@ -3,6 +3,7 @@ package indexer
 import (
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -104,6 +105,45 @@ func TestLateRootRescuesDroppedTrace(t *testing.T) {
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootKept)))
 	require.Zero(t, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootRefetchFailed)))
+}
+
+// TestLateRootRescuedAtShutdown: a dropped trace whose root arrives just
+// before a graceful shutdown is decided by the shutdown's flush, and the
+// spans it had before are fetched and written before the indexer stops.
+// The refetch worker used to stop as soon as shutdown began, before the
+// flush queued the refetch: the spans dropped before were lost, since a
+// restart replays only the root's record and no longer knows where they
+// were.
+func TestLateRootRescuedAtShutdown(t *testing.T) {
+	cfg := testConfig()
+	cfg.DecisionWait = time.Second // the rescued trace is still assembling at shutdown
+	scfg := sampling.DefaultConfig()
+	scfg.TopN = 1
+	h := newKafkaHarness(t, cfg, scfg, nil)
+
+	w := time.Now().Add(-3 * time.Minute).Truncate(time.Minute)
+	slow, other := traceID(1), traceID(2)
+	h.produceSpans(t, other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 40*time.Millisecond)})
+	h.produceSpans(t, slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 5*time.Millisecond)})
+	require.Eventually(t, func() bool {
+		h.ix.mu.Lock()
+		defer h.ix.mu.Unlock()
+		d, ok := h.ix.decisions.get(slow)
+		return ok && d == nil
+	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+	h.produceSpans(t, slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)})
+	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
+	h.stop()
+
+	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootRefetched)))
+	store, err := index.Open(h.dir, slog.New(slog.DiscardHandler), nil, index.DefaultOptions())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	got, found, err := store.Trace(context.Background(), slow)
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Len(t, got.Spans, 2, "the root and the SELECT dropped before it")
+	require.Zero(t, h.ledger.Pending(), "every record's offset may be committed")
 }
 
 // TestLateRootReranksHeldTrace: a trace held in a top-N heap without its
