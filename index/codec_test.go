@@ -329,12 +329,38 @@ func FuzzWireBody(f *testing.F) {
 			return
 		}
 		got, ok := appendWireBody(nil, span.Span{Span: sp, Wire: wire})
-		require.True(t, ok)
+		if !ok {
+			// Only a top-level group (deprecated, refused by the fast
+			// decoder) sends the writer to its fallback, the full encode.
+			require.True(t, hasGroup(wire), "the wire copy refused a span without groups")
+			var err error
+			got, err = appendSpanBody(nil, sp, &tracepb.Span{})
+			require.NoError(t, err)
+		}
 		back := &tracepb.Span{}
 		require.NoError(t, proto.Unmarshal(got, back))
 		sp.TraceId, sp.SpanId = nil, nil
 		require.True(t, proto.Equal(sp, back), "want %v\ngot  %v", sp, back)
 	})
+}
+
+// hasGroup reports whether message b has a group field at its top level.
+func hasGroup(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		if typ == protowire.StartGroupType {
+			return true
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return false
+		}
+		b = b[n+m:]
+	}
+	return false
 }
 
 // TestLongWireString: the writer's shortcut for unindexed values takes
