@@ -68,6 +68,8 @@ func TestHTTPBadInput(t *testing.T) {
 		{name: "good gzip", encoding: "gzip", body: gzipBytes(t, good), wantStatus: 200, wantPublished: 2},
 		{name: "malformed protobuf", body: []byte{0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01}, wantStatus: 400, wantMsg: "decode ExportTraceServiceRequest"},
 		{name: "malformed json", contentType: "application/json", body: []byte(`{"resourceSpans": [ {`), wantStatus: 400, wantMsg: "OTLP/JSON"},
+		// The parser's message quotes the byte; the answer still encodes.
+		{name: "json not utf-8", contentType: "application/json", body: []byte("\x9f"), wantStatus: 400, wantMsg: "\uFFFD"},
 		{name: "json bad hex id", contentType: "application/json", body: []byte(`{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"eee19b7ec3c1b174"}]}]}]}`), wantStatus: 400},
 		{name: "bad gzip", encoding: "gzip", body: []byte("not gzip at all"), wantStatus: 400, wantMsg: "read request body"},
 		{name: "oversize plain", body: make([]byte, testMaxBytes+1), wantStatus: 413, wantMsg: "limit"},

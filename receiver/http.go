@@ -193,6 +193,9 @@ func (h *httpExport) writeError(w http.ResponseWriter, enc bodyEncoding, err err
 }
 
 func (h *httpExport) writeStatus(w http.ResponseWriter, enc bodyEncoding, httpCode int, code codes.Code, msg string) int {
+	// A message may quote the request (a JSON parser's "invalid character
+	// '\x9f'"), and a Status with invalid UTF-8 does not encode.
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	if enc == encUnknown {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
