@@ -54,6 +54,23 @@ func tracesData(id span.TraceID, spans ...rescueSpan) *tracepb.TracesData {
 	return td
 }
 
+// dropOrphanSelect sends two traces' database calls, without their roots,
+// in window w: other's (40 ms) first, then slow's (5 ms), which is dropped,
+// outranked by other's for the top 1 of SELECT.
+func (h *exHarness) dropOrphanSelect(t *testing.T, w time.Time) (slow, other span.TraceID) {
+	t.Helper()
+	slow, other = traceID(1), traceID(2)
+	h.produceSpans(t, other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 40*time.Millisecond)})
+	h.produceSpans(t, slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 5*time.Millisecond)})
+	require.Eventually(t, func() bool {
+		h.ix.mu.Lock()
+		defer h.ix.mu.Unlock()
+		d, ok := h.ix.decisions.get(slow)
+		return ok && d == nil
+	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+	return slow, other
+}
+
 // TestLateRootRescuesDroppedTrace: an 8-second request whose quick database
 // call was exported (and the trace decided, without its root) long before
 // the request ended. Ranked by that call, the trace is dropped: a faster
@@ -72,15 +89,7 @@ func TestLateRootRescuesDroppedTrace(t *testing.T) {
 	// A window well behind the watermark's idle advance: it closes once
 	// the traffic stops.
 	w := time.Now().Add(-3 * time.Minute).Truncate(time.Minute)
-	slow, other := traceID(1), traceID(2)
-	h.produceSpans(t, other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 40*time.Millisecond)})
-	h.produceSpans(t, slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 5*time.Millisecond)})
-	require.Eventually(t, func() bool {
-		h.ix.mu.Lock()
-		defer h.ix.mu.Unlock()
-		d, ok := h.ix.decisions.get(slow)
-		return ok && d == nil
-	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+	slow, other := h.dropOrphanSelect(t, w)
 	// Another child, still before the root: a late span of a dropped trace.
 	h.produceSpans(t, slow, rescueSpan{id: 4, parent: 1, service: "checkout", op: "GET cart", start: w.Add(3 * time.Second), end: w.Add(3*time.Second + time.Millisecond)})
 
@@ -122,15 +131,7 @@ func TestLateRootRescuedAtShutdown(t *testing.T) {
 	h := newKafkaHarness(t, cfg, scfg, nil)
 
 	w := time.Now().Add(-3 * time.Minute).Truncate(time.Minute)
-	slow, other := traceID(1), traceID(2)
-	h.produceSpans(t, other, rescueSpan{id: 7, parent: 6, service: "checkout", op: "SELECT", start: w.Add(time.Second), end: w.Add(time.Second + 40*time.Millisecond)})
-	h.produceSpans(t, slow, rescueSpan{id: 2, parent: 1, service: "checkout", op: "SELECT", start: w.Add(2 * time.Second), end: w.Add(2*time.Second + 5*time.Millisecond)})
-	require.Eventually(t, func() bool {
-		h.ix.mu.Lock()
-		defer h.ix.mu.Unlock()
-		d, ok := h.ix.decisions.get(slow)
-		return ok && d == nil
-	}, 10*time.Second, 5*time.Millisecond, "the partial trace is dropped: outranked by the other orphan SELECT")
+	slow, _ := h.dropOrphanSelect(t, w)
 	h.produceSpans(t, slow, rescueSpan{id: 1, service: "checkout", op: "POST /pay", start: w.Add(2 * time.Second), end: w.Add(10 * time.Second)})
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.lateRoots.WithLabelValues(lateRootReopened)))
 	h.stop()
