@@ -21,6 +21,7 @@ import (
 	"fmt"
 
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/threadline/threadline/span"
 )
@@ -98,7 +99,8 @@ func appendSeries(dst []byte, s Series) []byte {
 func decodeSeries(b []byte) (Series, []byte, error) {
 	str := func() (string, error) {
 		n, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < n {
+		// Lengths are written in the fewest bytes: a key is one series.
+		if k <= 0 || uint64(len(b)-k) < n || k != protowire.SizeVarint(n) {
 			return "", errCorrupt
 		}
 		s := string(b[k : k+int(n)])
@@ -152,6 +154,10 @@ func decodeRowKey(k []byte) (int64, Series, []byte, error) {
 		return 0, Series{}, nil, fmt.Errorf("key of %d bytes: %w", len(k), errCorrupt)
 	}
 	t := int64(binary.BigEndian.Uint64(k[1:9]))
+	if t < 0 {
+		// appendTime never writes one: times before 1970 are written as 0.
+		return 0, Series{}, nil, fmt.Errorf("key time %#x out of range: %w", k[1:9], errCorrupt)
+	}
 	s, rest, err := decodeSeries(k[9:])
 	if err != nil {
 		return 0, Series{}, nil, fmt.Errorf("series in key: %w", err)
@@ -189,7 +195,7 @@ func (a *agg) appendTo(dst []byte) []byte {
 func decodeAgg(b []byte, a *agg) error {
 	next := func() (uint64, error) {
 		v, k := binary.Uvarint(b)
-		if k <= 0 {
+		if k <= 0 || k != protowire.SizeVarint(v) { // written in the fewest bytes
 			return 0, errCorrupt
 		}
 		b = b[k:]
