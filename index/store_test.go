@@ -2,6 +2,7 @@ package index
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -317,6 +318,57 @@ func TestIdempotentWrites(t *testing.T) {
 	// The frontend posting list names each trace once, however often
 	// replays wrote it.
 	require.Len(t, postingSeqs(t, st, svcPosting("frontend")), 2)
+}
+
+// TestInvalidTraceError: a batch with a trace the store cannot take (a
+// span without an 8-byte, non-zero ID) is refused whole, with an
+// InvalidTraceError naming that trace, so the caller can write the rest.
+func TestInvalidTraceError(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	batch := fixture()
+	bad := batch[1]
+	bad.Trace.Spans = slices.Clone(bad.Trace.Spans)
+	sp := proto.Clone(bad.Trace.Spans[0].Span).(*tracepb.Span)
+	sp.SpanId = sp.SpanId[:4]
+	bad.Trace.Spans[0].Span = sp
+	batch[1] = bad
+
+	err := st.WriteTraces(ctx, batch)
+	inv, ok := errors.AsType[*InvalidTraceError](err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, bad.Trace.ID, inv.ID)
+	require.ErrorIs(t, err, span.ErrIDLength)
+	_, found, err := st.Trace(ctx, batch[0].Trace.ID)
+	require.NoError(t, err)
+	require.False(t, found, "nothing of the batch is written")
+
+	batch = slices.Delete(batch, 1, 2)
+	require.NoError(t, st.WriteTraces(ctx, batch))
+	requireTraces(t, st, batch)
+}
+
+// TestSameSpansNewContent: spans written again under the same IDs with
+// different content (a producer that reuses span IDs, or rewrites spans it
+// sent) are a new chunk group, not the old one rewritten: the trace reads
+// back, as last written, and so does every trace written before. Groups
+// were named by the (trace, chunk) IDs they hold, so the second write
+// replaced the first group's content under its name while the stored
+// summary still placed chunks in the old content: the write read garbage
+// (and was retried for ever), or the trace became unreadable.
+func TestSameSpansNewContent(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, t.TempDir())
+	first := fixture()[:1]
+	require.NoError(t, st.WriteTraces(ctx, first))
+	again := fixture()[:1]
+	for _, sp := range again[0].Trace.Spans {
+		sp.Attributes = append(sp.Attributes, strAttr("rewritten", strings.Repeat("x", 40)))
+	}
+	require.NoError(t, st.WriteTraces(ctx, again))
+	requireTraces(t, st, again)
+	require.NoError(t, st.WriteTraces(ctx, first))
+	requireTraces(t, st, first)
 }
 
 func TestLateSpansMerge(t *testing.T) {

@@ -290,6 +290,18 @@ func (s *Store) WriteTracesThen(ctx context.Context, traces []KeptTrace, durable
 	return nil
 }
 
+// InvalidTraceError is a write refused for what one of its traces holds (a
+// span ID of the wrong length or all zero, a resource that does not
+// encode): nothing of the batch was written, and writing it again fails the
+// same way. The batch without that trace can be written.
+type InvalidTraceError struct {
+	ID  span.TraceID
+	Err error
+}
+
+func (e *InvalidTraceError) Error() string { return e.Err.Error() }
+func (e *InvalidTraceError) Unwrap() error { return e.Err }
+
 func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable func()) (int, error) {
 	p := s.getPreparer()
 	// After the commit has returned: the batch's values are Badger's
@@ -301,7 +313,7 @@ func (s *Store) writeTraces(ctx context.Context, traces []KeptTrace, durable fun
 		pt, err := p.prepare(&traces[i])
 		if err != nil {
 			s.lists.forget(p.lists)
-			return 0, err
+			return 0, &InvalidTraceError{ID: traces[i].Trace.ID, Err: err}
 		}
 		nSpans += len(pt.spanIDs)
 		p.prepared = append(p.prepared, pt)
@@ -824,7 +836,7 @@ func (p *preparer) prepare(kt *KeptTrace) (preparedTrace, error) {
 			n++
 		}
 		id := chunkID(entries[:n])
-		g, off, size := p.groups.add(kt.Trace.ID, id, func(dst []byte) []byte { return appendChunk(dst, entries[:n]) })
+		g, off, size := p.groups.add(func(dst []byte) []byte { return appendChunk(dst, entries[:n]) })
 		p.chunks = append(p.chunks, chunkValue{id: id, group: g, off: off, n: size})
 		entries = entries[n:]
 	}
