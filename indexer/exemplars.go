@@ -571,7 +571,7 @@ func (ix *Indexer) refetch(ctx context.Context, id span.TraceID, partition int32
 			break
 		}
 		ix.m.writeErrors.Inc()
-		if ctx.Err() != nil {
+		if _, invalid := errors.AsType[*index.InvalidTraceError](err); invalid || ctx.Err() != nil {
 			return fmt.Errorf("write refetched trace: %w", err)
 		}
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))

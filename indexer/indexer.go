@@ -424,6 +424,12 @@ func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) ([]span.Span, [
 				ix.m.badSpans.Inc()
 				continue
 			}
+			// The collector refuses these, but Kafka holds whatever any
+			// producer wrote, and the store refuses them too.
+			if _, err := span.SpanIDFromBytes(s.GetSpanId()); err != nil {
+				ix.m.badSpans.Inc()
+				continue
+			}
 			kept = append(kept, s)
 		}
 		clear(into[len(kept):])
@@ -1104,7 +1110,20 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 			}
 		}
 		ix.retryWrite("traces", "traces", len(batch), func(ctx context.Context) error {
-			return ix.store.WriteTracesThen(ctx, batch, release)
+			for {
+				err := ix.store.WriteTracesThen(ctx, batch, release)
+				inv, ok := errors.AsType[*index.InvalidTraceError](err)
+				if !ok {
+					return err
+				}
+				// Retried, it would fail for ever and stall every write
+				// behind it: the rest of the batch is written without it.
+				batch = ix.dropUnwritable(batch, inv)
+				if len(batch) == 0 {
+					release()
+					return nil
+				}
+			}
 		})
 		ix.m.writeLatency.Observe(time.Since(start).Seconds())
 		ix.m.spansWritten.Add(float64(nspans))
@@ -1115,6 +1134,16 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 		batch, tickets, leases, nspans = batch[:0], tickets[:0], leases[:0], 0
 	}
 	batchJobs(jobs, writeLinger, add, flush)
+}
+
+// dropUnwritable removes the trace the store refused from batch, logged and
+// counted. The decoder lets through only spans the store takes (see
+// decodeChunks), so this is the last line: a record from another producer
+// must not stop the indexer.
+func (ix *Indexer) dropUnwritable(batch []index.KeptTrace, inv *index.InvalidTraceError) []index.KeptTrace {
+	ix.m.traces.WithLabelValues("unwritable").Inc()
+	ix.log.Error("the store refuses a kept trace; it is dropped", "trace_id", inv.ID.String(), "err", inv.Err)
+	return slices.DeleteFunc(batch, func(kt index.KeptTrace) bool { return kt.Trace.ID == inv.ID })
 }
 
 // Buffered reports traces and spans awaiting a decision: assembling, or

@@ -71,7 +71,7 @@ func newHarness(t *testing.T, cfg Config, scfg sampling.Config, opts ...func(*in
 // runIndexer runs ix until the returned stop is called, which then
 // requires that Run returned no error (within wait, when wait > 0) and
 // closes what then closes. Calls of stop after the first do nothing.
-func runIndexer(t *testing.T, ix *Indexer, wait time.Duration, then ...func() error) (stop func()) {
+func runIndexer(t testing.TB, ix *Indexer, wait time.Duration, then ...func() error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ix.Run(ctx) }()

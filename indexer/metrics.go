@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 		}, []string{"trigger"}),
 		traces: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_traces_total",
-			Help: "Traces by decision: kept or dropped.",
+			Help: "Traces by decision: kept or dropped; unwritable: kept, but refused by the store for what it holds (logged), and dropped.",
 		}, []string{"decision"}),
 		lateSpans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "threadline_indexer_late_spans_total",
@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, ix *Indexer) (*metrics, error) {
 		}),
 		badSpans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_indexer_invalid_spans_total",
-			Help: "Spans skipped because their trace ID is invalid.",
+			Help: "Spans skipped because their trace or span ID is invalid (wrong length, all zero, or another trace's ID in a record keyed by this one).",
 		}),
 		shedSpans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "threadline_indexer_shed_spans_total",
