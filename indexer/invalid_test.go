@@ -31,6 +31,15 @@ func (h *harness) feedKeyed(ids []span.TraceID, traces ...*tracepb.TracesData) {
 	h.ix.HandleRecords(context.Background(), recs, tickets)
 }
 
+// waitStored waits until trace id reads back from the store.
+func (h *harness) waitStored(t *testing.T, id span.TraceID, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		_, found, err := h.store.Trace(context.Background(), id)
+		return err == nil && found
+	}, 10*time.Second, 10*time.Millisecond, msg)
+}
+
 func keepAll() sampling.Config {
 	scfg := sampling.DefaultConfig()
 	scfg.Baseline = 1
@@ -53,10 +62,7 @@ func TestSpanWithInvalidIDSkipped(t *testing.T) {
 	h.feedKeyed([]span.TraceID{bad}, td)
 	h.feedKeyed([]span.TraceID{next}, traceSpec{id: next, service: "api", op: "GET /", start: time.Now(), duration: time.Millisecond, spans: 2}.build())
 
-	require.Eventually(t, func() bool {
-		_, found, err := h.store.Trace(context.Background(), next)
-		return err == nil && found
-	}, 10*time.Second, 10*time.Millisecond, "writes go on")
+	h.waitStored(t, next, "writes go on")
 	got, found, err := h.store.Trace(context.Background(), bad)
 	require.NoError(t, err)
 	require.True(t, found)
@@ -96,10 +102,7 @@ func TestUnwritableTraceDropped(t *testing.T) {
 		traceSpec{id: bad, service: "api", op: "GET /", start: time.Now(), duration: time.Millisecond, spans: 2}.build(),
 		traceSpec{id: good, service: "api", op: "GET /", start: time.Now(), duration: time.Millisecond, spans: 2}.build())
 
-	require.Eventually(t, func() bool {
-		_, found, err := h.store.Trace(context.Background(), good)
-		return err == nil && found
-	}, 10*time.Second, 10*time.Millisecond, "the rest of the batch is written")
+	h.waitStored(t, good, "the rest of the batch is written")
 	_, found, err := h.store.Trace(context.Background(), bad)
 	require.NoError(t, err)
 	require.False(t, found)
