@@ -144,6 +144,7 @@ type Indexer struct {
 	logs    LogSink
 	metrics MetricSink
 	log     *slog.Logger
+	bad     *badLog // bad input's lines, rate-limited
 	m       *metrics
 	ex      *exemplarState
 	decoder span.Decoder // shares resources and scopes between decoded records
@@ -238,7 +239,7 @@ func New(cfg Config, parts Parts, logger *slog.Logger, reg prometheus.Registerer
 		return nil, errors.New("indexer: a store and a decider are required")
 	}
 	ix := &Indexer{
-		cfg: cfg, store: parts.Store, stages: parts.Stages, decider: parts.Decider, obs: parts.Observer, logs: parts.Logs, metrics: parts.Metrics, log: logger,
+		cfg: cfg, store: parts.Store, stages: parts.Stages, decider: parts.Decider, obs: parts.Observer, logs: parts.Logs, metrics: parts.Metrics, log: logger, bad: newBadLog(logger),
 		logWrites: make(chan logJob, 1024),
 		traces:    map[span.TraceID]*pending{},
 		held:      map[span.TraceID]*heldTrace{},
@@ -363,7 +364,7 @@ func (ix *Indexer) badRecord(r *kgo.Record, err error) {
 	// A record that cannot be decoded never will be: skip it rather than
 	// block the partition, and count it so it is seen.
 	ix.m.badRecords.Inc()
-	ix.log.Warn("skipping undecodable record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+	ix.bad.warn("skipping undecodable record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
 }
 
 // keyTraceID reads a record key that is a 32-digit hex trace ID.
@@ -415,7 +416,7 @@ func (ix *Indexer) decodeChunks(id span.TraceID, chunks []chunk) ([]span.Span, [
 		}
 		if err != nil {
 			ix.m.badRecords.Inc()
-			ix.log.Warn("skipping undecodable spans", "trace_id", id.String(), "err", err)
+			ix.bad.warn("skipping undecodable spans", "trace_id", id.String(), "err", err)
 			continue
 		}
 		kept := into[:before]
@@ -1118,7 +1119,9 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 				}
 				// Retried, it would fail for ever and stall every write
 				// behind it: the rest of the batch is written without it.
-				batch = ix.dropUnwritable(batch, inv)
+				var dropped int
+				batch, dropped = ix.dropUnwritable(batch, inv)
+				nspans -= dropped
 				if len(batch) == 0 {
 					release()
 					return nil
@@ -1137,13 +1140,21 @@ func (ix *Indexer) writeWorker(jobs <-chan writeJob) {
 }
 
 // dropUnwritable removes the trace the store refused from batch, logged and
-// counted. The decoder lets through only spans the store takes (see
-// decodeChunks), so this is the last line: a record from another producer
-// must not stop the indexer.
-func (ix *Indexer) dropUnwritable(batch []index.KeptTrace, inv *index.InvalidTraceError) []index.KeptTrace {
+// counted, and returns the rest and how many spans it held. The decoder
+// lets through only spans the store takes (see decodeChunks), so this is
+// the last line: a record from another producer must not stop the indexer.
+func (ix *Indexer) dropUnwritable(batch []index.KeptTrace, inv *index.InvalidTraceError) ([]index.KeptTrace, int) {
 	ix.m.traces.WithLabelValues("unwritable").Inc()
 	ix.log.Error("the store refuses a kept trace; it is dropped", "trace_id", inv.ID.String(), "err", inv.Err)
-	return slices.DeleteFunc(batch, func(kt index.KeptTrace) bool { return kt.Trace.ID == inv.ID })
+	spans := 0
+	batch = slices.DeleteFunc(batch, func(kt index.KeptTrace) bool {
+		if kt.Trace.ID != inv.ID {
+			return false
+		}
+		spans += len(kt.Trace.Spans)
+		return true
+	})
+	return batch, spans
 }
 
 // Buffered reports traces and spans awaiting a decision: assembling, or

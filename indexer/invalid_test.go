@@ -107,5 +107,6 @@ func TestUnwritableTraceDropped(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, found)
 	require.Equal(t, 1.0, counterValue(t, h.ix.m.traces.WithLabelValues("unwritable")))
+	require.Eventually(t, func() bool { return counterValue(t, h.ix.m.spansWritten) == 2 }, 10*time.Second, 10*time.Millisecond, "only the written trace's spans count as written")
 	require.Eventually(t, func() bool { return h.ledger.Pending() == 0 }, 10*time.Second, 10*time.Millisecond, "every record released")
 }

@@ -145,7 +145,7 @@ func (ix *Indexer) logRecords(j logJob) []logstore.Record {
 		ld, err := span.DecodeLogs(c.data)
 		if err != nil {
 			ix.m.badRecords.Inc()
-			ix.log.Warn("skipping undecodable log record", "err", err)
+			ix.bad.warn("skipping undecodable log record", "err", err)
 			continue
 		}
 		for _, rl := range ld.GetResourceLogs() {
