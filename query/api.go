@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -167,8 +168,33 @@ func (a *API) instrument(pattern string, h http.HandlerFunc) http.Handler {
 			writeText(rec, r, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; use GET")
 			return
 		}
+		if msg := invalidUTF8(r); msg != "" {
+			writeText(rec, r, http.StatusBadRequest, msg)
+			return
+		}
 		h(rec, r)
 	})
+}
+
+// invalidUTF8 says which part of the request is not valid UTF-8, or "": a
+// service name, tag or query must be text, and cannot reach the indexers
+// otherwise (protobuf strings are UTF-8; the read call failed, and the
+// client was told the indexers had).
+func invalidUTF8(r *http.Request) string {
+	if !utf8.ValidString(r.URL.Path) {
+		return "the path is not valid UTF-8"
+	}
+	for k, vs := range r.URL.Query() {
+		if !utf8.ValidString(k) {
+			return "a query parameter's name is not valid UTF-8"
+		}
+		for _, v := range vs {
+			if !utf8.ValidString(v) {
+				return fmt.Sprintf("query parameter %q is not valid UTF-8", k)
+			}
+		}
+	}
+	return ""
 }
 
 type statusRecorder struct {

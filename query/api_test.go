@@ -116,7 +116,7 @@ type env struct {
 	reg *prometheus.Registry
 }
 
-func newEnv(t *testing.T, readers []readerpb.ReaderClient) *env {
+func newEnv(t testing.TB, readers []readerpb.ReaderClient) *env {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg := DefaultConfig()
@@ -442,6 +442,10 @@ func TestBadParameters(t *testing.T) {
 		{"/api/operations", "parameter 'service' is required"},
 		{"/api/dependencies?endTs=abc", "invalid 'endTs'"},
 		{"/api/dependencies?lookback=-1", "invalid 'lookback'"},
+		// Found by FuzzTraceAPIs: the indexers were asked, and the client
+		// got a 502 saying they had failed.
+		{"/api/v1/search?service=c%80", `query parameter "service" is not valid UTF-8`},
+		{"/api/services/%FF/operations", "the path is not valid UTF-8"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.path, func(t *testing.T) {

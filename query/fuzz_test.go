@@ -1,0 +1,59 @@
+package query
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// FuzzTraceAPIs sends arbitrary path values and query strings to the trace
+// endpoints (Tempo, Jaeger, native) in front of two real indexer readers:
+// whatever a client sends, the answer is 2xx or 4xx with a body in the
+// content type it declares, never 5xx, since the readers are healthy.
+func FuzzTraceAPIs(f *testing.F) {
+	s0, s1 := fixture()
+	e := newEnv(f, startReadersTB(f, s0, s1))
+	paths := []string{
+		"/api/v2/traces/%s", "/api/traces/%s", "/api/v1/traces/%s", "/api/search", "/api/search/tags",
+		"/api/v2/search/tags", "/api/search/tag/%s/values", "/api/v2/search/tag/%s/values", "/api/traces",
+		"/api/services", "/api/services/%s/operations", "/api/operations", "/api/dependencies", "/api/v1/search",
+	}
+	f.Add(uint8(0), traceAHex, "", false)
+	f.Add(uint8(1), traceAHex, "raw=true", true)
+	f.Add(uint8(3), "", `tags=service.name%3D"checkout"&minDuration=10ms&limit=5&start=0&end=9999999999`, false)
+	f.Add(uint8(3), "", `q={ .http.method = "POST" && duration > 1ms }`, true)
+	f.Add(uint8(6), "service.name", "limit=3", false)
+	f.Add(uint8(7), "resource.service.name", "q={}", false)
+	f.Add(uint8(8), "", "service=checkout&operation=POST%20%2Fpay&minDuration=1ms&limit=20&tags=%7B%22http.method%22%3A%22POST%22%7D", false)
+	f.Add(uint8(10), "checkout", "spanKind=server", false)
+	f.Add(uint8(12), "", "endTs=1&lookback=3600000", false)
+	f.Add(uint8(13), "", "service=checkout&error=true", true)
+	f.Fuzz(func(t *testing.T, which uint8, value, query string, protobuf bool) {
+		p := paths[int(which)%len(paths)]
+		if strings.Contains(p, "%s") {
+			p = strings.Replace(p, "%s", url.PathEscape(value), 1)
+		}
+		u := e.srv.URL + p + "?" + query
+		if _, err := url.Parse(u); err != nil {
+			return // not a URL a client can send
+		}
+		req, err := http.NewRequest(http.MethodGet, u, nil)
+		if err != nil {
+			return
+		}
+		if protobuf {
+			req.Header.Set("Accept", "application/protobuf")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Less(t, resp.StatusCode, 500, "%s: %s", u, body)
+		require.NotEmpty(t, resp.Header.Get("Content-Type"), u)
+	})
+}
