@@ -3,6 +3,7 @@ package query
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -55,5 +56,35 @@ func FuzzTraceAPIs(f *testing.F) {
 		require.NoError(t, err)
 		require.Less(t, resp.StatusCode, 500, "%s: %s", u, body)
 		require.NotEmpty(t, resp.Header.Get("Content-Type"), u)
+	})
+}
+
+// FuzzLogAPIs does the same for the log endpoints (native and Loki) in front
+// of two real log stores.
+func FuzzLogAPIs(f *testing.F) {
+	h := newLogsEnv(f).api.Handler()
+	paths := []string{
+		"/api/v1/traces/%s/logs", "/api/v1/logs/search", "/api/v1/logs/levels", "/loki/api/v1/query_range",
+		"/loki/api/v1/query", "/loki/api/v1/labels", "/loki/api/v1/label/%s/values", "/loki/api/v1/series",
+	}
+	f.Add(uint8(0), traceAHex, "level=warn")
+	f.Add(uint8(1), "", "q=card&service=payments&limit=10")
+	f.Add(uint8(3), "", `query={service_name="payments"} |= "card"&limit=5&direction=forward&start=0&end=9999999999`)
+	f.Add(uint8(4), "", `query=sum(count_over_time({service_name="payments"}[5m]))`)
+	f.Add(uint8(6), "service_name", "start=0")
+	f.Add(uint8(7), "", `match[]={service_name="checkout"}`)
+	f.Fuzz(func(t *testing.T, which uint8, value, query string) {
+		p := paths[int(which)%len(paths)]
+		if strings.Contains(p, "%s") {
+			p = strings.Replace(p, "%s", url.PathEscape(value), 1)
+		}
+		u, err := url.Parse(p + "?" + query)
+		if err != nil {
+			return
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, &http.Request{Method: http.MethodGet, URL: u, Header: http.Header{}})
+		require.Less(t, rec.Code, 500, "%s: %s", u, rec.Body)
+		require.NotEmpty(t, rec.Header().Get("Content-Type"), u)
 	})
 }

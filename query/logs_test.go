@@ -55,7 +55,7 @@ func logLineRec(svc string, at time.Time, sev int32, body string, tid *span.Trac
 	return logstore.Record{Resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{strAttr("service.name", svc)}}, Log: l}
 }
 
-func startLogReader(t *testing.T, st *logstore.Store) logspb.LogReaderClient {
+func startLogReader(t testing.TB, st *logstore.Store) logspb.LogReaderClient {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -87,7 +87,7 @@ func deadLogReader(t *testing.T) logspb.LogReaderClient {
 
 // newLogsEnv splits trace A's lines over two indexers the way a rebalance
 // does, with one line stored on both.
-func newLogsEnv(t *testing.T, extra ...logspb.LogReaderClient) *logsEnv {
+func newLogsEnv(t testing.TB, extra ...logspb.LogReaderClient) *logsEnv {
 	t.Helper()
 	bleve.Config.SetAnalysisQueueSize(4)
 	t.Cleanup(bleve.Config.Shutdown) // after the stores close (cleanups run LIFO)
