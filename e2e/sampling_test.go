@@ -16,6 +16,8 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/threadline/threadline/app"
 )
 
 // traceClient is an OTLP/gRPC trace client of addr, closed with the test.
@@ -35,19 +37,26 @@ type sentTrace struct {
 	err      bool
 }
 
+// topNConfig is the all-in-one keeping the topN slowest traces per key and
+// window and every error trace, nothing by baseline, with windows that close
+// soon after the traffic stops.
+func topNConfig(dir string, topN int) app.AllInOneConfig {
+	cfg := testConfig(dir)
+	cfg.Indexer.Sampling.Baseline = 0
+	cfg.Indexer.Sampling.TopN = topN
+	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
+	cfg.Indexer.Indexer.WatermarkSlack = 0
+	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
+	return cfg
+}
+
 // TestSamplingAndREDThroughPipeline sends traffic with known ground truth
 // through the whole all-in-one with the default policy (no baseline): after the
 // window closes exactly the error traces plus the N slowest per (service,
 // operation) are stored, each with its reason, and the RED metrics count every
 // span sent, including those of dropped traces.
 func TestSamplingAndREDThroughPipeline(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.Indexer.Sampling.Baseline = 0
-	cfg.Indexer.Sampling.TopN = 2
-	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
-	cfg.Indexer.Indexer.WatermarkSlack = 0
-	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
-	a := startAllInOne(t, cfg)
+	a := startAllInOne(t, topNConfig(t.TempDir(), 2))
 
 	client := traceClient(t, a.otlpGRPC)
 
@@ -233,13 +242,7 @@ func TestFutureDatedTraceThroughPipeline(t *testing.T) {
 // decided again by its root, kept, and the dropped call is fetched again
 // from Kafka: all three spans are served.
 func TestLateRootThroughPipeline(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.Indexer.Sampling.Baseline = 0
-	cfg.Indexer.Sampling.TopN = 1
-	cfg.Indexer.Indexer.DecisionMaxWait = time.Second
-	cfg.Indexer.Indexer.WatermarkSlack = 0
-	cfg.Indexer.Indexer.IdleAdvance = 500 * time.Millisecond
-	a := startAllInOne(t, cfg)
+	a := startAllInOne(t, topNConfig(t.TempDir(), 1))
 	client := traceClient(t, a.otlpGRPC)
 	export := func(tid []byte, spans ...*tracepb.Span) {
 		for _, sp := range spans {

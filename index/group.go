@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"slices"
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
@@ -124,16 +123,11 @@ func (c *groupCodec) recycleValues(values []kv) []kv {
 	return emptied(values)
 }
 
-// group is a group being filled by a preparer.
-type group struct {
-	plain []byte
-}
-
 // groupBuilder collects the plain chunks of one batch into groups. It is
 // reused from batch to batch (preparer).
 type groupBuilder struct {
 	codec  *groupCodec
-	groups []group
+	groups [][]byte // the plain groups being filled
 }
 
 // add appends a plain chunk (built by appendTo into the last group's
@@ -143,41 +137,35 @@ func (b *groupBuilder) add(appendTo func([]byte) []byte) (g, off, n int) {
 	if len(b.groups) == 0 {
 		b.open()
 	}
-	cur := &b.groups[len(b.groups)-1]
-	off = len(cur.plain)
-	cur.plain = appendTo(cur.plain)
-	if len(cur.plain) > groupMax && off > 0 {
+	last := len(b.groups) - 1
+	off = len(b.groups[last])
+	b.groups[last] = appendTo(b.groups[last])
+	if len(b.groups[last]) > groupMax && off > 0 {
 		b.open()
-		prev := &b.groups[len(b.groups)-2]
-		cur = &b.groups[len(b.groups)-1]
-		cur.plain = append(cur.plain, prev.plain[off:]...)
-		prev.plain = prev.plain[:off]
-		off = 0
+		b.groups[last+1] = append(b.groups[last+1], b.groups[last][off:]...)
+		b.groups[last] = b.groups[last][:off]
+		last, off = last+1, 0
 	}
-	return len(b.groups) - 1, off, len(cur.plain) - off
+	return last, off, len(b.groups[last]) - off
 }
 
 // open starts a new group, empty, in a pooled buffer.
 func (b *groupBuilder) open() {
-	var plain []byte
 	if p, ok := b.codec.bufs.Get().(*[]byte); ok {
-		plain = (*p)[:0]
+		b.groups = append(b.groups, (*p)[:0])
 	} else {
-		plain = make([]byte, 0, groupCap)
+		b.groups = append(b.groups, make([]byte, 0, groupCap))
 	}
-	b.groups = slices.Grow(b.groups, 1)[:len(b.groups)+1]
-	b.groups[len(b.groups)-1].plain = plain
 }
 
 // seal compresses every group and appends the group values and their IDs
 // to values and ids. The builder is empty afterwards.
 func (b *groupBuilder) seal(values []kv, ids []uint64) ([]kv, []uint64) {
-	for i := range b.groups {
-		g := &b.groups[i]
-		id := xxhash.Sum64(g.plain)
+	for i, plain := range b.groups {
+		id := xxhash.Sum64(plain)
 		ids = append(ids, id)
-		values = append(values, kv{groupKey(id), b.codec.compress(g.plain)})
-		b.release(g)
+		values = append(values, kv{groupKey(id), b.codec.compress(plain)})
+		b.release(i)
 	}
 	b.groups = b.groups[:0]
 	return values, ids
@@ -187,17 +175,17 @@ func (b *groupBuilder) seal(values []kv, ids []uint64) ([]kv, []uint64) {
 // failed).
 func (b *groupBuilder) reset() {
 	for i := range b.groups {
-		b.release(&b.groups[i])
+		b.release(i)
 	}
 	b.groups = b.groups[:0]
 }
 
-// release hands a group's plain buffer back to the pool.
-func (b *groupBuilder) release(g *group) {
-	if plain := g.plain; cap(plain) == groupCap {
+// release hands group i's buffer back to the pool.
+func (b *groupBuilder) release(i int) {
+	if plain := b.groups[i]; cap(plain) == groupCap {
 		b.codec.bufs.Put(&plain)
 	}
-	g.plain = nil
+	b.groups[i] = nil
 }
 
 // chunkReader resolves chunk references, chunk values of the earlier forms

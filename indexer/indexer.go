@@ -625,9 +625,16 @@ func (ix *Indexer) lateRoot(id span.TraceID, c chunk) (sampling.TraceInfo, bool)
 	if !hasRoot(spans) {
 		return sampling.TraceInfo{}, false
 	}
-	info := sampling.Info(&span.Trace{ID: id, Spans: spans})
+	return traceInfo(&span.Trace{ID: id, Spans: spans}), true
+}
+
+// traceInfo is what the decider needs of t, the root's names copied: the
+// decider may keep them (a top-N heap's key) for longer than the spans'
+// leases last.
+func traceInfo(t *span.Trace) sampling.TraceInfo {
+	info := sampling.Info(t)
 	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
-	return info, true
+	return info
 }
 
 // hasRoot reports whether some span has no parent.
@@ -894,13 +901,10 @@ func (ix *Indexer) decideOne(id span.TraceID) {
 	}
 	ix.observe(id, t.Spans, parts, tickets)
 	skew := skewOffsets(t.Spans)
-	info := sampling.Info(&t)
+	info := traceInfo(&t)
 	ix.mu.Lock()
 	h.skew, h.orphan = skew, info.Orphan
 	ix.mu.Unlock()
-	// The decider may keep the root's names (a top-N heap's key) for longer
-	// than the spans' leases last.
-	info.RootService, info.RootOperation = strings.Clone(info.RootService), strings.Clone(info.RootOperation)
 	ix.rank(&info, ingested)
 	info.Pinned = ix.takePins(id, info.Pinned)
 	ds := ix.decider.Offer(info)

@@ -11,6 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// fuzzPath is the path of paths a fuzz input picks, its %s (if any) the
+// input's value, escaped.
+func fuzzPath(paths []string, which uint8, value string) string {
+	return strings.Replace(paths[int(which)%len(paths)], "%s", url.PathEscape(value), 1)
+}
+
 // FuzzTraceAPIs sends arbitrary path values and query strings to the trace
 // endpoints (Tempo, Jaeger, native) in front of two real indexer readers:
 // whatever a client sends, the answer is 2xx or 4xx with a body in the
@@ -34,11 +40,7 @@ func FuzzTraceAPIs(f *testing.F) {
 	f.Add(uint8(12), "", "endTs=1&lookback=3600000", false)
 	f.Add(uint8(13), "", "service=checkout&error=true", true)
 	f.Fuzz(func(t *testing.T, which uint8, value, query string, protobuf bool) {
-		p := paths[int(which)%len(paths)]
-		if strings.Contains(p, "%s") {
-			p = strings.Replace(p, "%s", url.PathEscape(value), 1)
-		}
-		u := e.srv.URL + p + "?" + query
+		u := e.srv.URL + fuzzPath(paths, which, value) + "?" + query
 		if _, err := url.Parse(u); err != nil {
 			return // not a URL a client can send
 		}
@@ -74,11 +76,7 @@ func FuzzLogAPIs(f *testing.F) {
 	f.Add(uint8(6), "service_name", "start=0")
 	f.Add(uint8(7), "", `match[]={service_name="checkout"}`)
 	f.Fuzz(func(t *testing.T, which uint8, value, query string) {
-		p := paths[int(which)%len(paths)]
-		if strings.Contains(p, "%s") {
-			p = strings.Replace(p, "%s", url.PathEscape(value), 1)
-		}
-		u, err := url.Parse(p + "?" + query)
+		u, err := url.Parse(fuzzPath(paths, which, value) + "?" + query)
 		if err != nil {
 			return
 		}
